@@ -1,0 +1,191 @@
+"""The edit pipeline, top to bottom: read tile -> ROI -> edit -> composite -> write.
+
+`prepare` does everything that can fail on bad input (so callers can validate before queuing
+work); `edit_raster` runs an editor on the prepared tile and writes the result atomically.
+An editor maps the tile's model-space image to an edited one; the diffusion engine plugs in
+here. Until then `identity_editor` exercises the whole raster path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+
+from . import __version__
+from .bands import BandScaling, rgb_bands
+from .composite import composite, roi_alpha
+from .engine.presets import DEFAULT_PRESET, get_preset
+from .errors import ParameterError
+from .guidance.clip import DEFAULT_CLIP, check_clip_spec
+from .progress import ProgressCallback, no_progress
+from .raster import RasterInfo, inspect_raster, read_tile, write_result
+from .roi import Roi, roi_from_geojson, roi_from_mask, whole_image
+
+MAX_PROMPT_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """Everything the user chooses for one edit, validated once by `validate`."""
+
+    prompt: str
+    preset: str = DEFAULT_PRESET
+    seed: int | None = None
+    clip: str = DEFAULT_CLIP
+    llm: str = "none"
+    variants: int = 1
+    rgb_bands: tuple[int, ...] | None = None  # 1-based raster band numbers
+    dilate_px: int = 0
+    feather_px: int = 2
+    context_px: int = 64  # pixels of context around the ROI that the model learns from
+    cog: bool = False
+
+    def validate(self) -> EditOptions:
+        prompt = " ".join((self.prompt or "").split())
+        if not prompt:
+            raise ParameterError("prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ParameterError(f"prompt is too long ({len(prompt)} > {MAX_PROMPT_CHARS} chars)")
+        get_preset(self.preset)
+        check_clip_spec(self.clip)
+        if self.llm not in ("none", "openai"):
+            raise ParameterError(f"unknown LLM option {self.llm!r} (known: none, openai)")
+        if not 1 <= self.variants <= 16:
+            raise ParameterError(f"variants must be between 1 and 16, got {self.variants}")
+        for name in ("dilate_px", "feather_px", "context_px"):
+            if not 0 <= getattr(self, name) <= 4096:
+                raise ParameterError(f"{name} must be between 0 and 4096")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ParameterError(f"seed must be between 0 and 2**63-1, got {self.seed}")
+        return EditOptions(**{**asdict(self), "prompt": prompt})
+
+
+@dataclass
+class PreparedTile:
+    """A window of the input ready for the model, with everything needed to put it back."""
+
+    info: RasterInfo
+    roi: Roi
+    window: Window
+    data: np.ndarray  # (bands, h, w) native values of every band of the window
+    valid: np.ndarray  # (h, w) bool
+    roi_mask: np.ndarray  # (h, w) bool
+    alpha: np.ndarray  # (h, w) float32 blend weight, 0 outside the ROI
+    scaling: BandScaling  # for the modelled bands
+    model_image: np.ndarray  # (modelled bands, h, w) float32 in about [-1, 1]
+    rgb: tuple[int, int, int]  # positions in model_image that CLIP sees as RGB
+    options: EditOptions = field(repr=False, default=None)
+
+
+Editor = Callable[[PreparedTile, ProgressCallback], np.ndarray]
+
+
+def identity_editor(tile: PreparedTile, progress: ProgressCallback) -> np.ndarray:
+    """Changes nothing: the raster path end to end, without a model."""
+    progress("edit", 1, 1, None)
+    return tile.model_image.copy()
+
+
+def prepare(
+    input_path: str | os.PathLike,
+    options: EditOptions,
+    *,
+    roi_geojson: str | os.PathLike | dict | None = None,
+    mask_path: str | os.PathLike | None = None,
+) -> PreparedTile:
+    """Validate the inputs, read the window around the ROI and map it to the model's range."""
+    options = options.validate()
+    info = inspect_raster(input_path)
+    if roi_geojson is not None and mask_path is not None:
+        raise ParameterError("give either a GeoJSON ROI or a mask raster, not both")
+    if roi_geojson is not None:
+        roi = roi_from_geojson(roi_geojson, info)
+    elif mask_path is not None:
+        roi = roi_from_mask(mask_path, info)
+    else:
+        roi = whole_image(info)
+    rgb = rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
+
+    window = context_window(roi.bbox, info, options.context_px + options.dilate_px)
+    tile = read_tile(info, window)
+    roi_mask = roi.rasterize(window)
+    alpha = roi_alpha(roi_mask, dilate_px=options.dilate_px, feather_px=options.feather_px)
+    bands = list(info.data_bands)
+    scaling = BandScaling.fit(tile.data[bands], tile.valid)
+    return PreparedTile(
+        info=info,
+        roi=roi,
+        window=window,
+        data=tile.data,
+        valid=tile.valid,
+        roi_mask=roi_mask,
+        alpha=alpha,
+        scaling=scaling,
+        model_image=scaling.forward(tile.data[bands], tile.valid),
+        rgb=rgb,
+        options=options,
+    )
+
+
+def context_window(bbox: Window, info: RasterInfo, context_px: int) -> Window:
+    """The ROI's bounding box grown by `context_px` on each side, clipped to the raster."""
+    c0 = max(0, int(bbox.col_off) - context_px)
+    r0 = max(0, int(bbox.row_off) - context_px)
+    c1 = min(info.width, int(bbox.col_off + bbox.width) + context_px)
+    r1 = min(info.height, int(bbox.row_off + bbox.height) + context_px)
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def edit_raster(
+    tile: PreparedTile,
+    output: str | os.PathLike,
+    editor: Editor = identity_editor,
+    *,
+    progress: ProgressCallback = no_progress,
+    extra_settings: dict | None = None,
+) -> Path:
+    """Run `editor` on the prepared tile, composite inside the ROI and write `output`."""
+    edited = editor(tile, progress)
+    expected = tile.model_image.shape
+    if edited.shape != expected:
+        raise RuntimeError(f"editor returned shape {edited.shape}, expected {expected}")
+    result = composite(
+        tile.data,
+        edited,
+        scaling=tile.scaling,
+        alpha=tile.alpha,
+        valid=tile.valid,
+        data_bands=tile.info.data_bands,
+        nodata=tile.info.nodata,
+    )
+    progress("write", 0, 1, None)
+    path = write_result(
+        tile.info,
+        output,
+        tile.window,
+        result,
+        settings=result_settings(tile.options, extra_settings),
+        cog=tile.options.cog,
+    )
+    progress("write", 1, 1, None)
+    return path
+
+
+def result_settings(options: EditOptions, extra: dict | None = None) -> dict:
+    """What goes into the output's RS_EDIT tag: enough to know how the edit was made."""
+    settings = {"rs_edit_version": __version__, **asdict(options)}
+    settings.update(extra or {})
+    return settings
+
+
+def variant_paths(output: str | os.PathLike, variants: int) -> Sequence[Path]:
+    """OUTPUT for one variant; OUTPUT_v1, OUTPUT_v2, ... (same suffix) for several."""
+    output = Path(output)
+    if variants == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}_v{i}{output.suffix}") for i in range(1, variants + 1)]

@@ -1,0 +1,1 @@
+"""The single-image multi-scale diffusion engine."""

@@ -1,0 +1,1 @@
+"""Text guidance: CLIP models and prompt ensembles."""

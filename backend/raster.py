@@ -1,0 +1,337 @@
+"""Reading and writing rasters so that every piece of georeferencing comes back exactly.
+
+Reading: `inspect_raster` opens and validates a raster once (cheap, whatever its size) and returns
+a `RasterInfo`; `read_tile` reads only a window of it. Writing: `write_result` copies the input to a
+temporary GeoTIFF next to the output (GDAL's CreateCopy keeps CRS, geotransform, nodata, metadata,
+masks), re-applies every metadata item explicitly, writes the edited window, and renames. A failed
+run leaves nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from .errors import InputError, RasterError
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+# Lossless TIFF compressions we can re-use for the output; anything lossy (JPEG, WEBP, LERC with
+# error) would change pixels outside the ROI, so it becomes DEFLATE.
+LOSSLESS_COMPRESSIONS = {"deflate", "lzw", "zstd", "packbits", "lzma", "none"}
+# GDAL's block cache defaults to 5 % of RAM; copying a huge scene would then grow with the scene.
+GDAL_CACHE_MB = 128
+# Where the tag recording the prompt and settings goes in the output.
+RESULT_TAG = "RS_EDIT"
+_HEAVY_READ_LIMIT = 64_000_000  # bytes: non-TIFF rasters up to this size are fully read to validate
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What we need to know about an input raster, read once without reading its pixels."""
+
+    path: str
+    driver: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    nodata: float | None
+    colorinterp: tuple[ColorInterp, ...]
+    descriptions: tuple[str | None, ...]
+    has_dataset_mask: bool
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None and not self.transform.is_identity
+
+    @property
+    def alpha_band(self) -> int | None:
+        """0-based index of the alpha band, if any."""
+        for i, ci in enumerate(self.colorinterp):
+            if ci == ColorInterp.alpha:
+                return i
+        return None
+
+    @property
+    def data_bands(self) -> tuple[int, ...]:
+        """0-based indices of the bands the model sees and edits: every band but alpha."""
+        return tuple(i for i in range(self.count) if i != self.alpha_band)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+
+@dataclass
+class Tile:
+    """A window of a raster: its pixels (all bands, native dtype) and which pixels are valid."""
+
+    data: np.ndarray  # (bands, h, w), native dtype, every band including alpha
+    valid: np.ndarray  # (h, w) bool: not nodata / alpha 0 / masked out
+    window: Window
+    transform: Affine  # geotransform of the window
+
+
+@contextlib.contextmanager
+def gdal_env() -> Iterator[None]:
+    """GDAL settings for everything we do: bounded cache, errors as exceptions, no sidecars."""
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO", CPL_DEBUG=False):
+        yield
+
+
+def inspect_raster(path: str | os.PathLike) -> RasterInfo:
+    """Open and validate a raster; raise `RasterError` with a clear message if it is not usable."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise RasterError(f"input raster not found: {path}")
+    if os.path.isdir(path):
+        raise RasterError(f"input raster is a directory, not a file: {path}")
+    try:
+        with gdal_env(), rasterio.open(path) as src:
+            info = _info_from_dataset(path, src)
+            _check_complete(src, path)
+    except RasterioError as exc:
+        raise RasterError(f"cannot read raster {path}: {_gdal_message(exc)}") from exc
+    return info
+
+
+def _info_from_dataset(path: str, src) -> RasterInfo:
+    if src.count < 1:
+        raise RasterError(f"raster has no bands: {path}")
+    dtypes = set(src.dtypes)
+    if len(dtypes) != 1:
+        raise RasterError(f"raster bands have mixed data types {sorted(dtypes)}: {path}")
+    dtype = src.dtypes[0]
+    if dtype not in SUPPORTED_DTYPES:
+        raise RasterError(
+            f"raster data type {dtype} is not supported (supported: {', '.join(SUPPORTED_DTYPES)})"
+        )
+    flags = src.mask_flag_enums
+    has_dataset_mask = any(MaskFlags.per_dataset in f for f in flags) and not any(
+        MaskFlags.alpha in f for f in flags
+    )
+    return RasterInfo(
+        path=path,
+        driver=src.driver,
+        width=src.width,
+        height=src.height,
+        count=src.count,
+        dtype=dtype,
+        crs=src.crs,
+        transform=src.transform,
+        nodata=src.nodata,
+        colorinterp=tuple(src.colorinterp),
+        descriptions=tuple(src.descriptions),
+        has_dataset_mask=has_dataset_mask,
+    )
+
+
+def _check_complete(src, path: str) -> None:
+    """Detect truncated files without reading every pixel.
+
+    For TIFF, every block's offset + byte count must lie inside the file. Other formats are small
+    in practice (PNG, JPEG): read them once, bounded in size.
+    """
+    if src.driver == "GTiff":
+        size = os.path.getsize(path)
+        for bidx in range(1, src.count + 1):
+            rows, cols = _block_grid(src, bidx)
+            for j in range(rows):
+                for i in range(cols):
+                    offset = src.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=bidx)
+                    nbytes = src.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=bidx)
+                    if offset is None or nbytes is None:
+                        continue
+                    if int(offset) + int(nbytes) > size:
+                        raise RasterError(
+                            f"raster is truncated or corrupt (block {i},{j} of band {bidx} lies "
+                            f"past the end of the file): {path}"
+                        )
+            if src.interleaving is not None and src.interleaving.name == "pixel":
+                break  # pixel-interleaved: all bands share the blocks of band 1
+    elif src.width * src.height * src.count * np.dtype(src.dtypes[0]).itemsize <= _HEAVY_READ_LIMIT:
+        src.read()
+
+
+def _block_grid(src, bidx: int) -> tuple[int, int]:
+    bh, bw = src.block_shapes[bidx - 1]
+    return (src.height + bh - 1) // bh, (src.width + bw - 1) // bw
+
+
+def read_tile(info: RasterInfo, window: Window | None = None) -> Tile:
+    """Read a window (default: the whole raster) with its validity mask."""
+    window = window or Window(0, 0, info.width, info.height)
+    try:
+        with gdal_env(), rasterio.open(info.path) as src:
+            data = src.read(window=window)
+            transform = src.window_transform(window)
+            internal_mask = src.read_masks(1, window=window) if info.has_dataset_mask else None
+    except RasterioError as exc:
+        raise RasterError(
+            f"cannot read pixels of {info.path} (truncated or corrupt?): {_gdal_message(exc)}"
+        ) from exc
+    return Tile(
+        data=data,
+        valid=_valid_pixels(info, data, internal_mask),
+        window=window,
+        transform=transform,
+    )
+
+
+def _valid_pixels(info: RasterInfo, data: np.ndarray, internal_mask: np.ndarray | None):
+    """A pixel is valid unless all its data bands are nodata, its alpha is 0 or it is masked.
+
+    GDAL's own dataset mask lets nodata shadow alpha; we honour all three sources.
+    """
+    bands = list(info.data_bands)
+    valid = ~nodata_pixels(data[bands], info.nodata).all(axis=0)
+    if info.alpha_band is not None:
+        valid &= data[info.alpha_band] > 0
+    if internal_mask is not None:
+        valid &= internal_mask > 0
+    return valid
+
+
+def nodata_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Per-band-element mask of values equal to nodata (NaN-aware)."""
+    if nodata is None:
+        return np.zeros(data.shape, dtype=bool)
+    if np.isnan(nodata):
+        return np.isnan(data)
+    return data == np.asarray(nodata).astype(data.dtype)
+
+
+def write_result(
+    info: RasterInfo,
+    output: str | os.PathLike,
+    window: Window,
+    data: np.ndarray,
+    *,
+    settings: dict | None = None,
+    cog: bool = False,
+) -> Path:
+    """Write the input raster with `window` replaced by `data` (all bands, native dtype).
+
+    The file appears at `output` only when it is complete (temporary file + rename).
+    """
+    output = Path(output)
+    if data.shape != (info.count, int(window.height), int(window.width)):
+        raise ValueError(f"data shape {data.shape} does not match the window {window}")
+    if data.dtype != np.dtype(info.dtype):
+        raise ValueError(f"data dtype {data.dtype} differs from the raster's {info.dtype}")
+    check_output_path(info, output)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    cog_tmp = tmp.with_suffix(".cog.tmp")
+    try:
+        with gdal_env():
+            with rasterio.open(info.path) as src:
+                options = _creation_options(src)
+                rasterio.shutil.copy(src, tmp, driver="GTiff", **options)
+                with rasterio.open(tmp, "r+") as dst:
+                    _copy_metadata(src, dst)
+                    dst.write(data, window=window)
+                    if settings is not None:
+                        dst.update_tags(**{RESULT_TAG: json.dumps(settings, sort_keys=True)})
+            if cog:
+                rasterio.shutil.copy(tmp, cog_tmp, driver="COG", **_cog_options(options))
+                os.replace(cog_tmp, tmp)
+        os.replace(tmp, output)
+    except RasterioError as exc:
+        raise RasterError(f"cannot write {output}: {_gdal_message(exc)}") from exc
+    finally:
+        for leftover in (tmp, cog_tmp):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+    return output
+
+
+def check_output_path(info: RasterInfo, output: Path) -> None:
+    if not output.parent.is_dir():
+        raise InputError(f"output folder does not exist: {output.parent}")
+    if output.exists() and output.resolve() == Path(info.path).resolve():
+        raise InputError(f"output would overwrite the input raster: {output}")
+    if output.is_dir():
+        raise InputError(f"output is a directory: {output}")
+
+
+def _creation_options(src) -> dict:
+    """GeoTIFF creation options that mirror the input's layout, always lossless."""
+    options: dict = {"BIGTIFF": "IF_SAFER"}
+    profile = src.profile
+    compression = (src.compression.name.lower() if src.compression else "none") or "none"
+    if compression not in LOSSLESS_COMPRESSIONS:
+        compression = "deflate"
+    options["COMPRESS"] = compression.upper()
+    if compression in {"deflate", "lzw", "zstd"}:
+        predictor = src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR")
+        if predictor:
+            options["PREDICTOR"] = predictor
+    if src.driver == "GTiff":
+        if profile.get("tiled"):
+            options.update(
+                TILED="YES", BLOCKXSIZE=profile["blockxsize"], BLOCKYSIZE=profile["blockysize"]
+            )
+        interleave = profile.get("interleave")
+        if interleave in ("band", "pixel"):
+            options["INTERLEAVE"] = interleave.upper()
+    else:
+        options["TILED"] = "YES"
+    if src.count in (3, 4) and src.dtypes[0] == "uint8" and _is_rgb(src.colorinterp):
+        options["PHOTOMETRIC"] = "RGB"
+        if src.count == 4 and src.colorinterp[3] == ColorInterp.alpha:
+            options["ALPHA"] = "YES"
+    return options
+
+
+def _is_rgb(colorinterp) -> bool:
+    return tuple(colorinterp[:3]) == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+
+
+def _cog_options(options: dict) -> dict:
+    keep = {k: v for k, v in options.items() if k in ("BIGTIFF", "COMPRESS", "PREDICTOR")}
+    keep["OVERVIEWS"] = "NONE"  # overviews are a rendering aid; the user asked for pixels
+    return keep
+
+
+def _copy_metadata(src, dst) -> None:
+    """Re-apply every metadata item explicitly: CreateCopy does not carry all of them everywhere."""
+    dst.colorinterp = src.colorinterp
+    if src.nodata is not None:
+        dst.nodata = src.nodata
+    dst.update_tags(**src.tags())
+    for bidx in range(1, src.count + 1):
+        if src.descriptions[bidx - 1]:
+            dst.set_band_description(bidx, src.descriptions[bidx - 1])
+        if src.units[bidx - 1]:
+            dst.set_band_unit(bidx, src.units[bidx - 1])
+        band_tags = src.tags(bidx)
+        if band_tags:
+            dst.update_tags(bidx, **band_tags)
+    if any(s != 1.0 for s in src.scales):
+        dst.scales = src.scales
+    if any(o != 0.0 for o in src.offsets):
+        dst.offsets = src.offsets
+
+
+def _gdal_message(exc: Exception) -> str:
+    """The first line of GDAL's message, without the path noise rasterio sometimes adds."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__

@@ -1,0 +1,287 @@
+"""The region of interest: GeoJSON polygons or a mask raster -> pixels of the image grid.
+
+Everything is brought to the image's pixel space once (`Roi.pixels`), so that only the window
+being edited is ever rasterized: memory does not grow with the scene.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from pyproj.exceptions import CRSError as ProjCRSError
+from rasterio import features
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from shapely import affinity
+from shapely.geometry import box, shape
+from shapely.geometry.base import BaseGeometry
+
+from .errors import CrsError, GridMismatchError, RasterError, RoiError
+from .raster import RasterInfo, gdal_env, inspect_raster, nodata_pixels
+
+WGS84 = ProjCRS.from_epsg(4326)
+_POLYGONAL = ("Polygon", "MultiPolygon")
+
+
+@dataclass(frozen=True)
+class Roi:
+    """An ROI on one raster's grid: polygons in pixel coordinates, or a mask raster on the grid."""
+
+    bbox: Window  # integer pixel bounding box on the full raster, clipped to it
+    pixels: BaseGeometry | None = None  # polygons in pixel coordinates (col, row)
+    mask_path: str | None = None
+    clipped: bool = False  # part of the ROI lay outside the raster
+
+    def rasterize(self, window: Window) -> np.ndarray:
+        """Boolean mask of the ROI on `window` of the raster grid."""
+        shape_ = (int(window.height), int(window.width))
+        if self.mask_path is not None:
+            return _read_mask(self.mask_path, window)
+        offset = Affine.translation(window.col_off, window.row_off)
+        mask = features.rasterize(
+            [self.pixels],
+            out_shape=shape_,
+            transform=offset,
+            fill=0,
+            default_value=1,
+            dtype="uint8",
+        ).astype(bool)
+        if not mask.any():
+            # Slivers thinner than a pixel cover no pixel centre: take every pixel they touch.
+            mask = features.rasterize(
+                [self.pixels], out_shape=shape_, transform=offset, all_touched=True, dtype="uint8"
+            ).astype(bool)
+        return mask
+
+
+def whole_image(info: RasterInfo) -> Roi:
+    return Roi(
+        bbox=Window(0, 0, info.width, info.height), pixels=box(0, 0, info.width, info.height)
+    )
+
+
+def roi_from_geojson(source: str | os.PathLike | dict, info: RasterInfo) -> Roi:
+    """Polygons from GeoJSON (a path, GeoJSON text or a parsed object) in any CRS."""
+    geometry, crs = read_geojson(source)
+    if not info.georeferenced:
+        raise CrsError(
+            f"raster {Path(info.path).name} has no georeferencing, so a GeoJSON ROI cannot be "
+            "placed on it: give the ROI as a pixel mask raster instead"
+        )
+    projected = _reproject(geometry, crs, ProjCRS.from_user_input(info.crs.to_wkt()))
+    pixels = affinity.affine_transform(projected, _shapely_affine(~info.transform))
+    return _clip_to_raster(pixels, info)
+
+
+def read_geojson(source: str | os.PathLike | dict) -> tuple[BaseGeometry, ProjCRS]:
+    """Parse GeoJSON into one valid polygonal geometry and its CRS (EPSG:4326 unless stated)."""
+    obj = _load_json(source)
+    if not isinstance(obj, dict) or "type" not in obj:
+        raise RoiError("ROI is not GeoJSON: expected an object with a 'type' member")
+    crs = _geojson_crs(obj)
+    found: list[str] = []
+    polygons = [g for g in _geometries(obj, found) if g.geom_type in _POLYGONAL]
+    if not polygons:
+        kinds = ", ".join(sorted(set(found))) or "no geometry"
+        raise RoiError(f"GeoJSON ROI has no polygons (found: {kinds})")
+    geometry = _polygonal(shapely.make_valid(shapely.union_all(polygons)))
+    if geometry.is_empty:
+        raise RoiError("GeoJSON ROI polygons are empty (zero area)")
+    if crs.is_geographic:
+        minx, miny, maxx, maxy = geometry.bounds
+        if min(minx, miny) < -180.01 or maxx > 360.01 or max(abs(miny), abs(maxy)) > 90.01:
+            raise RoiError(
+                f"ROI coordinates ({minx:.6g}, {miny:.6g}, {maxx:.6g}, {maxy:.6g}) are not "
+                "longitude/latitude; GeoJSON without a 'crs' member must be in EPSG:4326"
+            )
+    return geometry, crs
+
+
+def _load_json(source: str | os.PathLike | dict):
+    if isinstance(source, dict):
+        return source
+    text = str(source)
+    if not text.lstrip().startswith(("{", "[", '"')):
+        path = Path(text)
+        if not path.is_file():
+            raise RoiError(f"ROI file not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RoiError(f"cannot read ROI file {path}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RoiError(f"ROI is not valid JSON: {exc}") from exc
+
+
+def _geojson_crs(obj: dict) -> ProjCRS:
+    """RFC 7946 has no 'crs' member (EPSG:4326); the 2008 spec's named CRS is still common."""
+    member = obj.get("crs")
+    if member is None:
+        return WGS84
+    try:
+        props = member.get("properties", {}) if isinstance(member, dict) else {}
+        name = props.get("name") or (f"EPSG:{props['code']}" if "code" in props else None)
+        if not name:
+            raise CrsError(f"GeoJSON 'crs' member has no name: {json.dumps(member)[:200]}")
+        return ProjCRS.from_user_input(name)
+    except ProjCRSError as exc:
+        raise CrsError(f"unknown CRS in GeoJSON ROI: {json.dumps(member)[:200]}") from exc
+
+
+def _geometries(obj, found: list[str]):
+    """Yield shapely geometries from any GeoJSON object; record every geometry type seen."""
+    if not isinstance(obj, dict):
+        raise RoiError("GeoJSON ROI is malformed: expected objects inside it")
+    kind = obj.get("type")
+    if kind == "FeatureCollection":
+        feats = obj.get("features")
+        if not isinstance(feats, list):
+            raise RoiError("GeoJSON FeatureCollection has no 'features' list")
+        for feature in feats:
+            yield from _geometries(feature, found)
+    elif kind == "Feature":
+        if obj.get("geometry") is not None:
+            yield from _geometries(obj["geometry"], found)
+    elif kind == "GeometryCollection":
+        for geom in obj.get("geometries") or []:
+            yield from _geometries(geom, found)
+    elif kind in ("Point", "MultiPoint", "LineString", "MultiLineString", *_POLYGONAL):
+        found.append(kind)
+        try:
+            yield shape(obj)
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            raise RoiError(f"GeoJSON {kind} has invalid coordinates: {exc}") from exc
+    else:
+        raise RoiError(f"unknown GeoJSON type: {str(kind)[:60]!r}")
+
+
+def _polygonal(geometry: BaseGeometry) -> BaseGeometry:
+    """Keep the polygonal parts of a (repaired) geometry."""
+    if geometry.geom_type in _POLYGONAL:
+        return geometry
+    parts = [g for g in getattr(geometry, "geoms", []) if g.geom_type in _POLYGONAL]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
+
+
+def _reproject(geometry: BaseGeometry, src: ProjCRS, dst: ProjCRS) -> BaseGeometry:
+    if src == dst:
+        return geometry
+    # Densify first so straight edges follow the curvature of the projection.
+    minx, miny, maxx, maxy = geometry.bounds
+    step = max(maxx - minx, maxy - miny) / 64.0
+    if step > 0:
+        geometry = shapely.segmentize(geometry, step)
+    transformer = Transformer.from_crs(src, dst, always_xy=True)
+    projected = shapely.transform(
+        geometry, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+    )
+    if not np.isfinite(shapely.get_coordinates(projected)).all():
+        raise RoiError(f"ROI cannot be transformed from {src.name} to the raster's {dst.name}")
+    return _polygonal(shapely.make_valid(projected))
+
+
+def _shapely_affine(t: Affine) -> list[float]:
+    return [t.a, t.b, t.d, t.e, t.c, t.f]
+
+
+def _clip_to_raster(pixels: BaseGeometry, info: RasterInfo) -> Roi:
+    frame = box(0, 0, info.width, info.height)
+    inside = pixels.intersection(frame)
+    if inside.is_empty or inside.area == 0:
+        raise RoiError(
+            f"ROI lies outside the raster (ROI pixel bounds {_fmt(pixels.bounds)}, raster is "
+            f"{info.width}x{info.height} pixels)"
+        )
+    clipped = inside.area < pixels.area * (1 - 1e-9)
+    col0, row0, col1, row1 = inside.bounds
+    c0, r0 = max(0, math.floor(col0)), max(0, math.floor(row0))
+    c1, r1 = min(info.width, math.ceil(col1)), min(info.height, math.ceil(row1))
+    return Roi(bbox=Window(c0, r0, c1 - c0, r1 - r0), pixels=inside, clipped=clipped)
+
+
+def _fmt(bounds) -> str:
+    return "(" + ", ".join(f"{v:.1f}" for v in bounds) + ")"
+
+
+# --- ROI from a mask raster -------------------------------------------------------------------
+
+
+def roi_from_mask(mask_path: str | os.PathLike, info: RasterInfo) -> Roi:
+    """A mask raster on the image's grid: non-zero (and not nodata) = edit."""
+    try:
+        mask_info = inspect_raster(mask_path)
+    except RasterError as exc:
+        raise RoiError(f"ROI mask: {exc}") from exc
+    check_same_grid(mask_info, info)
+    bbox = _mask_bbox(mask_info)
+    if bbox is None:
+        raise RoiError(f"ROI mask {Path(mask_path).name} is empty (no non-zero pixels)")
+    return Roi(bbox=bbox, mask_path=mask_info.path)
+
+
+def check_same_grid(mask: RasterInfo, image: RasterInfo) -> None:
+    """Same size, and where both are georeferenced, same CRS and geotransform."""
+    if (mask.width, mask.height) != (image.width, image.height):
+        raise GridMismatchError(
+            f"ROI mask is {mask.width}x{mask.height} pixels but the image is "
+            f"{image.width}x{image.height}: the mask must be on the image's grid"
+        )
+    if mask.georeferenced and image.georeferenced:
+        if mask.crs != image.crs:
+            raise GridMismatchError(
+                f"ROI mask CRS ({mask.crs.to_string()}) differs from the image's "
+                f"({image.crs.to_string()}): the mask must be on the image's grid"
+            )
+        pixel = max(abs(image.transform.a), abs(image.transform.e))
+        if not mask.transform.almost_equals(image.transform, precision=pixel * 1e-6):
+            raise GridMismatchError(
+                "ROI mask geotransform differs from the image's: the mask must be on the "
+                f"image's grid (mask {tuple(mask.transform)[:6]}, image "
+                f"{tuple(image.transform)[:6]})"
+            )
+
+
+def _mask_bbox(mask: RasterInfo) -> Window | None:
+    """Bounding box of the non-zero pixels, scanning block by block (bounded memory)."""
+    rows_any = np.zeros(mask.height, dtype=bool)
+    cols_any = np.zeros(mask.width, dtype=bool)
+    try:
+        with gdal_env(), rasterio.open(mask.path) as src:
+            for _, window in src.block_windows(1):
+                block = _edit_pixels(src.read(1, window=window), mask.nodata)
+                if block.any():
+                    r0, c0 = int(window.row_off), int(window.col_off)
+                    rows_any[r0 : r0 + block.shape[0]] |= block.any(axis=1)
+                    cols_any[c0 : c0 + block.shape[1]] |= block.any(axis=0)
+    except RasterioError as exc:
+        raise RoiError(f"cannot read ROI mask {mask.path}: {exc}") from exc
+    if not rows_any.any():
+        return None
+    rows, cols = np.flatnonzero(rows_any), np.flatnonzero(cols_any)
+    return Window(
+        int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+    )
+
+
+def _read_mask(path: str, window: Window) -> np.ndarray:
+    with gdal_env(), rasterio.open(path) as src:
+        return _edit_pixels(src.read(1, window=window), src.nodata)
+
+
+def _edit_pixels(values: np.ndarray, nodata: float | None) -> np.ndarray:
+    edit = (values != 0) & ~nodata_pixels(values, nodata)
+    if values.dtype.kind == "f":
+        edit &= ~np.isnan(values)
+    return edit

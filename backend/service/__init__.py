@@ -1,0 +1,1 @@
+"""The HTTP backend (`rs-edit serve`)."""
