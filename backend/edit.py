@@ -27,6 +27,9 @@ from .raster import RasterInfo, inspect_raster, read_tile, write_result
 from .roi import Roi, roi_from_geojson, roi_from_mask, whole_image
 
 MAX_PROMPT_CHARS = 1000
+# The largest window (ROI + context) read and modelled at once: 64 MP of float32 per band is
+# already far beyond what single-image diffusion learns in minutes.
+MAX_WINDOW_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,11 @@ def prepare(
     rgb = rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
 
     window = context_window(roi.bbox, info, options.context_px + options.dilate_px)
+    if window.width * window.height > MAX_WINDOW_PIXELS:
+        raise ParameterError(
+            f"the area to edit ({window.width}x{window.height} px with context) is larger than "
+            f"{MAX_WINDOW_PIXELS:,} px: draw a smaller ROI (--roi or --mask)"
+        )
     tile = read_tile(info, window)
     roi_mask = roi.rasterize(window)
     alpha = roi_alpha(roi_mask, dilate_px=options.dilate_px, feather_px=options.feather_px)

@@ -78,7 +78,11 @@ def roi_from_geojson(source: str | os.PathLike | dict, info: RasterInfo) -> Roi:
             f"raster {Path(info.path).name} has no georeferencing, so a GeoJSON ROI cannot be "
             "placed on it: give the ROI as a pixel mask raster instead"
         )
-    projected = _reproject(geometry, crs, ProjCRS.from_user_input(info.crs.to_wkt()))
+    try:
+        raster_crs = ProjCRS.from_user_input(info.crs.to_wkt())
+    except ProjCRSError as exc:
+        raise CrsError(f"the raster's CRS is unknown to PROJ: {info.crs.to_wkt()[:200]}") from exc
+    projected = _reproject(geometry, crs, raster_crs)
     pixels = affinity.affine_transform(projected, _shapely_affine(~info.transform))
     return _clip_to_raster(pixels, info)
 
