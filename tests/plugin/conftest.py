@@ -1,0 +1,111 @@
+"""Shared set-up for the plugin tests, which run under QGIS's own Python with pytest-qgis.
+
+Note: pytest-qgis creates the QgsApplication in its `pytest_load_initial_conftests` hook,
+before this file is imported, so on a machine without a display the caller must already
+export QT_QPA_PLATFORM=offscreen (scripts/plugin_tests.sh does). Setting it here covers the
+remaining cases (e.g. pytest-qgis disabled) at no cost.
+"""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `import rs_edit_plugin` from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from qgis.core import QgsSettings  # noqa: E402
+from qgis.PyQt.QtCore import QCoreApplication, QEvent  # noqa: E402
+
+from rs_edit_plugin import settings as plugin_settings  # noqa: E402
+
+TEST_TIMEOUT_S = 90  # above QGIS's own 60 s network timeout
+
+
+def pytest_collection_modifyitems(config, items):
+    """A hung test must end the run rather than block it forever. The thread method is needed
+    because a signal cannot interrupt a blocking C++ call such as blockingGet."""
+    if config.pluginmanager.hasplugin("timeout") and config.getoption("timeout") is None:
+        for item in items:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="thread"))
+
+
+def _flush_deletes():
+    """Deliver pending deleteLater() calls, as QGIS's event loop would."""
+    QCoreApplication.processEvents()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+
+
+@pytest.fixture
+def flush_deletes():
+    return _flush_deletes
+
+
+@pytest.fixture(autouse=True)
+def clean_plugin_settings():
+    """Each test starts and ends without a stored backend URL (pytest-qgis keeps one
+    settings file for the whole session)."""
+    QgsSettings().remove(plugin_settings.BACKEND_URL_KEY)
+    yield
+    QgsSettings().remove(plugin_settings.BACKEND_URL_KEY)
+
+
+class GuiRecorder:
+    """What a plugin has put into the QGIS GUI, as the real QgisApp would hold it.
+
+    pytest-qgis's stub iface silently ignores toolbar, menu and dock calls; this records
+    them, and removing something never added raises, so leftovers and double removals show.
+    """
+
+    def __init__(self, main_window):
+        self.main_window = main_window
+        self.toolbar = []
+        self.raster_menus = {}
+        self.docks = []
+
+    def add_toolbar_icon(self, action):
+        self.toolbar.append(action)
+
+    def remove_toolbar_icon(self, action):
+        self.toolbar.remove(action)
+
+    def add_raster_menu(self, name, action):
+        self.raster_menus.setdefault(name, []).append(action)
+
+    def remove_raster_menu(self, name, action):
+        self.raster_menus[name].remove(action)
+        if not self.raster_menus[name]:
+            del self.raster_menus[name]
+
+    def add_dock(self, area, dock):
+        self.main_window.addDockWidget(area, dock)
+        self.docks.append(dock)
+
+    def remove_dock(self, dock):
+        self.main_window.removeDockWidget(dock)
+        self.docks.remove(dock)
+
+    def is_empty(self):
+        return not (self.toolbar or self.raster_menus or self.docks)
+
+
+@pytest.fixture
+def gui(qgis_iface, monkeypatch):
+    """The pytest-qgis iface with toolbar/menu/dock calls routed to a GuiRecorder."""
+    recorder = GuiRecorder(qgis_iface.mainWindow())
+    for name, method in {
+        "addToolBarIcon": recorder.add_toolbar_icon,
+        "removeToolBarIcon": recorder.remove_toolbar_icon,
+        "addPluginToRasterMenu": recorder.add_raster_menu,
+        "removePluginRasterMenu": recorder.remove_raster_menu,
+        "addDockWidget": recorder.add_dock,
+        "removeDockWidget": recorder.remove_dock,
+    }.items():
+        monkeypatch.setattr(qgis_iface, name, method)
+    yield recorder
+    _flush_deletes()
