@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -90,8 +91,13 @@ class Tile:
 
 @contextlib.contextmanager
 def gdal_env() -> Iterator[None]:
-    """GDAL settings for everything we do: bounded cache, errors as exceptions, no sidecars."""
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO", CPL_DEBUG=False):
+    """GDAL settings for everything we do: bounded cache, no sidecar files, and no warning for
+    plain images (having no georeferencing is a supported case, reported where it matters)."""
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO", CPL_DEBUG=False),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         yield
 
 
