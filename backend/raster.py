@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -38,6 +39,16 @@ GDAL_CACHE_MB = 128
 # Where the tag recording the prompt and settings goes in the output.
 RESULT_TAG = "RS_EDIT"
 _HEAVY_READ_LIMIT = 64_000_000  # bytes: non-TIFF rasters up to this size are fully read to validate
+
+
+def _read_umask() -> int:
+    """The process umask, read once at import (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @dataclass(frozen=True)
@@ -250,7 +261,11 @@ def write_result(
         with gdal_env():
             with rasterio.open(info.path) as src:
                 options = _creation_options(src)
-                rasterio.shutil.copy(src, tmp, driver="GTiff", **options)
+                if _can_copy_bytes(src):
+                    # Byte copy: no decompression of the whole scene, metadata identical.
+                    shutil.copyfile(info.path, tmp)
+                else:
+                    rasterio.shutil.copy(src, tmp, driver="GTiff", **options)
                 with rasterio.open(tmp, "r+") as dst:
                     _copy_metadata(src, dst)
                     dst.write(data, window=window)
@@ -259,6 +274,7 @@ def write_result(
             if cog:
                 rasterio.shutil.copy(tmp, cog_tmp, driver="COG", **_cog_options(options))
                 os.replace(cog_tmp, tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, output)
     except RasterioError as exc:
         raise RasterError(f"cannot write {output}: {_gdal_message(exc)}") from exc
@@ -267,6 +283,20 @@ def write_result(
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
     return output
+
+
+def _can_copy_bytes(src) -> bool:
+    """A plain, losslessly compressed GeoTIFF without overviews can be copied byte for byte and
+    edited in place. Overviews would go stale and a COG's layout would break, so those (and lossy
+    or non-TIFF inputs) are re-encoded by GDAL instead."""
+    compression = src.compression.name.lower() if src.compression else "none"
+    return (
+        src.driver == "GTiff"
+        and compression in LOSSLESS_COMPRESSIONS
+        and not src.overviews(1)
+        and src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"
+        and not src.subdatasets
+    )
 
 
 def check_output_path(info: RasterInfo, output: Path) -> None:
@@ -280,7 +310,7 @@ def check_output_path(info: RasterInfo, output: Path) -> None:
 
 def _creation_options(src) -> dict:
     """GeoTIFF creation options that mirror the input's layout, always lossless."""
-    options: dict = {"BIGTIFF": "IF_SAFER"}
+    options: dict = {"BIGTIFF": "IF_SAFER", "NUM_THREADS": "ALL_CPUS"}
     profile = src.profile
     compression = (src.compression.name.lower() if src.compression else "none") or "none"
     if compression not in LOSSLESS_COMPRESSIONS:
@@ -312,7 +342,9 @@ def _is_rgb(colorinterp) -> bool:
 
 
 def _cog_options(options: dict) -> dict:
-    keep = {k: v for k, v in options.items() if k in ("BIGTIFF", "COMPRESS", "PREDICTOR")}
+    keep = {
+        k: v for k, v in options.items() if k in ("BIGTIFF", "COMPRESS", "PREDICTOR", "NUM_THREADS")
+    }
     keep["OVERVIEWS"] = "NONE"  # overviews are a rendering aid; the user asked for pixels
     return keep
 

@@ -210,3 +210,28 @@ def test_not_a_raster(tmp_path, content):
 def test_missing_file(tmp_path):
     with pytest.raises(RasterError, match="not found"):
         inspect_raster(tmp_path / "nope.tif")
+
+
+def test_result_is_an_ordinary_file_with_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    src = write_raster(tmp_path / "in.tif", random_data("uint8", 1))
+    out = edit_raster(prepare(src, EditOptions(prompt="x")), tmp_path / "out.tif")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_overviews_force_a_re_encode_so_none_go_stale(tmp_path):
+    data = random_data("uint8", 1, 256, 256)
+    src = write_raster(tmp_path / "ov.tif", data, tiled=True, compress="deflate")
+    with rasterio.open(src, "r+") as dst:
+        dst.build_overviews([2, 4])
+    info = inspect_raster(src)
+    out = write_result(
+        info, tmp_path / "out.tif", Window(0, 0, 16, 16), np.zeros((1, 16, 16), dtype="uint8")
+    )
+    with rasterio.open(out) as dst:
+        assert dst.overviews(1) == []  # re-encoded: no stale overview can show the old pixels
+        assert (dst.read(1, window=Window(0, 0, 16, 16)) == 0).all()
