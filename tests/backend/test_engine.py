@@ -1,0 +1,184 @@
+"""The single-image multi-scale diffusion engine on CPU, with tiny settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from backend.engine.diffusion import MultiScaleDiffusion
+from backend.engine.model import TileModel
+from backend.engine.network import Denoiser
+from backend.engine.presets import PRESETS, get_preset
+from backend.engine.pyramid import blurry_inputs, build_pyramid, lanczos_resize, pyramid_spec
+from backend.engine.schedule import NoiseSchedule
+from backend.engine.train import Trainer, pick_device, train_tile
+from backend.errors import ParameterError
+from backend.scene import make_scene
+
+TINY = PRESETS["tiny"]
+
+
+def scene_tile(size: int = 64, seed: int = 1) -> np.ndarray:
+    return make_scene(size, seed=seed).image.astype(np.float32) / 127.5 - 1.0
+
+
+def test_pyramid_matches_the_published_layout():
+    spec = pyramid_spec(223, 223)
+    assert spec.n_scales == 5
+    assert 42 <= spec.sizes[0][0] <= 56 and spec.sizes[-1] == (223, 223)
+    ratios = [b[0] / a[0] for a, b in zip(spec.sizes, spec.sizes[1:], strict=False)]
+    assert all(1.35 < r < 1.47 for r in ratios)
+    assert pyramid_spec(30, 40).sizes == ((30, 40),)
+    rect = pyramid_spec(256, 128)
+    assert rect.sizes[-1] == (256, 128) and min(rect.sizes[0]) >= 42
+
+
+def test_lanczos_pyramid_and_blurry_inputs():
+    image = np.random.default_rng(0).standard_normal((5, 100, 90)).astype(np.float32)
+    spec = pyramid_spec(100, 90)
+    levels = build_pyramid(image, spec)
+    assert [tuple(lv.shape[-2:]) for lv in levels] == list(spec.sizes)
+    assert all(lv.shape[:2] == (1, 5) for lv in levels)
+    assert np.array_equal(levels[-1][0].numpy(), image)
+    blurry = blurry_inputs(levels)
+    assert blurry[0] is None and blurry[-1].shape == levels[-1].shape
+    flat = np.full((2, 40, 40), 0.3, dtype=np.float32)
+    assert np.allclose(lanczos_resize(flat, (17, 23)), 0.3, atol=1e-5)
+
+
+def test_reference_network_size_and_shapes():
+    net = Denoiser(3, width=160)
+    params = sum(p.numel() for p in net.parameters())
+    assert 1.0e6 < params < 1.2e6  # the published network has about 1.1 M parameters
+    small = Denoiser(13, width=16)
+    x = torch.randn(2, 13, 37, 29)
+    out = small(x, torch.tensor([0, 5]), torch.tensor([0, 2]))
+    assert out.shape == x.shape
+
+
+def test_schedule_and_scale_mixing():
+    sch = NoiseSchedule(100)
+    ab = sch.alphas_cumprod
+    assert ab[0] > 0.99 and ab[-1] < 1e-3 and bool((ab[1:] < ab[:-1]).all())
+    diffusion = MultiScaleDiffusion(100, [0.0, 0.05, 0.2])
+    assert diffusion.t_max[0] == 100
+    assert 2 <= diffusion.t_max[1] < diffusion.t_max[2] < 100
+    g = diffusion.gammas[1]
+    assert float(g.min()) >= 0 and float(g.max()) == 1.0 and bool((g[1:] >= g[:-1]).all())
+
+
+def test_training_lowers_the_loss():
+    preset = dataclasses.replace(TINY, steps=150)
+    trainer = Trainer(scene_tile(48), preset, device=torch.device("cpu"), seed=0)
+    before = trainer.eval_loss()
+    for _ in range(preset.steps):
+        trainer.step()
+    assert trainer.eval_loss() < 0.7 * before
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> TileModel:
+    return train_tile(scene_tile(64), dataclasses.replace(TINY, steps=30), seed=0)
+
+
+def test_samples_have_shape_bands_and_range(tiny_model):
+    x = tiny_model.sample(2, seed=3)
+    assert x.shape == (2, 3, 64, 64)
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+    assert not torch.equal(x[0], x[1])
+    bigger = tiny_model.sample(1, size=(80, 112), seed=3)
+    assert bigger.shape == (1, 3, 80, 112)
+
+
+def test_same_seed_same_sample(tiny_model):
+    assert torch.equal(tiny_model.sample(1, seed=7), tiny_model.sample(1, seed=7))
+
+
+def test_multiband_model():
+    image = np.random.default_rng(0).uniform(-1, 1, (4, 48, 48)).astype(np.float32)
+    model = train_tile(image, dataclasses.replace(TINY, steps=3), seed=0)
+    assert model.sample(1, seed=0).shape == (1, 4, 48, 48)
+
+
+def test_checkpoint_round_trip(tiny_model, tmp_path):
+    path = tiny_model.save(tmp_path / "m.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    loaded = TileModel.load(path)
+    assert loaded.spec == tiny_model.spec and loaded.blur_gaps == tiny_model.blur_gaps
+    assert loaded.tile_hash == tiny_model.tile_hash and len(loaded.tile_hash) == 64
+    for key, value in tiny_model.net.state_dict().items():
+        assert torch.equal(value, loaded.net.state_dict()[key])
+    assert torch.equal(loaded.sample(1, seed=5), tiny_model.sample(1, seed=5))
+
+
+def test_loading_something_else_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"hello": 1}, bad)
+    with pytest.raises(Exception, match="not an rs-edit tile model"):
+        TileModel.load(bad)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="cannot read tile model"):
+        TileModel.load(garbage)
+
+
+def test_progress_reports_every_step_and_can_cancel():
+    seen = []
+    train_tile(
+        scene_tile(48),
+        dataclasses.replace(TINY, steps=5),
+        seed=0,
+        progress=lambda stage, step, total, loss=None: seen.append((stage, step, total)),
+    )
+    assert seen[0] == ("train", 0, 5) and seen[-1] == ("train", 5, 5) and len(seen) == 6
+
+    class StopTrainingError(Exception):
+        pass
+
+    def cancel(stage, step, total, loss=None):
+        if step == 2:
+            raise StopTrainingError
+
+    with pytest.raises(StopTrainingError):
+        train_tile(scene_tile(48), dataclasses.replace(TINY, steps=50), seed=0, progress=cancel)
+
+
+def test_reference_caps_input_pixels():
+    image = np.zeros((3, 300, 300), dtype=np.float32)
+    trainer = Trainer(image, PRESETS["reference"], device=torch.device("cpu"), seed=0)
+    h, w = trainer.spec.sizes[-1]
+    assert h * w <= 50_000 and trainer.spec.n_scales >= 4
+
+
+def test_presets_and_devices():
+    assert {"tiny", "fast", "balanced", "quality", "reference"} <= set(PRESETS)
+    ref = get_preset("reference")
+    assert (ref.width, ref.timesteps, ref.batch, ref.crop, ref.lr, ref.ema_decay) == (
+        160,
+        100,
+        32,
+        None,
+        1e-3,
+        0.995,
+    )
+    assert ref.milestones == (20_000, 40_000, 70_000, 80_000, 90_000, 110_000)
+    with pytest.raises(ParameterError):
+        get_preset("turbo")
+    assert pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ParameterError, match="no CUDA"):
+            pick_device("cuda")
+
+
+def test_tiny_preset_trains_and_samples_96px_within_the_contract_budget():
+    # The contract's limit for a whole 96x96 edit with --preset tiny is 60 s on 2 cores;
+    # training and sampling are most of it. Generous bound: this guards against regressions
+    # of an order of magnitude, not against a busy machine.
+    start = time.perf_counter()
+    model = train_tile(scene_tile(96), TINY, seed=0)
+    model.sample(1, seed=0)
+    assert time.perf_counter() - start < 60
