@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .bands import parse_band_list
 from .engine.presets import DEFAULT_PRESET, PRESETS
-from .errors import CancelledError, InputError, NotAvailableError, RsEditError
+from .errors import CancelledError, InputError, NotAvailableError, ParameterError, RsEditError
 from .guidance.clip import DEFAULT_CLIP
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_NOT_AVAILABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
@@ -68,7 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--image", required=True)
     bench.add_argument("--preset", default=DEFAULT_PRESET)
     bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    bench.add_argument("--steps", type=int, default=None)
+    bench.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train this many steps (default: until the quality bar)",
+    )
+    bench.add_argument("--size", type=int, default=None, help="centred square crop (px)")
+    bench.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -138,7 +145,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    raise NotAvailableError(f"benchmarks need the diffusion engine, not in rs-edit {__version__}")
+    from .bench import print_result, run_bench
+
+    if args.steps is not None and args.steps < 2:
+        raise ParameterError("--steps must be at least 2 (one warm-up step is not timed)")
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731 - progress to stderr
+    print_result(
+        run_bench(
+            args.image,
+            args.preset,
+            args.device,
+            args.steps,
+            size=args.size,
+            seed=args.seed,
+            log=log,
+        )
+    )
+    return EXIT_OK
 
 
 _COMMANDS = {"edit": cmd_edit, "serve": cmd_serve, "demo": cmd_demo, "bench": cmd_bench}

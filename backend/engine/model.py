@@ -16,6 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..progress import ProgressCallback, no_progress
+from .device import autocast, use_bf16
 from .diffusion import MultiScaleDiffusion
 from .network import Denoiser
 from .pyramid import PyramidSpec
@@ -68,14 +69,16 @@ class TileModel:
         generator = torch.Generator(self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
         self.net.eval()
-        return self.diffusion().sample(
-            self.net,
-            self.sizes_for(size),
-            batch=n,
-            channels=self.channels,
-            generator=generator,
-            progress=progress,
-        )
+        net = self.net.to(memory_format=torch.channels_last)
+        with autocast(self.device, use_bf16(self.device)):
+            return self.diffusion().sample(
+                net,
+                self.sizes_for(size),
+                batch=n,
+                channels=self.channels,
+                generator=generator,
+                progress=progress,
+            )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Atomic: written to a temporary file next to `path`, then renamed."""

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..errors import ParameterError
 from ..progress import ProgressCallback, no_progress
+from .device import autocast, channels_last, use_bf16
 from .diffusion import MultiScaleDiffusion
 from .model import TileModel, tile_hash
 from .network import Denoiser
@@ -21,26 +21,17 @@ from .presets import Preset
 from .pyramid import blurry_inputs, build_pyramid, lanczos_resize, pyramid_spec
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """auto: cuda, then mps, then cpu. An explicit device that is missing is an input error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("--device cuda was asked for, but no CUDA GPU is available")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ParameterError(f"unknown device {name!r} (auto, cpu, cuda)")
-    return torch.device(name)
-
-
 class Trainer:
     """Holds the state of one training run so benchmarks can time individual steps."""
 
     def __init__(
-        self, image: np.ndarray, preset: Preset, *, device: torch.device, seed: int | None = None
+        self,
+        image: np.ndarray,
+        preset: Preset,
+        *,
+        device: torch.device,
+        seed: int | None = None,
+        precision: str = "auto",
     ):
         image = _cap_pixels(image, preset.max_pixels)
         self.preset, self.device = preset, device
@@ -65,10 +56,10 @@ class Trainer:
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(preset.ema_decay))
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=preset.lr)
         self.scheduler = _lr_schedule(self.optimizer, preset)
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.forward_net = torch.compile(self.net) if preset.compile and self.cuda else self.net
+        self.bf16 = use_bf16(device, precision)
+        self.net = self.net.to(memory_format=torch.channels_last)
+        compile_ = preset.compile and device.type == "cuda"
+        self.forward_net = torch.compile(self.net) if compile_ else self.net
         self.step_count = 0
 
     def step(self) -> float:
@@ -78,7 +69,7 @@ class Trainer:
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         clean, blurry = self._batch(s)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+        with autocast(self.device, self.bf16):
             loss = self.diffusion.loss(self.forward_net, clean, blurry, s, self.generator)
         loss.backward()
         self.optimizer.step()
@@ -95,7 +86,8 @@ class Trainer:
         self.net.eval()
         total = 0.0
         for s in range(self.spec.n_scales):
-            clean, blurry = self.clean[s], self.blurry[s]
+            clean = channels_last(self.clean[s])
+            blurry = None if self.blurry[s] is None else channels_last(self.blurry[s])
             for _ in range(repeats):
                 total += float(self.diffusion.loss(self.net, clean, blurry, s, generator))
         return total / (repeats * self.spec.n_scales)
@@ -122,12 +114,7 @@ class Trainer:
                 blurry = torch.cat(
                     [blurry[..., r : r + ch, c : c + cw] for r, c in zip(rows, cols, strict=True)]
                 )
-        if self.cuda:
-            clean = clean.contiguous(memory_format=torch.channels_last)
-            blurry = (
-                None if blurry is None else blurry.contiguous(memory_format=torch.channels_last)
-            )
-        return clean, blurry
+        return channels_last(clean), None if blurry is None else channels_last(blurry)
 
     def model(self, *, scaling: dict | None = None) -> TileModel:
         """The trained model with EMA weights (a copy; training may go on)."""
@@ -152,11 +139,12 @@ def train_tile(
     device: torch.device | str = "cpu",
     seed: int | None = None,
     steps: int | None = None,
+    precision: str = "auto",
     progress: ProgressCallback = no_progress,
     scaling: dict | None = None,
 ) -> TileModel:
     """Learn one tile (C, H, W) in the model's range; progress("train", step, total, loss)."""
-    trainer = Trainer(image, preset, device=torch.device(device), seed=seed)
+    trainer = Trainer(image, preset, device=torch.device(device), seed=seed, precision=precision)
     total = steps or preset.steps
     progress("train", 0, total, None)
     started = time.perf_counter()

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from backend.engine.device import pick_device
 from backend.engine.diffusion import MultiScaleDiffusion
 from backend.engine.model import TileModel
 from backend.engine.network import Denoiser
 from backend.engine.presets import PRESETS, get_preset
 from backend.engine.pyramid import blurry_inputs, build_pyramid, lanczos_resize, pyramid_spec
 from backend.engine.schedule import NoiseSchedule
-from backend.engine.train import Trainer, pick_device, train_tile
+from backend.engine.train import Trainer, train_tile
 from backend.errors import ParameterError
 from backend.scene import make_scene
 

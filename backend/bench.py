@@ -1,0 +1,147 @@
+"""`rs-edit bench`: training speed, time to quality and peak memory for one image and preset.
+
+The last line printed is one JSON object (the contract's fields, and a few more). Timing starts
+after a warm-up step, so one-off costs (allocations, kernel selection, compilation) are excluded.
+Without --steps, training runs until the samples' patch SWD is within `QUALITY_BAR` times the
+source's own half-to-half SWD, or until the preset's step budget is spent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bands import BandScaling
+from .engine.device import pick_device
+from .engine.presets import get_preset
+from .engine.quality import patch_swd, self_swd
+from .engine.train import Trainer
+from .errors import ParameterError
+from .raster import inspect_raster, read_tile
+
+QUALITY_BAR = 1.25
+EVAL_SAMPLES = 2
+
+
+def load_tile(path: str | Path, size: int | None = None) -> np.ndarray:
+    """The image (or a centred size x size crop of it) in the model's range."""
+    info = inspect_raster(path)
+    tile = read_tile(info)
+    bands = list(info.data_bands)
+    image = BandScaling.fit(tile.data[bands], tile.valid).forward(tile.data[bands], tile.valid)
+    if size:
+        if size > min(info.height, info.width):
+            raise ParameterError(
+                f"--size {size} is larger than the image ({info.width}x{info.height})"
+            )
+        r0, c0 = (info.height - size) // 2, (info.width - size) // 2
+        image = image[:, r0 : r0 + size, c0 : c0 + size]
+    return np.ascontiguousarray(image)
+
+
+def run_bench(
+    image_path: str,
+    preset_name: str,
+    device_name: str,
+    steps: int | None = None,
+    *,
+    size: int | None = None,
+    seed: int = 0,
+    eval_every: int | None = None,
+    log=print,
+) -> dict:
+    preset = get_preset(preset_name)
+    device = pick_device(device_name)
+    image = load_tile(image_path, size)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(image, preset, device=device, seed=seed)
+    source = torch.from_numpy(image).to(device)
+    swd_self = self_swd(source)
+
+    started = time.perf_counter()
+    trainer.step()  # warm-up: not timed
+    _sync(device)
+    warmup_seconds = time.perf_counter() - started
+
+    budget = steps or preset.steps
+    eval_every = eval_every or max(50, budget // 10)
+    timed_seconds, swd, reached_at = 0.0, None, None
+    for step in range(2, budget + 1):
+        t0 = time.perf_counter()
+        trainer.step()
+        _sync(device)
+        timed_seconds += time.perf_counter() - t0
+        if steps is None and (step % eval_every == 0 or step == budget):
+            swd = _samples_swd(trainer, source)
+            log(
+                f"step {step}: swd {swd:.4f} (bar {QUALITY_BAR * swd_self:.4f}), "
+                f"{timed_seconds:.1f} s"
+            )
+            if swd <= QUALITY_BAR * swd_self:
+                reached_at = step
+                break
+    trained = trainer.step_count
+    if swd is None:
+        swd = _samples_swd(trainer, source)
+    result = {
+        "image": str(image_path),
+        "size": list(image.shape[1:]),
+        "bands": int(image.shape[0]),
+        "preset": preset.name,
+        "device": _device_label(device),
+        "steps": trained,
+        "sec_per_step": timed_seconds / max(1, trained - 1),
+        "seconds": warmup_seconds + timed_seconds,
+        "warmup_seconds": warmup_seconds,
+        "swd": swd,
+        "swd_self": swd_self,
+        "swd_ratio": swd / swd_self if swd_self else None,
+        "quality_bar_reached_at_step": reached_at,
+        "peak_rss_mb": peak_rss_mb(),
+        "scales": [list(s) for s in trainer.spec.sizes],
+        "preset_settings": asdict(preset),
+    }
+    if device.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _samples_swd(trainer: Trainer, source: torch.Tensor) -> float:
+    model = trainer.model()
+    samples = model.sample(EVAL_SAMPLES, seed=0)
+    return patch_swd(samples, source)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM; ru_maxrss would include a forking
+    parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def print_result(result: dict) -> None:
+    print(json.dumps(result, sort_keys=True))
