@@ -53,6 +53,7 @@ def run_bench(
     size: int | None = None,
     seed: int = 0,
     eval_every: int | None = None,
+    baseline: bool = False,
     log=print,
 ) -> dict:
     preset = get_preset(preset_name)
@@ -60,7 +61,14 @@ def run_bench(
     image = load_tile(image_path, size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(image, preset, device=device, seed=seed)
+    trainer = Trainer(
+        image,
+        preset,
+        device=device,
+        seed=seed,
+        precision="fp32" if baseline else "auto",
+        channels_last_layout=not baseline,
+    )
     source = torch.from_numpy(image).to(device)
     swd_self = self_swd(source)
 
@@ -87,6 +95,8 @@ def run_bench(
                 reached_at = step
                 break
     trained = trainer.step_count
+    per_scale = _per_scale_seconds(trainer, device)
+    weights = [t / sum(trainer.diffusion.t_max) for t in trainer.diffusion.t_max]
     if swd is None:
         swd = _samples_swd(trainer, source)
     result = {
@@ -94,6 +104,7 @@ def run_bench(
         "size": list(image.shape[1:]),
         "bands": int(image.shape[0]),
         "preset": preset.name,
+        "mode": "baseline (NCHW fp32, the published way)" if baseline else "rs-edit",
         "device": _device_label(device),
         "steps": trained,
         "sec_per_step": timed_seconds / max(1, trained - 1),
@@ -105,11 +116,28 @@ def run_bench(
         "quality_bar_reached_at_step": reached_at,
         "peak_rss_mb": peak_rss_mb(),
         "scales": [list(s) for s in trainer.spec.sizes],
+        # Steps draw one scale each: the expected step time is the weighted mean of these.
+        "sec_per_step_by_scale": per_scale,
+        "scale_weights": weights,
+        "expected_sec_per_step": sum(w * t for w, t in zip(weights, per_scale, strict=True)),
         "preset_settings": asdict(preset),
     }
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
+
+
+def _per_scale_seconds(trainer: Trainer, device: torch.device) -> list[float]:
+    """One timed step at each scale (each after one untimed step at that scale)."""
+    seconds = []
+    for s in range(trainer.spec.n_scales):
+        trainer.step(scale=s)
+        _sync(device)
+        t0 = time.perf_counter()
+        trainer.step(scale=s)
+        _sync(device)
+        seconds.append(time.perf_counter() - t0)
+    return seconds
 
 
 def _samples_swd(trainer: Trainer, source: torch.Tensor) -> float:

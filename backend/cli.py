@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--size", type=int, default=None, help="centred square crop (px)")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument(
+        "--baseline",
+        action="store_true",
+        help="run the network the published way (NCHW, fp32) for comparison",
+    )
     return parser
 
 
@@ -158,6 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.steps,
             size=args.size,
             seed=args.seed,
+            baseline=args.baseline,
             log=log,
         )
     )

@@ -32,6 +32,7 @@ class Trainer:
         device: torch.device,
         seed: int | None = None,
         precision: str = "auto",
+        channels_last_layout: bool = True,
     ):
         image = _cap_pixels(image, preset.max_pixels)
         self.preset, self.device = preset, device
@@ -57,15 +58,21 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=preset.lr)
         self.scheduler = _lr_schedule(self.optimizer, preset)
         self.bf16 = use_bf16(device, precision)
-        self.net = self.net.to(memory_format=torch.channels_last)
+        # channels_last_layout=False and precision="fp32" run the network the published way
+        # (NCHW, fp32): the like-for-like baseline of `rs-edit bench --baseline`.
+        self.layout = channels_last if channels_last_layout else (lambda x: x)
+        if channels_last_layout:
+            self.net = self.net.to(memory_format=torch.channels_last)
         compile_ = preset.compile and device.type == "cuda"
         self.forward_net = torch.compile(self.net) if compile_ else self.net
         self.step_count = 0
 
-    def step(self) -> float:
+    def step(self, scale: int | None = None) -> float:
         """One optimizer step on one scale, drawn with probability proportional to the number
-        of timesteps trained there (as published); returns the loss."""
-        s = self.scale_chooser.choices(range(self.spec.n_scales), weights=self.diffusion.t_max)[0]
+        of timesteps trained there (as published) unless given; returns the loss."""
+        s = scale
+        if s is None:
+            s = self.scale_chooser.choices(range(self.spec.n_scales), self.diffusion.t_max)[0]
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         clean, blurry = self._batch(s)
@@ -86,8 +93,8 @@ class Trainer:
         self.net.eval()
         total = 0.0
         for s in range(self.spec.n_scales):
-            clean = channels_last(self.clean[s])
-            blurry = None if self.blurry[s] is None else channels_last(self.blurry[s])
+            clean = self.layout(self.clean[s])
+            blurry = None if self.blurry[s] is None else self.layout(self.blurry[s])
             for _ in range(repeats):
                 total += float(self.diffusion.loss(self.net, clean, blurry, s, generator))
         return total / (repeats * self.spec.n_scales)
@@ -114,7 +121,7 @@ class Trainer:
                 blurry = torch.cat(
                     [blurry[..., r : r + ch, c : c + cw] for r, c in zip(rows, cols, strict=True)]
                 )
-        return channels_last(clean), None if blurry is None else channels_last(blurry)
+        return self.layout(clean), None if blurry is None else self.layout(blurry)
 
     def model(self, *, scaling: dict | None = None) -> TileModel:
         """The trained model with EMA weights (a copy; training may go on)."""

@@ -1,0 +1,53 @@
+"""`rs-edit bench` prints the contract's JSON line, and the quality measure ranks a trained model
+between the source itself and noise."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+
+from backend.cli import main
+from backend.engine.presets import PRESETS
+from backend.engine.quality import patch_swd, self_swd
+from backend.engine.train import train_tile
+from backend.scene import make_scene, write_scene
+
+CONTRACT_FIELDS = {"sec_per_step", "steps", "seconds", "swd", "swd_self", "peak_rss_mb"}
+
+
+def test_bench_prints_one_json_object_last(tmp_path, capsys):
+    image = tmp_path / "scene.tif"
+    write_scene(make_scene(64, seed=2), image)
+    code = main(
+        ["bench", "--image", str(image), "--preset", "tiny", "--device", "cpu", "--steps", "4"]
+    )
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert set(result) >= CONTRACT_FIELDS
+    assert result["steps"] == 4 and result["sec_per_step"] > 0
+    assert result["seconds"] >= result["sec_per_step"] * 3
+    assert result["swd"] > 0 and result["swd_self"] > 0 and result["peak_rss_mb"] > 50
+    assert "peak_gpu_mb" not in result  # CPU run
+
+
+def test_bench_rejects_bad_arguments(tmp_path, capsys):
+    assert main(["bench", "--image", str(tmp_path / "none.tif"), "--preset", "tiny"]) == 2
+    assert "not found" in capsys.readouterr().err
+    image = tmp_path / "scene.tif"
+    write_scene(make_scene(48, seed=2), image)
+    assert main(["bench", "--image", str(image), "--preset", "nope"]) == 2
+    assert main(["bench", "--image", str(image), "--preset", "tiny", "--steps", "1"]) == 2
+    assert main(["bench", "--image", str(image), "--preset", "tiny", "--size", "500"]) == 2
+
+
+def test_swd_ranks_trained_samples_between_source_and_noise():
+    scene = make_scene(64, seed=4).image.astype("float32") / 127.5 - 1
+    source = torch.from_numpy(scene)
+    model = train_tile(scene, dataclasses.replace(PRESETS["tiny"], steps=300), seed=0)
+    samples = model.sample(2, seed=0)
+    noise = torch.randn_like(samples) * source.std() + source.mean()
+    trained = patch_swd(samples, source)
+    assert self_swd(source) < trained < patch_swd(noise, source)
