@@ -96,7 +96,7 @@ def run_bench(
                 break
     trained = trainer.step_count
     per_scale = _per_scale_seconds(trainer, device)
-    weights = [t / sum(trainer.diffusion.t_max) for t in trainer.diffusion.t_max]
+    weights = trainer.scale_weights
     if swd is None:
         swd = _samples_swd(trainer, source)
     result = {

@@ -27,6 +27,9 @@ class Preset:
     ema_decay: float = 0.995
     max_pixels: int | None = None  # the published code caps its input at 50,000 pixels
     compile: bool = False  # torch.compile the network (pays off on long GPU runs)
+    # How a step picks its scale: "timesteps" (proportional to the timesteps trained there, as
+    # published: the coarsest scale dominates) or "uniform" (fine scales get their share).
+    scale_weighting: str = "timesteps"
 
 
 PRESETS: dict[str, Preset] = {
@@ -43,6 +46,7 @@ PRESETS: dict[str, Preset] = {
             lr=3e-3,
             lr_schedule="cosine",
             milestones=(),
+            scale_weighting="uniform",
             ema_decay=0.9,
         ),
         Preset(
@@ -56,6 +60,7 @@ PRESETS: dict[str, Preset] = {
             lr=2e-3,
             lr_schedule="cosine",
             milestones=(),
+            scale_weighting="uniform",
             ema_decay=0.99,
         ),
         Preset(
@@ -69,6 +74,7 @@ PRESETS: dict[str, Preset] = {
             lr=2e-3,
             lr_schedule="cosine",
             milestones=(),
+            scale_weighting="uniform",
             ema_decay=0.995,
         ),
         Preset(
@@ -82,6 +88,7 @@ PRESETS: dict[str, Preset] = {
             lr=1e-3,
             lr_schedule="cosine",
             milestones=(),
+            scale_weighting="uniform",
             ema_decay=0.995,
             compile=True,
         ),

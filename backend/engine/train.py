@@ -67,12 +67,21 @@ class Trainer:
         self.forward_net = torch.compile(self.net) if compile_ else self.net
         self.step_count = 0
 
+    @property
+    def scale_weights(self) -> list[float]:
+        """Probability of each scale being trained in a step."""
+        if self.preset.scale_weighting == "timesteps":
+            raw = [float(t) for t in self.diffusion.t_max]
+        else:
+            raw = [1.0] * self.spec.n_scales
+        return [w / sum(raw) for w in raw]
+
     def step(self, scale: int | None = None) -> float:
         """One optimizer step on one scale, drawn with probability proportional to the number
         of timesteps trained there (as published) unless given; returns the loss."""
         s = scale
         if s is None:
-            s = self.scale_chooser.choices(range(self.spec.n_scales), self.diffusion.t_max)[0]
+            s = self.scale_chooser.choices(range(self.spec.n_scales), self.scale_weights)[0]
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         clean, blurry = self._batch(s)
