@@ -70,9 +70,9 @@ def data_block() -> np.ndarray:
     return rng.integers(20, 236, size=(1, DATA.height, DATA.width), dtype=np.uint8)
 
 
-def write_sparse(path: Path, size: int) -> Path:
-    """A size x size uint8 GeoTIFF with data only in DATA (and one 16x16 patch near the end)."""
-    profile = dict(
+def sparse_profile(size: int) -> dict:
+    """A tiled, compressed, sparse 1-band uint8 GeoTIFF on the UTM grid: tiny on disk."""
+    return dict(
         driver="GTiff",
         width=size,
         height=size,
@@ -86,6 +86,11 @@ def write_sparse(path: Path, size: int) -> Path:
         compress="DEFLATE",
         sparse_ok=True,
     )
+
+
+def write_sparse(path: Path, size: int) -> Path:
+    """A size x size uint8 GeoTIFF with data only in DATA (and one 16x16 patch near the end)."""
+    profile = sparse_profile(size)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data_block(), window=DATA)
         corner = np.full((1, 16, 16), 200, dtype=np.uint8)
@@ -116,20 +121,7 @@ def write_roi(path: Path) -> Path:
 def write_mask(path: Path, size: int) -> Path:
     """The ROI box as a sparse mask raster on the scene's grid."""
     c0, r0, c1, r1 = ROI
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=1,
-        dtype="uint8",
-        crs=UTM33,
-        transform=from_origin(*ORIGIN, PIXEL, PIXEL),
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="DEFLATE",
-        sparse_ok=True,
-    )
+    profile = sparse_profile(size)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(
             np.ones((1, r1 - r0, c1 - c0), dtype=np.uint8), window=Window(c0, r0, c1 - c0, r1 - r0)
