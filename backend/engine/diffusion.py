@@ -24,8 +24,17 @@ SAMPLING_GAMMA_CAP = 0.55
 
 
 class MultiScaleDiffusion:
-    def __init__(self, timesteps: int, blur_gaps: Sequence[float], device="cpu"):
+    def __init__(
+        self,
+        timesteps: int,
+        blur_gaps: Sequence[float],
+        device="cpu",
+        fine_target: str = "noise",
+    ):
         """`blur_gaps[s]` (s >= 1): RMS clean-blurry difference at scale s; index 0 is unused."""
+        if fine_target not in ("noise", "clean"):
+            raise ValueError(f"fine_target must be 'noise' or 'clean', got {fine_target!r}")
+        self.fine_target = fine_target
         self.schedule = NoiseSchedule(timesteps, device)
         self.timesteps = timesteps
         self.blur_gaps = tuple(float(g) for g in blur_gaps)
@@ -57,7 +66,8 @@ class MultiScaleDiffusion:
         scale: int,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """L1 between the true and predicted noise for a batch at one scale."""
+        """L1 between the true and predicted noise (or, at fine scales with fine_target "clean",
+        the clean image) for a batch at one scale."""
         b = clean.shape[0]
         t = torch.randint(0, self.t_max[scale], (b,), device=clean.device, generator=generator)
         x0 = clean
@@ -67,7 +77,8 @@ class MultiScaleDiffusion:
         noise = torch.randn(clean.shape, device=clean.device, generator=generator)
         x_t = self.schedule.q_sample(x0, t, noise)
         s = torch.full((b,), scale, device=clean.device)
-        return (net(x_t, t, s) - noise).abs().mean()
+        target = clean if scale > 0 and self.fine_target == "clean" else noise
+        return (net(x_t, t, s) - target).abs().mean()
 
     # --- sampling ---------------------------------------------------------------------------
 
@@ -110,15 +121,17 @@ class MultiScaleDiffusion:
     def _steps_at(self, s: int) -> int:
         return self.timesteps if s == 0 else self.t_max[s]
 
-    def _eps(self, net, x, t: int, s: int) -> torch.Tensor:
+    def _predict(self, net, x, t: int, s: int) -> torch.Tensor:
+        """The network's prediction (noise, or the clean image), in float32 even under bf16."""
         b = x.shape[0]
-        return net(x, torch.full((b,), t, device=x.device), torch.full((b,), s, device=x.device))
+        t_, s_ = torch.full((b,), t, device=x.device), torch.full((b,), s, device=x.device)
+        return net(x, t_, s_).float()
 
     def _denoise_scale0(self, net, x, generator, tick) -> torch.Tensor:
         """Ancestral DDPM from pure noise."""
         sch = self.schedule
         for i, t in enumerate(reversed(range(self.timesteps))):
-            eps = self._eps(net, x, t, 0)
+            eps = self._predict(net, x, t, 0)
             x0 = ((x - sch.sqrt_one_minus_ab[t] * eps) / sch.sqrt_ab[t]).clamp(-1, 1)
             if t == 0:
                 x = x0
@@ -142,11 +155,19 @@ class MultiScaleDiffusion:
         x = sch.q_sample(
             blurry, torch.full((blurry.shape[0],), t_start, device=blurry.device), noise
         )
-        gammas = self.gammas[s].clamp(0, SAMPLING_GAMMA_CAP)
+        predicts_clean = self.fine_target == "clean"
+        # Predicting noise means dividing by 1 - gamma to recover the clean image: capped as
+        # published. Predicting the clean image needs no division, so the trained gammas hold.
+        gammas = self.gammas[s] if predicts_clean else self.gammas[s].clamp(0, SAMPLING_GAMMA_CAP)
         for i, t in enumerate(reversed(range(t_start + 1))):
-            eps = self._eps(net, x, t, s)
-            x0_mix = (x - sch.sqrt_one_minus_ab[t] * eps) / sch.sqrt_ab[t]
-            clean = ((x0_mix - gammas[t] * blurry) / (1 - gammas[t])).clamp(-1, 1)
+            if predicts_clean:
+                clean = self._predict(net, x, t, s).clamp(-1, 1)
+                x0_mix = gammas[t] * blurry + (1 - gammas[t]) * clean
+                eps = (x - sch.sqrt_ab[t] * x0_mix) / sch.sqrt_one_minus_ab[t]
+            else:
+                eps = self._predict(net, x, t, s)
+                x0_mix = (x - sch.sqrt_one_minus_ab[t] * eps) / sch.sqrt_ab[t]
+                clean = ((x0_mix - gammas[t] * blurry) / (1 - gammas[t])).clamp(-1, 1)
             if t == 0:
                 x = clean
             else:

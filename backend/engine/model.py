@@ -31,6 +31,7 @@ class TileModel:
     timesteps: int
     blur_gaps: tuple[float, ...]
     preset: str
+    fine_target: str = "noise"
     tile_hash: str = ""
     scaling: dict | None = None
     extra: dict = field(default_factory=dict)
@@ -44,7 +45,7 @@ class TileModel:
         return next(self.net.parameters()).device
 
     def diffusion(self) -> MultiScaleDiffusion:
-        return MultiScaleDiffusion(self.timesteps, self.blur_gaps, self.device)
+        return MultiScaleDiffusion(self.timesteps, self.blur_gaps, self.device, self.fine_target)
 
     def sizes_for(self, size: tuple[int, int] | None) -> list[tuple[int, int]]:
         """Pyramid sizes for an output of `size` (h, w) at the finest scale (default: trained)."""
@@ -94,6 +95,7 @@ class TileModel:
             "timesteps": self.timesteps,
             "blur_gaps": list(self.blur_gaps),
             "preset": self.preset,
+            "fine_target": self.fine_target,
             "tile_hash": self.tile_hash,
             "scaling": self.scaling,
             "extra": self.extra,
@@ -125,6 +127,7 @@ class TileModel:
             timesteps=payload["timesteps"],
             blur_gaps=tuple(payload["blur_gaps"]),
             preset=payload["preset"],
+            fine_target=payload["fine_target"],
             tile_hash=payload["tile_hash"],
             scaling=payload["scaling"],
             extra=payload["extra"],

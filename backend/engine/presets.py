@@ -30,6 +30,9 @@ class Preset:
     # How a step picks its scale: "timesteps" (proportional to the timesteps trained there, as
     # published: the coarsest scale dominates) or "uniform" (fine scales get their share).
     scale_weighting: str = "timesteps"
+    # What the network predicts at scales > 0: "noise" (published) or "clean" (the sharp image;
+    # learns the fine-scale detail far faster).
+    fine_target: str = "noise"
 
 
 PRESETS: dict[str, Preset] = {

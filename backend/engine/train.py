@@ -46,7 +46,7 @@ class Trainer:
             float((c - b).pow(2).mean().sqrt())
             for c, b in zip(self.clean[1:], self.blurry[1:], strict=True)
         ]
-        self.diffusion = MultiScaleDiffusion(preset.timesteps, gaps, device)
+        self.diffusion = MultiScaleDiffusion(preset.timesteps, gaps, device, preset.fine_target)
 
         self.scale_chooser = random.Random(seed)
         self.generator = torch.Generator(device)
@@ -141,6 +141,7 @@ class Trainer:
             spec=self.spec,
             timesteps=self.preset.timesteps,
             blur_gaps=self.diffusion.blur_gaps,
+            fine_target=self.preset.fine_target,
             preset=self.preset.name,
             tile_hash=tile_hash(self.image, self.preset.name),
             scaling=scaling,

@@ -176,10 +176,31 @@ def test_presets_and_devices():
 
 
 def test_tiny_preset_trains_and_samples_96px_within_the_contract_budget():
-    # The contract's limit for a whole 96x96 edit with --preset tiny is 60 s on 2 cores;
-    # training and sampling are most of it. Generous bound: this guards against regressions
-    # of an order of magnitude, not against a busy machine.
-    start = time.perf_counter()
+    # The contract: a whole 96x96 edit with --preset tiny in under 60 s on 2 CPU cores; training
+    # and sampling are most of it. Counted in this process's CPU seconds (60 s x 2 cores), so
+    # other work on a shared machine does not make the test flaky; BENCHMARKS.md has wall times.
+    start = time.process_time()
     model = train_tile(scene_tile(96), TINY, seed=0)
     model.sample(1, seed=0)
-    assert time.perf_counter() - start < 60
+    assert time.process_time() - start < 120
+
+
+def test_clean_target_at_fine_scales_trains_samples_and_round_trips(tmp_path):
+    preset = dataclasses.replace(TINY, steps=40, fine_target="clean")
+    trainer = Trainer(scene_tile(64), preset, device=torch.device("cpu"), seed=0)
+    before = trainer.eval_loss()
+    for _ in range(preset.steps):
+        trainer.step()
+    assert trainer.eval_loss() < before
+    model = trainer.model()
+    x = model.sample(1, seed=2)
+    assert x.shape == (1, 3, 64, 64) and x.dtype == torch.float32
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+    loaded = TileModel.load(model.save(tmp_path / "clean.pt"))
+    assert loaded.fine_target == "clean"
+    assert torch.equal(loaded.sample(1, seed=2), x)
+
+
+def test_unknown_fine_target_is_refused():
+    with pytest.raises(ValueError, match="fine_target"):
+        MultiScaleDiffusion(10, [0.0, 0.1], fine_target="velocity")
