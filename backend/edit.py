@@ -159,6 +159,18 @@ def edit_raster(
 ) -> Path:
     """Run `editor` on the prepared tile, composite inside the ROI and write `output`."""
     edited = editor(tile, progress)
+    return write_edit(tile, output, edited, progress=progress, extra_settings=extra_settings)
+
+
+def write_edit(
+    tile: PreparedTile,
+    output: str | os.PathLike,
+    edited: np.ndarray,
+    *,
+    progress: ProgressCallback = no_progress,
+    extra_settings: dict | None = None,
+) -> Path:
+    """Composite one edited model-space image inside the ROI and write `output` atomically."""
     expected = tile.model_image.shape
     if edited.shape != expected:
         raise RuntimeError(f"editor returned shape {edited.shape}, expected {expected}")
@@ -197,3 +209,47 @@ def variant_paths(output: str | os.PathLike, variants: int) -> Sequence[Path]:
     if variants == 1:
         return [output]
     return [output.with_name(f"{output.stem}_v{i}{output.suffix}") for i in range(1, variants + 1)]
+
+
+@dataclass
+class EditResult:
+    """What one `run_edit` produced: the written files and a report of how."""
+
+    outputs: list[Path]
+    report: dict
+
+
+def run_edit(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    options: EditOptions,
+    *,
+    roi_geojson: str | os.PathLike | dict | None = None,
+    mask_path: str | os.PathLike | None = None,
+    device: str = "auto",
+    progress: ProgressCallback = no_progress,
+    cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> EditResult:
+    """The whole edit, as `rs-edit edit`, the job API and Ray tasks run it.
+
+    Validates everything first (bad input raises an InputError before any work), then trains
+    the tile model (or reuses a cached one from `cache_dir`), edits by the prompt and writes
+    OUTPUT (or OUTPUT_v1.. for several variants). To cancel, `progress` raises CancelledError:
+    nothing is written then.
+    """
+    from .guidance.editor import TextEditor
+    from .raster import check_output_path
+
+    options = options.validate()
+    tile = prepare(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path)
+    paths = variant_paths(output, options.variants)
+    for path in paths:
+        check_output_path(tile.info, path)
+    editor = TextEditor(options, device=device, cache_dir=cache_dir, log=log)
+    edits = editor.edit(tile, progress)
+    written = []
+    for i, (path, edited) in enumerate(zip(paths, edits, strict=True)):
+        extra = {**editor.report, "variant": i + 1}
+        written.append(write_edit(tile, path, edited, progress=progress, extra_settings=extra))
+    return EditResult(outputs=written, report=editor.report)
