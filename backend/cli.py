@@ -15,6 +15,7 @@ from . import __version__
 from .bands import parse_band_list
 from .engine.presets import DEFAULT_PRESET, PRESETS
 from .errors import CancelledError, InputError, NotAvailableError, ParameterError, RsEditError
+from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_NOT_AVAILABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
@@ -50,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="expand the prompt with an LLM (openai: any compatible endpoint)",
     )
     edit.add_argument("--variants", type=int, default=1, help="number of different edits")
+    edit.add_argument(
+        "--guidance",
+        default="finetune",
+        choices=GUIDANCE_METHODS,
+        help="finetune: the paper's prompt-guided fine-tuning (default); sampling: CLIP "
+        "gradients while sampling (cheaper); none: an unguided re-synthesis of the ROI",
+    )
+    edit.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where trained tile models are kept for reuse (default: RS_EDIT_CACHE_DIR or "
+        "~/.cache/rs-edit)",
+    )
+    edit.add_argument("--no-cache", action="store_true", help="neither reuse nor keep models")
     edit.add_argument("--rgb-bands", help="1-based bands CLIP sees as RGB, e.g. 4,3,2")
     edit.add_argument("--feather", type=int, default=2, help="feather width inside the ROI (px)")
     edit.add_argument("--dilate", type=int, default=0, help="grow the ROI by this many pixels")
@@ -60,6 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--data-dir", default=None, help="jobs and results (env RS_EDIT_DATA_DIR)")
+    serve.add_argument(
+        "--token",
+        default=None,
+        help="access token (env RS_EDIT_TOKEN): clients send 'Authorization: Bearer TOKEN'; "
+        "required to bind an address other than 127.0.0.1",
+    )
+    serve.add_argument("--executor", default="local", choices=("local", "ray"))
+    serve.add_argument("--ray-address", default=None, help="Ray cluster (default: start one)")
+    serve.add_argument(
+        "--ray-gpus", type=float, default=1.0, help="GPUs each Ray edit task asks for"
+    )
+    serve.add_argument(
+        "--workers", type=int, default=None, help="jobs at once (default: one per GPU, or 1)"
+    )
+    serve.add_argument("--max-queue", type=int, default=100, help="waiting jobs before 429")
+    serve.add_argument("--cache-size", type=int, default=32, help="trained models kept (LRU)")
+    serve.add_argument("--cache-gb", type=float, default=8.0, help="model cache size bound")
+    serve.add_argument("--max-upload-mb", type=int, default=1024, help="request body limit")
+    serve.add_argument(
+        "--max-pixels", type=int, default=400_000_000, help="largest raster (width x height)"
+    )
+    serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     demo = sub.add_parser("demo", help="the main job on a generated scene, offline")
     demo.add_argument("--out", default="rs-edit-demo", help="folder for the demo's files")
@@ -111,8 +148,8 @@ def _fail(code: int, line: str) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from .edit import EditOptions, prepare
-    from .raster import check_output_path
+    from .edit import EditOptions, default_cache_dir, run_edit
+    from .progress import tqdm_progress
 
     options = EditOptions(
         prompt=args.prompt,
@@ -121,24 +158,66 @@ def cmd_edit(args: argparse.Namespace) -> int:
         clip=args.clip,
         llm=args.llm,
         variants=args.variants,
+        guidance=args.guidance,
         rgb_bands=parse_band_list(args.rgb_bands) if args.rgb_bands else None,
         dilate_px=args.dilate,
         feather_px=args.feather,
         cog=args.cog,
     ).validate()
-    tile = prepare(args.input, options, roi_geojson=args.roi, mask_path=args.mask)
-    check_output_path(tile.info, Path(args.output))
-    raise NotAvailableError(
-        f"the inputs are valid ({tile.info.width}x{tile.info.height}, {tile.info.count} bands, "
-        f"ROI {int(tile.roi_mask.sum())} px), but text-guided editing is not in rs-edit "
-        f"{__version__} yet; nothing was written"
+    say = (
+        (lambda line: None)
+        if args.quiet
+        else (lambda line: print(f"rs-edit: {line}", file=sys.stderr))
     )
+    progress, close = tqdm_progress(enabled=not args.quiet)
+    try:
+        result = run_edit(
+            args.input,
+            args.output,
+            options,
+            roi_geojson=args.roi,
+            mask_path=args.mask,
+            device=args.device,
+            progress=progress,
+            cache_dir=None if args.no_cache else default_cache_dir(args.cache_dir),
+            log=say,
+        )
+    finally:
+        close()
+    report = result.report
+    seconds = report["seconds"]
+    edits = ", ".join(f"{v:.3f}" for v in report["clip_similarity_edits"])
+    say(
+        f"done in {sum(seconds.values()):.0f} s ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        + f"); CLIP similarity of the ROI to the prompt: input "
+        f"{report['clip_similarity_input']:.3f}, edited {edits}"
+    )
+    for path in result.outputs:
+        print(path)
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .service.app import serve
+    from .service.config import Limits, ServiceConfig
 
-    serve(host=args.host, port=args.port, data_dir=args.data_dir)
+    config = ServiceConfig(
+        limits=Limits(
+            max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+            max_pixels=args.max_pixels,
+            max_queue=args.max_queue,
+        ),
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        ray_gpus_per_task=args.ray_gpus,
+        cache_models=args.cache_size,
+        cache_bytes=int(args.cache_gb * 1024**3),
+        token=args.token or os.environ.get("RS_EDIT_TOKEN") or None,
+        device=args.device,
+    )
+    serve(host=args.host, port=args.port, data_dir=args.data_dir, config=config)
     return EXIT_OK
 
 

@@ -1,14 +1,17 @@
 """`rs-edit demo`: the main job on a generated scene, offline, no arguments.
 
-Until the editing engine lands, the demo runs the full raster path (georeferenced scene, ROI
-polygons in EPSG:4326, windowed read, composite, atomic write) with an identity edit, checks that
-georeferencing and outside-ROI pixels came back exactly, and says plainly that editing is not
-there yet.
+It makes a georeferenced sample scene (fields, a river, roads, building blocks; UTM), an ROI
+polygon over the building blocks (EPSG:4326 GeoJSON, as a user would draw it), edits it by a
+prompt with the `tiny` preset, checks that georeferencing and every pixel outside the ROI came
+back exactly, and writes a before/after quicklook. CLIP is RemoteCLIP when its weights are on
+this machine, else the built-in random `tiny-random` (and it says that guidance is then
+meaningless).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,14 +19,22 @@ import numpy as np
 import rasterio
 from PIL import Image, ImageDraw
 
-from .edit import EditOptions, edit_raster, prepare
+from .edit import EditOptions, prepare, run_edit
+from .guidance.clip import DEFAULT_CLIP, TINY_RANDOM, find_local_weights
 from .progress import tqdm_progress
 from .scene import make_scene, roi_geojson, write_scene
 
 DEMO_PROMPT = "flooded fields"
 
 
-def run_demo(out_dir: Path, *, size: int = 192, seed: int = 0, quiet: bool = False) -> dict:
+def run_demo(
+    out_dir: Path,
+    *,
+    size: int = 128,
+    seed: int = 0,
+    quiet: bool = False,
+    cache_dir: Path | None = None,
+) -> dict:
     """Write scene.tif, roi.geojson, edited.tif and before_after.png into `out_dir`."""
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -37,27 +48,47 @@ def run_demo(out_dir: Path, *, size: int = 192, seed: int = 0, quiet: bool = Fal
     say(f"scene: {size}x{size} px, {scene.crs.to_string()}, written to {scene_path}")
     say(f"ROI polygon (EPSG:4326 GeoJSON) over the building blocks: {roi_path}")
 
-    options = EditOptions(prompt=DEMO_PROMPT, preset="tiny", clip="tiny-random")
-    tile = prepare(scene_path, options, roi_geojson=roi_path)
+    clip = DEFAULT_CLIP if find_local_weights(DEFAULT_CLIP) else TINY_RANDOM
+    if clip == TINY_RANDOM:
+        say(
+            f"CLIP: {TINY_RANDOM} (random weights: the edit is NOT steered by the prompt). For "
+            f"real guidance put RemoteCLIP-ViT-B-32.pt where `rs-edit edit --clip {DEFAULT_CLIP}` "
+            "looks for it (see the README)."
+        )
+    else:
+        say(f"CLIP: {clip}")
+    options = EditOptions(prompt=DEMO_PROMPT, preset="tiny", clip=clip, seed=seed)
+    say(f'editing the ROI by the prompt "{DEMO_PROMPT}" (preset tiny: learns the scene first)')
     progress, close = tqdm_progress(enabled=not quiet)
-    try:
-        edit_raster(tile, edited_path, progress=progress, extra_settings={"demo": True})
-    finally:
-        close()
+    with tempfile.TemporaryDirectory(prefix="rs-edit-demo-") as scratch:
+        try:
+            result = run_edit(
+                scene_path,
+                edited_path,
+                options,
+                roi_geojson=roi_path,
+                progress=progress,
+                cache_dir=cache_dir or Path(scratch),
+            )
+        finally:
+            close()
+    tile = prepare(scene_path, options, roi_geojson=roi_path)
     checks = _check_result(scene_path, edited_path, tile)
     _before_after_png(scene_path, edited_path, tile, png_path)
     seconds = time.perf_counter() - start
+    report = result.report
     say(f"edited GeoTIFF: {edited_path}")
     say(f"before/after quicklook: {png_path}")
     say(
-        "NOTE: text-guided editing is not in this version yet: the 'edit' is the identity, run "
-        "through the whole raster pipeline (ROI, windowed read, composite, atomic write)."
+        f"CLIP similarity of the ROI to the prompt: before {report['clip_similarity_input']:.3f}, "
+        f"after {report['clip_similarity_edits'][0]:.3f} ({report['clip']})"
     )
     say(
         f"checks: georeferencing identical: {checks['georef_identical']}, pixels outside the ROI "
-        f"identical: {checks['outside_identical']}, ROI {checks['roi_pixels']} px; {seconds:.1f} s"
+        f"identical: {checks['outside_identical']}, ROI {checks['roi_pixels']} px, "
+        f"pixels changed inside: {checks['changed_inside']:.0%}; {seconds:.1f} s"
     )
-    return {**checks, "seconds": seconds, "out_dir": str(out_dir)}
+    return {**checks, "seconds": seconds, "out_dir": str(out_dir), "report": report}
 
 
 def _check_result(before: Path, after: Path, tile) -> dict:
@@ -74,9 +105,11 @@ def _check_result(before: Path, after: Path, tile) -> dict:
     rows = slice(int(w.row_off), int(w.row_off + w.height))
     cols = slice(int(w.col_off), int(w.col_off + w.width))
     outside[rows, cols] = ~tile.roi_mask
+    inside = ~outside
     return {
         "georef_identical": bool(georef),
         "outside_identical": bool((pa[:, outside] == pb[:, outside]).all()),
+        "changed_inside": float((pa[:, inside] != pb[:, inside]).any(0).mean()),
         "roi_pixels": int(tile.roi_mask.sum()),
     }
 

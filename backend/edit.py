@@ -21,6 +21,7 @@ from .bands import BandScaling, rgb_bands
 from .composite import composite, roi_alpha
 from .engine.presets import DEFAULT_PRESET, get_preset
 from .errors import ParameterError
+from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
 from .progress import ProgressCallback, no_progress
 from .raster import RasterInfo, inspect_raster, read_tile, write_result
@@ -42,6 +43,7 @@ class EditOptions:
     clip: str = DEFAULT_CLIP
     llm: str = "none"
     variants: int = 1
+    guidance: str = "finetune"  # "finetune" (the paper's), "sampling" (cheaper), "none"
     rgb_bands: tuple[int, ...] | None = None  # 1-based raster band numbers
     dilate_px: int = 0
     feather_px: int = 2
@@ -54,7 +56,15 @@ class EditOptions:
             raise ParameterError("prompt is empty")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ParameterError(f"prompt is too long ({len(prompt)} > {MAX_PROMPT_CHARS} chars)")
-        get_preset(self.preset)
+        if get_preset(self.preset).max_pixels:
+            raise ParameterError(
+                f"preset {self.preset!r} reproduces the published training for benchmarks "
+                "(rs-edit bench); edit with tiny, fast, balanced or quality"
+            )
+        if self.guidance not in GUIDANCE_METHODS:
+            raise ParameterError(
+                f"unknown guidance {self.guidance!r} (known: {', '.join(GUIDANCE_METHODS)})"
+            )
         check_clip_spec(self.clip)
         if self.llm not in ("none", "openai"):
             raise ParameterError(f"unknown LLM option {self.llm!r} (known: none, openai)")
@@ -209,6 +219,18 @@ def variant_paths(output: str | os.PathLike, variants: int) -> Sequence[Path]:
     if variants == 1:
         return [output]
     return [output.with_name(f"{output.stem}_v{i}{output.suffix}") for i in range(1, variants + 1)]
+
+
+def default_cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where trained tile models and prompt expansions are kept: `path`, else RS_EDIT_CACHE_DIR,
+    else the user's cache directory (XDG)."""
+    if path:
+        return Path(path).expanduser()
+    env = os.environ.get("RS_EDIT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rs-edit"
 
 
 @dataclass

@@ -10,7 +10,8 @@ the level where noise and blur difference match, then denoised while the blur is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -95,10 +96,15 @@ class MultiScaleDiffusion:
         device=None,
         start: torch.Tensor | None = None,
         start_scale: int = 0,
+        inpaint: Inpaint | None = None,
+        guide: Guide | None = None,
     ) -> torch.Tensor:
         """Generate `batch` images through all scales, coarsest first; returns the finest.
 
         `start` (an image at scale `start_scale - 1`, or None) lets callers begin mid-pyramid.
+        `inpaint` regenerates only inside its masks and keeps the known image elsewhere (so the
+        new content is made to fit its surroundings); `guide` steers every step towards a lower
+        guidance loss of the clean estimate (classifier guidance, e.g. by CLIP).
         """
         device = device or next(net.parameters()).device
         total = sum(self._steps_at(s) for s in range(start_scale, len(sizes)))
@@ -110,69 +116,135 @@ class MultiScaleDiffusion:
 
         for s in range(start_scale, len(sizes)):
             h, w = sizes[s]
+            step = _Step(self, net, s, inpaint, guide, generator)
             if s == 0:
                 x = torch.randn((batch, channels, h, w), device=device, generator=generator)
-                x = self._denoise_scale0(net, x, generator, tick)
+                x = self._denoise_scale0(step, x, tick)
             else:
-                x = self._denoise_scale(net, upsample(x, (h, w)), s, generator, tick)
+                x = self._denoise_scale(step, upsample(x, (h, w)), tick)
             done += self._steps_at(s)
         return x
 
     def _steps_at(self, s: int) -> int:
         return self.timesteps if s == 0 else self.t_max[s]
 
-    def _predict(self, net, x, t: int, s: int) -> torch.Tensor:
-        """The network's prediction (noise, or the clean image), in float32 even under bf16."""
-        b = x.shape[0]
-        t_, s_ = torch.full((b,), t, device=x.device), torch.full((b,), s, device=x.device)
-        return net(x, t_, s_).float()
-
-    def _denoise_scale0(self, net, x, generator, tick) -> torch.Tensor:
+    def _denoise_scale0(self, step: _Step, x, tick) -> torch.Tensor:
         """Ancestral DDPM from pure noise."""
         sch = self.schedule
+        x = step.keep_known(x, self.timesteps - 1, None)
         for i, t in enumerate(reversed(range(self.timesteps))):
-            eps = self._predict(net, x, t, 0)
-            x0 = ((x - sch.sqrt_one_minus_ab[t] * eps) / sch.sqrt_ab[t]).clamp(-1, 1)
+            _, clean = step.predict(x, t, None)
             if t == 0:
-                x = x0
+                x = clean
             else:
                 ab, ab_prev = sch.alphas_cumprod[t], sch.alphas_cumprod[t - 1]
                 beta = 1 - ab / ab_prev
-                mean = (beta * ab_prev.sqrt() / (1 - ab)) * x0 + (
+                mean = (beta * ab_prev.sqrt() / (1 - ab)) * clean + (
                     (1 - ab_prev) * (1 - beta).sqrt() / (1 - ab)
                 ) * x
                 var = beta * (1 - ab_prev) / (1 - ab)
-                noise = torch.randn(x.shape, device=x.device, generator=generator)
+                noise = torch.randn(x.shape, device=x.device, generator=step.generator)
                 x = mean + var.sqrt() * noise
+            x = step.keep_known(x, t - 1, None)
             tick(i + 1)
         return x
 
-    def _denoise_scale(self, net, blurry, s: int, generator, tick) -> torch.Tensor:
+    def _denoise_scale(self, step: _Step, blurry, tick) -> torch.Tensor:
         """From the noised blurry image, step down while replacing blur by learned detail."""
         sch = self.schedule
-        t_start = self.t_max[s] - 1
-        noise = torch.randn(blurry.shape, device=blurry.device, generator=generator)
+        t_start = self.t_max[step.scale] - 1
+        noise = torch.randn(blurry.shape, device=blurry.device, generator=step.generator)
         x = sch.q_sample(
             blurry, torch.full((blurry.shape[0],), t_start, device=blurry.device), noise
         )
-        predicts_clean = self.fine_target == "clean"
-        # Predicting noise means dividing by 1 - gamma to recover the clean image: capped as
-        # published. Predicting the clean image needs no division, so the trained gammas hold.
-        gammas = self.gammas[s] if predicts_clean else self.gammas[s].clamp(0, SAMPLING_GAMMA_CAP)
+        step.blurry = blurry
+        x = step.keep_known(x, t_start, noise)
+        gammas = step.gammas
         for i, t in enumerate(reversed(range(t_start + 1))):
-            if predicts_clean:
-                clean = self._predict(net, x, t, s).clamp(-1, 1)
-                x0_mix = gammas[t] * blurry + (1 - gammas[t]) * clean
-                eps = (x - sch.sqrt_ab[t] * x0_mix) / sch.sqrt_one_minus_ab[t]
-            else:
-                eps = self._predict(net, x, t, s)
-                x0_mix = (x - sch.sqrt_one_minus_ab[t] * eps) / sch.sqrt_ab[t]
-                clean = ((x0_mix - gammas[t] * blurry) / (1 - gammas[t])).clamp(-1, 1)
+            eps, clean = step.predict(x, t, blurry)
             if t == 0:
                 x = clean
             else:
                 # Deterministic (DDIM) step towards the mix of the next, less noisy level.
                 target = gammas[t - 1] * blurry + (1 - gammas[t - 1]) * clean
                 x = sch.sqrt_ab[t - 1] * target + sch.sqrt_one_minus_ab[t - 1] * eps
+            x = step.keep_known(x, t - 1, eps)
             tick(i + 1)
         return x
+
+
+@dataclass
+class Inpaint:
+    """Regenerate only where `masks[s]` is 1 (soft edges allowed); keep `known[s]` elsewhere.
+
+    known: the original image per scale, (1, C, h, w); masks: (1, 1, h, w) in [0, 1].
+    """
+
+    known: Sequence[torch.Tensor]
+    masks: Sequence[torch.Tensor]
+
+
+# A guidance loss of the clean estimate (B, C, h, w) at a scale; lower is better.
+Guide = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class _Step:
+    """One scale's denoising step: the prediction (noise or clean image, optionally guided)
+    and the inpainting constraint. Keeps the sampling loops above free of these variants."""
+
+    def __init__(self, diffusion, net, scale, inpaint, guide, generator):
+        self.d, self.net, self.scale = diffusion, net, scale
+        self.inpaint, self.guide, self.generator = inpaint, guide, generator
+        self.blurry = None
+        self.predicts_clean = scale > 0 and diffusion.fine_target == "clean"
+        if scale > 0:
+            # Predicting noise means dividing by 1 - gamma to recover the clean image: capped as
+            # published. Predicting the clean image needs no division, so the trained gammas hold.
+            g = diffusion.gammas[scale]
+            self.gammas = g if self.predicts_clean else g.clamp(0, SAMPLING_GAMMA_CAP)
+
+    def predict(self, x, t: int, blurry) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noise estimate, clean-image estimate) at timestep t."""
+        if self.guide is None:
+            return self._estimates(x, t, blurry)
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            eps, clean = self._estimates(x_in, t, blurry, clamp=False)
+            (grad,) = torch.autograd.grad(self.guide(clean, self.scale), x_in)
+        # Classifier guidance: shift the noise estimate along the guidance loss's gradient.
+        eps = eps.detach() + self.d.schedule.sqrt_one_minus_ab[t] * grad
+        return eps, self._clean_from_eps(x, eps, t, blurry)
+
+    def _estimates(self, x, t: int, blurry, clamp: bool = True):
+        sch = self.d.schedule
+        b = x.shape[0]
+        t_, s_ = torch.full((b,), t, device=x.device), torch.full((b,), self.scale, device=x.device)
+        out = self.net(x, t_, s_).float()  # float32 even under bf16 autocast
+        if not self.predicts_clean:
+            return out, self._clean_from_eps(x, out, t, blurry, clamp)
+        clean = out.clamp(-1, 1) if clamp else out
+        mix = self.gammas[t] * blurry + (1 - self.gammas[t]) * clean
+        return (x - sch.sqrt_ab[t] * mix) / sch.sqrt_one_minus_ab[t], clean
+
+    def _clean_from_eps(self, x, eps, t: int, blurry, clamp: bool = True):
+        sch = self.d.schedule
+        x0 = (x - sch.sqrt_one_minus_ab[t] * eps) / sch.sqrt_ab[t]
+        if self.scale > 0:
+            # The floor matters only for guided steps of a clean-target model at gamma = 1.
+            x0 = (x0 - self.gammas[t] * blurry) / (1 - self.gammas[t]).clamp_min(0.05)
+        return x0.clamp(-1, 1) if clamp else x0
+
+    def keep_known(self, x, t: int, eps) -> torch.Tensor:
+        """Outside the mask, put back the known image at x's noise level (t = -1: clean)."""
+        if self.inpaint is None:
+            return x
+        known = self.inpaint.known[self.scale].to(x.dtype)
+        mask = self.inpaint.masks[self.scale].to(x.dtype)
+        if t >= 0:
+            sch = self.d.schedule
+            if self.scale > 0:
+                known = self.gammas[t] * self.blurry + (1 - self.gammas[t]) * known
+            if eps is None:
+                eps = torch.randn(x.shape, device=x.device, generator=self.generator)
+            known = sch.sqrt_ab[t] * known + sch.sqrt_one_minus_ab[t] * eps
+        return mask * x + (1 - mask) * known

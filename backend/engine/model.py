@@ -17,7 +17,7 @@ import torch
 from ..errors import InputError
 from ..progress import ProgressCallback, no_progress
 from .device import autocast, use_bf16
-from .diffusion import MultiScaleDiffusion
+from .diffusion import Guide, Inpaint, MultiScaleDiffusion
 from .network import Denoiser
 from .pyramid import PyramidSpec
 
@@ -65,8 +65,13 @@ class TileModel:
         size: tuple[int, int] | None = None,
         seed: int | None = None,
         progress: ProgressCallback = no_progress,
+        inpaint: Inpaint | None = None,
+        guide: Guide | None = None,
     ) -> torch.Tensor:
-        """n new images (n, C, h, w) in the model's range, at the trained size or `size`."""
+        """n new images (n, C, h, w) in the model's range, at the trained size or `size`.
+
+        With `inpaint` (trained size only) only its masked region is generated; `guide` steers
+        the sampling (see MultiScaleDiffusion.sample)."""
         generator = torch.Generator(self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
         self.net.eval()
@@ -79,6 +84,8 @@ class TileModel:
                 channels=self.channels,
                 generator=generator,
                 progress=progress,
+                inpaint=inpaint,
+                guide=guide,
             )
 
     def save(self, path: str | os.PathLike) -> Path:

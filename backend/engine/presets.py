@@ -33,6 +33,15 @@ class Preset:
     # What the network predicts at scales > 0: "noise" (published) or "clean" (the sharp image;
     # learns the fine-scale detail far faster).
     fine_target: str = "noise"
+    # Text guidance (CLIP): fine-tuning steps, augmented CLIP views per step, learning rate,
+    # how many of the network's first blocks stay frozen (the paper's "encoder"), the weight of
+    # the fidelity term, and the strength of the sampling-time guidance (the cheaper path).
+    guide_steps: int = 100
+    guide_views: int = 8
+    guide_lr: float = 2e-4
+    guide_freeze: int = 2
+    guide_fidelity: float = 1.0
+    guide_scale: float = 2.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -51,6 +60,9 @@ PRESETS: dict[str, Preset] = {
             milestones=(),
             scale_weighting="uniform",
             ema_decay=0.9,
+            guide_steps=40,
+            guide_views=4,
+            guide_lr=1e-3,
         ),
         Preset(
             "fast",
@@ -65,6 +77,9 @@ PRESETS: dict[str, Preset] = {
             milestones=(),
             scale_weighting="uniform",
             ema_decay=0.99,
+            guide_steps=60,
+            guide_views=8,
+            guide_lr=5e-4,
         ),
         Preset(
             "balanced",
@@ -94,6 +109,8 @@ PRESETS: dict[str, Preset] = {
             scale_weighting="uniform",
             ema_decay=0.995,
             compile=True,
+            guide_steps=200,
+            guide_views=16,
         ),
         Preset(
             "reference", "the published SinDDM configuration, for comparison", max_pixels=50_000

@@ -159,8 +159,11 @@ def train_tile(
     precision: str = "auto",
     progress: ProgressCallback = no_progress,
     scaling: dict | None = None,
+    tile_hash: str | None = None,
 ) -> TileModel:
-    """Learn one tile (C, H, W) in the model's range; progress("train", step, total, loss)."""
+    """Learn one tile (C, H, W) in the model's range; progress("train", step, total, loss).
+
+    `tile_hash` replaces the default hash (image + preset), e.g. by a model cache's own key."""
     trainer = Trainer(image, preset, device=torch.device(device), seed=seed, precision=precision)
     total = steps or preset.steps
     progress("train", 0, total, None)
@@ -171,7 +174,10 @@ def train_tile(
             raise RuntimeError(f"training diverged at step {step} (loss {loss})")
         progress("train", step, total, loss)
     trainer.seconds = time.perf_counter() - started
-    return trainer.model(scaling=scaling)
+    model = trainer.model(scaling=scaling)
+    if tile_hash:
+        model.tile_hash = tile_hash
+    return model
 
 
 def _lr_schedule(optimizer, preset: Preset):

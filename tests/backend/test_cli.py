@@ -20,7 +20,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 from backend import __version__
-from backend.cli import EXIT_BAD_INPUT, EXIT_NOT_AVAILABLE, main
+from backend.cli import EXIT_BAD_INPUT, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PIXEL = 10.0  # conftest's grid: UTM 33N, 10 m pixels, origin ORIGIN
@@ -376,46 +376,6 @@ def test_existing_output_is_left_alone_on_bad_input(env, capsys):
     assert snapshot(out_dir) == before
 
 
-# --- valid input: exit 3 (editing is not in this version), nothing written -------------------
-
-
-def test_valid_inputs_whole_image_not_available(env, capsys):
-    image, out_dir = env
-    output = out_dir / "o.tif"
-    code, out, err = run_main(edit_args(image, output), capsys)
-    assert code == EXIT_NOT_AVAILABLE, err
-    line = assert_one_clear_line(err, "not available", "valid", "not in", __version__)
-    assert "64x48" in line and "3 bands" in line
-    assert f"ROI {64 * 48} px" in line
-    assert not output.exists()
-    assert snapshot(out_dir) == set()
-
-
-def test_valid_inputs_with_geojson_roi_not_available(tmp_path, env, capsys):
-    image, out_dir = env
-    output = out_dir / "o.tif"
-    roi = write_json(tmp_path / "roi.geojson", pixel_box_wgs84(10, 10, 30, 25))
-    code, _, err = run_main(edit_args(image, output, "--roi", str(roi)), capsys)
-    assert code == EXIT_NOT_AVAILABLE, err
-    line = assert_one_clear_line(err, "not available", "valid")
-    # A 20x15 pixel box, reprojected twice: its area in pixels is close to 300.
-    roi_px = int(line.split("ROI ")[1].split(" px")[0])
-    assert abs(roi_px - 300) <= 40, line
-    assert snapshot(out_dir) == set()
-
-
-def test_valid_inputs_with_mask_not_available(tmp_path, env, capsys):
-    image, out_dir = env
-    output = out_dir / "o.tif"
-    mask_data = np.zeros((1, 48, 64), dtype=np.uint8)
-    mask_data[0, 5:15, 20:40] = 1
-    mask = write_raster(tmp_path / "mask.tif", mask_data)
-    code, _, err = run_main(edit_args(image, output, "--mask", str(mask)), capsys)
-    assert code == EXIT_NOT_AVAILABLE, err
-    assert_one_clear_line(err, "not available", "valid", "ROI 200 px")
-    assert snapshot(out_dir) == set()
-
-
 def test_version(capsys):
     code, out, err = run_main(["--version"], capsys)
     assert code == 0
@@ -454,15 +414,6 @@ def test_subprocess_roi_outside_image(tmp_path, env):
     proc = run_cli(*edit_args(image, output, "--roi", str(roi)))
     assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
     assert_one_clear_line(proc.stderr, "outside")
-    assert snapshot(out_dir) == set()
-
-
-def test_subprocess_valid_inputs_not_available(env):
-    image, out_dir = env
-    output = out_dir / "o.tif"
-    proc = run_cli(*edit_args(image, output))
-    assert proc.returncode == EXIT_NOT_AVAILABLE, proc.stderr
-    assert_one_clear_line(proc.stderr, "not available", "valid")
     assert snapshot(out_dir) == set()
 
 

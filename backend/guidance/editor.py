@@ -1,0 +1,138 @@
+"""The text editor, top to bottom: CLIP and the prompt ensemble -> the tile model (trained, or
+reused from the cache) -> guidance (fine-tuning, or guided sampling) -> one edit per variant.
+
+CLIP and the prompt are resolved first so that a missing checkpoint fails in seconds, not after
+minutes of training. Training is the expensive part, so trained tile models are cached by the
+tile's content hash and the preset: a second prompt on the same tile skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.device import pick_device
+from ..engine.model import TileModel, tile_hash
+from ..engine.presets import get_preset
+from ..engine.train import train_tile
+from ..progress import ProgressCallback
+from .clip import load_clip
+from .finetune import ClipObjective, build_scene, finetune, sample_edits, sampling_guide
+from .prompts import expand_prompt
+
+MODEL_CACHE_FORMAT = "tile-model-v1"  # part of the cache key: bump when training changes
+
+
+class TextEditor:
+    """Edits a prepared tile (see `backend.edit.prepare`) by the options' prompt."""
+
+    def __init__(
+        self,
+        options,
+        *,
+        device: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+        log: Callable[[str], None] = lambda line: None,
+    ):
+        self.options = options
+        self.preset = get_preset(options.preset)
+        self.device = pick_device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.log = log
+        self.report: dict = {}
+
+    def edit(self, tile, progress: ProgressCallback) -> list[np.ndarray]:
+        """One edited model-space image (C, h, w) per variant."""
+        opts, preset = self.options, self.preset
+        seed = opts.seed if opts.seed is not None else secrets.randbits(31)
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+
+        clip = load_clip(opts.clip, self.device, log=self.log)
+        ensemble = expand_prompt(
+            opts.prompt,
+            llm=opts.llm,
+            cache_dir=self.cache_dir / "prompts" if self.cache_dir else None,
+            log=self.log,
+        )
+        target = clip.text_target(list(ensemble.prompts))
+        seconds["clip"] = time.perf_counter() - started
+
+        mark = time.perf_counter()
+        model, cached = self._tile_model(tile.model_image, seed, progress)
+        seconds["train"] = time.perf_counter() - mark
+
+        scene = build_scene(model, tile.model_image, tile.alpha, tile.rgb)
+        objective = ClipObjective(clip, target, scene, preset.guide_views, seed)
+        mark = time.perf_counter()
+        guide = None
+        if opts.guidance == "finetune":
+            model = finetune(
+                model,
+                scene,
+                objective,
+                steps=preset.guide_steps,
+                lr=preset.guide_lr,
+                freeze_blocks=preset.guide_freeze,
+                fidelity=preset.guide_fidelity,
+                seed=seed,
+                progress=progress,
+            )
+        elif opts.guidance == "sampling":
+            guide = sampling_guide(objective, preset.guide_scale)
+        seconds["guidance"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        seeds = [seed + 1 + i for i in range(opts.variants)]
+        edits = sample_edits(model, scene, seeds, guide=guide, progress=progress)
+        seconds["sample"] = time.perf_counter() - mark
+
+        import torch
+
+        before = objective.similarity(scene.known[-1])
+        after = [objective.similarity(torch.from_numpy(e)[None].to(model.device)) for e in edits]
+        self.report = {
+            "seed": seed,
+            "device": str(self.device),
+            "clip": clip.name,
+            "clip_random": clip.is_random,
+            "prompt_source": ensemble.source,
+            "prompt_note": ensemble.note,
+            "prompts": list(ensemble.prompts),
+            "guidance": opts.guidance,
+            "model_cached": cached,
+            "tile_hash": model.tile_hash,
+            "clip_similarity_input": round(before, 4),
+            "clip_similarity_edits": [round(a, 4) for a in after],
+            "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        }
+        return edits
+
+    def _tile_model(self, image: np.ndarray, seed: int, progress) -> tuple[TileModel, bool]:
+        """The trained model for this tile and preset: from the cache, or trained (and cached)."""
+        key = tile_hash(image, self.preset.name, MODEL_CACHE_FORMAT)
+        path = self.cache_dir / "models" / f"{key[:40]}.pt" if self.cache_dir else None
+        if path is not None and path.is_file():
+            try:
+                model = TileModel.load(path, self.device)
+            except Exception as exc:  # a damaged cache entry is retrained, never fatal
+                self.log(f"ignoring unreadable cached model {path.name}: {exc}")
+            else:
+                if model.tile_hash == key:
+                    os.utime(path)  # the cache is pruned least recently used first
+                    self.log(f"reusing the trained tile model {path.name}")
+                    progress("train", 1, 1, None)
+                    return model, True
+        model = train_tile(
+            image, self.preset, device=self.device, seed=seed, progress=progress, tile_hash=key
+        )
+        if path is not None:
+            model.save(path)
+            # Sample from exactly what was saved, so a later cached run gives the same edits.
+            model = TileModel.load(path, self.device)
+        return model, False

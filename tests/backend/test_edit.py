@@ -1,0 +1,238 @@
+"""Text-guided editing end to end (CPU, `tiny` preset, `tiny-random` CLIP).
+
+One small georeferenced scene is learned once per module (the model cache is shared), then
+edited by several prompts: the outside of the ROI must come back bit for bit, the guidance must
+raise CLIP similarity, variants differ, seeds reproduce, and cancelling writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from backend.edit import EditOptions, prepare, run_edit
+from backend.errors import CancelledError, ParameterError
+from backend.guidance.clip import load_clip
+from backend.guidance.editor import TextEditor
+from backend.guidance.finetune import ClipObjective, build_scene, finetune, sample_edits
+from backend.scene import make_scene, roi_geojson, write_scene
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "flooded fields"
+
+
+@pytest.fixture(scope="module")
+def scene_files(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("scene")
+    scene = make_scene(72, seed=3)
+    path = folder / "scene.tif"
+    write_scene(scene, path)
+    roi = folder / "roi.geojson"
+    roi.write_text(json.dumps(roi_geojson(scene)))
+    return path, roi
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def options(**kw) -> EditOptions:
+    return EditOptions(
+        **{"prompt": PROMPT, "preset": "tiny", "clip": "tiny-random", "seed": 1, **kw}
+    )
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def edit(scene_files, out: Path, cache_dir: Path, **kw):
+    image, roi = scene_files
+    return run_edit(image, out, options(**kw), roi_geojson=roi, cache_dir=cache_dir)
+
+
+def roi_pixels(scene_files) -> np.ndarray:
+    """The ROI on the full raster grid (bool)."""
+    image, roi = scene_files
+    tile = prepare(image, options(), roi_geojson=roi)
+    full = np.zeros((tile.info.height, tile.info.width), dtype=bool)
+    w = tile.window
+    full[w.row_off : w.row_off + w.height, w.col_off : w.col_off + w.width] = tile.roi_mask
+    return full
+
+
+def test_edit_changes_only_the_roi_and_keeps_georeferencing(scene_files, cache_dir, tmp_path):
+    result = edit(scene_files, tmp_path / "out.tif", cache_dir)
+    (out,) = result.outputs
+    before, after = read(scene_files[0]), read(out)
+    inside = roi_pixels(scene_files)
+    assert np.array_equal(before[:, ~inside], after[:, ~inside]), "outside the ROI changed"
+    changed = (before[:, inside] != after[:, inside]).any(0).mean()
+    assert changed > 0.5, f"only {changed:.0%} of the ROI changed"
+    with rasterio.open(scene_files[0]) as a, rasterio.open(out) as b:
+        assert (a.crs, a.transform, a.dtypes, a.nodata, a.count) == (
+            b.crs,
+            b.transform,
+            b.dtypes,
+            b.nodata,
+            b.count,
+        )
+        assert json.loads(b.tags()["RS_EDIT"])["prompt"] == PROMPT
+    report = result.report
+    assert report["clip_random"] is True and report["prompt_source"] == "templates"
+    assert len(report["prompts"]) >= 2 and report["prompts"][0] == PROMPT
+
+
+def test_second_prompt_reuses_the_trained_model(scene_files, cache_dir, tmp_path):
+    edit(scene_files, tmp_path / "a.tif", cache_dir)
+    stages: list[tuple[str, int, int]] = []
+    image, roi = scene_files
+    result = run_edit(
+        image,
+        tmp_path / "b.tif",
+        options(prompt="burned forest"),
+        roi_geojson=roi,
+        cache_dir=cache_dir,
+        progress=lambda stage, step, total, loss=None: stages.append((stage, step, total)),
+    )
+    assert result.report["model_cached"] is True
+    assert max(total for stage, _, total in stages if stage == "train") == 1
+    assert any(stage == "finetune" for stage, _, _ in stages)
+
+
+def test_same_seed_same_edit_and_variants_differ(scene_files, cache_dir, tmp_path):
+    a = edit(scene_files, tmp_path / "a.tif", cache_dir, seed=5).outputs[0]
+    b = edit(scene_files, tmp_path / "b.tif", cache_dir, seed=5).outputs[0]
+    assert np.array_equal(read(a), read(b))
+    outs = edit(scene_files, tmp_path / "v.tif", cache_dir, seed=5, variants=3).outputs
+    assert [p.name for p in outs] == ["v_v1.tif", "v_v2.tif", "v_v3.tif"]
+    images = [read(p) for p in outs]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not np.array_equal(images[i], images[j]), f"variants {i + 1} and {j + 1} equal"
+
+
+def test_guided_finetuning_raises_clip_similarity(scene_files, cache_dir):
+    """Against the unguided sample with the same seeds, measured by the same CLIP and target."""
+    image, roi = scene_files
+    tile = prepare(image, options(), roi_geojson=roi)
+    editor = TextEditor(options(), device="cpu", cache_dir=cache_dir)
+    model, _ = editor._tile_model(tile.model_image, 1, lambda *a, **k: None)
+    clip = load_clip("tiny-random", "cpu")
+    target = clip.text_target([PROMPT])
+    scene = build_scene(model, tile.model_image, tile.alpha, tile.rgb)
+    objective = ClipObjective(clip, target, scene, views=4, seed=0)
+    seeds = [11, 12, 13]
+
+    def mean_similarity(m) -> float:
+        edits = sample_edits(m, scene, seeds)
+        return float(np.mean([objective.similarity(torch.from_numpy(e)[None]) for e in edits]))
+
+    unguided = mean_similarity(model)
+    tuned = finetune(
+        model, scene, objective, steps=40, lr=1e-3, freeze_blocks=2, fidelity=1.0, seed=0
+    )
+    guided = mean_similarity(tuned)
+    assert guided > unguided + 0.01, f"guided {guided:.4f} vs unguided {unguided:.4f}"
+    # The encoder stayed frozen; the decoder moved.
+    for name, p in model.net.named_parameters():
+        q = dict(tuned.net.named_parameters())[name]
+        frozen = name.startswith(("cond.", "blocks.0.", "blocks.1."))
+        assert torch.equal(p, q) == frozen, name
+
+
+def test_sampling_guidance_path_writes_an_edit(scene_files, cache_dir, tmp_path):
+    result = edit(scene_files, tmp_path / "s.tif", cache_dir, guidance="sampling")
+    assert result.report["guidance"] == "sampling"
+    before, after = read(scene_files[0]), read(result.outputs[0])
+    inside = roi_pixels(scene_files)
+    assert np.array_equal(before[:, ~inside], after[:, ~inside])
+
+
+def test_cancel_during_finetuning_writes_nothing(scene_files, cache_dir, tmp_path):
+    image, roi = scene_files
+
+    def cancel_at_finetune(stage, step, total, loss=None):
+        if stage == "finetune" and step == 3:
+            raise CancelledError("cancelled by the test")
+
+    out = tmp_path / "c.tif"
+    with pytest.raises(CancelledError):
+        run_edit(
+            image,
+            out,
+            options(),
+            roi_geojson=roi,
+            cache_dir=cache_dir,
+            progress=cancel_at_finetune,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_multiband_uint16_with_nodata(tmp_path, cache_dir):
+    """Four bands (CLIP sees 3,2,1), uint16, nodata pixels inside the ROI stay nodata."""
+    from conftest import write_raster
+
+    rng = np.random.default_rng(0)
+    data = (rng.random((4, 40, 40)) * 3000 + 500).astype(np.uint16)
+    data[:, 18:22, 18:22] = 0
+    src = write_raster(tmp_path / "ms.tif", data, nodata=0)
+    mask = np.zeros((1, 40, 40), dtype=np.uint8)
+    mask[0, 10:30, 10:30] = 1
+    mask_path = write_raster(tmp_path / "mask.tif", mask)
+    out = tmp_path / "out.tif"
+    run_edit(
+        src,
+        out,
+        options(rgb_bands=(3, 2, 1), feather_px=0),
+        mask_path=mask_path,
+        cache_dir=cache_dir,
+    )
+    after = read(out)
+    assert after.dtype == np.uint16
+    assert (after[:, 18:22, 18:22] == 0).all(), "nodata pixels changed"
+    outside = np.ones((40, 40), dtype=bool)
+    outside[10:30, 10:30] = False
+    assert np.array_equal(data[:, outside], after[:, outside])
+    inside = ~outside
+    inside[18:22, 18:22] = False
+    assert (data[:, inside] != after[:, inside]).any(0).mean() > 0.5
+    assert not (after[:, inside] == 0).any(), "an edited pixel became nodata"
+
+
+def test_reference_preset_and_unknown_guidance_are_refused():
+    with pytest.raises(ParameterError, match="benchmarks"):
+        options(preset="reference").validate()
+    with pytest.raises(ParameterError, match="guidance"):
+        options(guidance="magic").validate()
+
+
+def test_cli_edit_subprocess(scene_files, cache_dir, tmp_path):
+    image, roi = scene_files
+    out = tmp_path / "cli.tif"
+    env = {k: v for k, v in os.environ.items() if k != "RS_EDIT_DEBUG"}
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["RS_EDIT_CACHE_DIR"] = str(cache_dir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "edit", str(image), "-o", str(out)]
+        + ["--prompt", PROMPT, "--roi", str(roi), "--preset", "tiny", "--clip", "tiny-random"]
+        + ["--seed", "1", "--quiet"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out)
+    assert out.is_file()
