@@ -1,18 +1,40 @@
-"""HTTP calls to the rs-edit backend.
+"""HTTP calls to the rs-edit backend (the job API of CONTRACT.md).
 
-Requests go through QgsNetworkAccessManager so that the user's QGIS proxy, SSL and
-authentication settings apply (urllib would silently bypass them).
+Requests go through QgsNetworkAccessManager so that the user's QGIS proxy, SSL and network
+settings apply (urllib would silently bypass them). QGIS's network timeout is global (60 s by
+default), so a long edit is never one request: jobs are submitted, polled and downloaded.
+Calls block: they are meant for a QgsTask's worker thread (QgsNetworkAccessManager keeps one
+instance per thread) or, for the tiny health check, for a short moment on the main thread.
 """
 
 import json
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
-from qgis.core import QgsNetworkAccessManager
-from qgis.PyQt.QtCore import QUrl
+from qgis.core import QgsFeedback, QgsNetworkAccessManager
+from qgis.PyQt.QtCore import QEventLoop, QObject, QTimer, QUrl, pyqtSignal
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
 HEALTH_PATH = "/v1/health"
+JOBS_PATH = "/v1/jobs"
 HEALTH_TIMEOUT_MS = 3000
+REQUEST_TIMEOUT_MS = 50_000  # below QGIS's global 60 s, which also applies
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+class BackendError(Exception):
+    """A request failed; str(error) is the message to show (the backend's own when it sent
+    one). `status` is the HTTP status (None without an HTTP answer), `code` the backend's."""
+
+    def __init__(self, message: str, status: int | None = None, code: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class CancelledError(Exception):
+    """The request was aborted because the feedback was cancelled."""
 
 
 @dataclass(frozen=True)
@@ -23,49 +45,374 @@ class Health:
     message: str
     version: str = ""
     device: str = ""
+    clip: str = ""  # CLIP weights: the default model and whether its weights are present
+    llm: str = ""  # the prompt-rewriting LLM, if any
+    max_pixels: int = 0  # the backend's limits when it reports them (0: unknown)
+    max_width: int = 0
+    max_height: int = 0
+    auth: bool = False  # the backend wants an access token
+
+    @property
+    def summary(self) -> str:
+        """One line: device, CLIP weights, LLM."""
+        parts = [f"device {self.device or '?'}"]
+        parts.append(f"CLIP {self.clip}" if self.clip else "CLIP: not reported")
+        parts.append(f"LLM {self.llm}" if self.llm else "LLM: not reported")
+        if self.auth:
+            parts.append("access token required")
+        return " · ".join(parts)
 
 
-def check_health(base_url: str, timeout_ms: int = HEALTH_TIMEOUT_MS) -> Health:
-    """GET {base_url}/v1/health and summarise the answer (never raises for network errors).
-
-    A blocking call is fine here: it is one tiny request with a short timeout.
-    """
-    base_url = base_url.strip().rstrip("/")
-    url = QUrl(base_url + HEALTH_PATH)
+def validate_base_url(base_url: str) -> str:
+    """The URL without trailing slash; raises BackendError for anything but http(s)://host."""
+    base_url = (base_url or "").strip().rstrip("/")
+    url = QUrl(base_url)
     if not url.isValid() or url.scheme() not in ("http", "https") or not url.host():
-        return Health(
-            False, f"invalid backend URL {base_url!r} (expected e.g. http://127.0.0.1:8765)"
+        raise BackendError(
+            f"invalid backend URL {base_url!r} (expected e.g. http://127.0.0.1:8765)"
         )
+    return base_url
 
-    request = QNetworkRequest(url)
-    request.setRawHeader(b"Accept", b"application/json")
-    # Per-request timeout, as the global QGIS network timeout is 60 s by default. Qt < 5.15
-    # (e.g. QGIS 3.22 on Ubuntu 20.04) lacks it and falls back to that global timeout.
-    if hasattr(request, "setTransferTimeout"):
-        request.setTransferTimeout(timeout_ms)
-    reply = QgsNetworkAccessManager.instance().blockingGet(request, forceRefresh=True)
 
-    status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
-    if status is None:  # no HTTP answer at all: refused, unknown host, timeout, TLS failure
-        reason = reply.errorString() or "no answer"
-        if reply.error() == QNetworkReply.NetworkError.OperationCanceledError:
-            reason = f"no answer within {timeout_ms / 1000:g} s"
-        return Health(
-            False, f"backend not reachable at {base_url}: {reason}. Is `rs-edit serve` running?"
-        )
-    if status != 200:
-        return Health(False, f"backend at {base_url} answered HTTP {status} to {HEALTH_PATH}")
+def _describe_clip(value) -> str:
+    """ "RemoteCLIP-ViT-B-32 (weights found)" from the backend's clip status."""
+    if not isinstance(value, dict):
+        return str(value or "")
+    name = str(value.get("default") or value.get("name") or "?")
+    available = value.get("weights_available")
+    if isinstance(available, dict) and name in available:
+        return f"{name} ({'weights found' if available[name] else 'weights missing'})"
+    if isinstance(value.get("weights"), bool):
+        return f"{name} ({'weights found' if value['weights'] else 'weights missing'})"
+    return name
 
+
+def _describe_llm(value) -> str:
+    """ "openai available" / "none configured" from the backend's LLM status."""
+    if isinstance(value, dict):
+        ready = [name for name, on in value.items() if on is True and name == "openai"]
+        return f"{ready[0]} available" if ready else "none configured"
+    if isinstance(value, bool):
+        return "available" if value else "none configured"
+    return str(value or "")
+
+
+def _int(value) -> int:
     try:
-        body = json.loads(bytes(reply.content()).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        body = None
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def parse_health(base_url: str, body) -> Health:
     if not isinstance(body, dict) or body.get("status") != "ok":
         return Health(
             False, f"{base_url} answered, but not like an rs-edit backend (bad health JSON)"
         )
-
     version, device = str(body.get("version", "?")), str(body.get("device", "?"))
+    limits = body.get("limits") if isinstance(body.get("limits"), dict) else {}
     return Health(
-        True, f"Backend OK at {base_url}: version {version}, device {device}", version, device
+        True,
+        f"Backend OK at {base_url}: version {version}, device {device}",
+        version,
+        device,
+        _describe_clip(body.get("clip")),
+        _describe_llm(body.get("llm")),
+        _int(limits.get("max_pixels")),
+        _int(limits.get("max_width")),
+        _int(limits.get("max_height")),
+        bool(body.get("auth")),
     )
+
+
+def check_health(
+    base_url: str, timeout_ms: int = HEALTH_TIMEOUT_MS, token: str | None = None
+) -> Health:
+    """GET {base_url}/v1/health and summarise the answer (never raises)."""
+    try:
+        base_url = validate_base_url(base_url)
+    except BackendError as exc:
+        return Health(False, str(exc))
+    client = BackendClient(base_url, token=token, timeout_ms=timeout_ms)
+    try:
+        status, content = client._send("GET", HEALTH_PATH)
+    except BackendError as exc:
+        return Health(False, str(exc))
+    except CancelledError:
+        return Health(False, "health check cancelled")
+    if status != 200:
+        return Health(False, f"backend at {base_url} answered HTTP {status} to {HEALTH_PATH}")
+    try:
+        body = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        body = None
+    return parse_health(base_url, body)
+
+
+def _error_message(status: int, content: bytes) -> tuple[str, str]:
+    """(message, code) from an error answer: the contract's {"error": {...}} when present."""
+    try:
+        body = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"]), str(error.get("code", ""))
+        if isinstance(body.get("detail"), str):  # FastAPI's own errors
+            return body["detail"], ""
+    text = content.decode("utf-8", "replace").strip()
+    if text and len(text) < 300 and "<" not in text:
+        return f"HTTP {status}: {text}", ""
+    return f"HTTP {status}", ""
+
+
+def multipart_body(fields: dict, files: dict) -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data request. `files` maps a field name to
+    (filename, bytes, content type)."""
+    boundary = "rs-edit-" + secrets.token_hex(16)
+    parts = []
+    for name, value in fields.items():
+        if value is None:
+            continue
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            + str(value).encode("utf-8")
+            + b"\r\n"
+        )
+    for name, (filename, data, content_type) in files.items():
+        header = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
+        )
+        parts.append(header.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class BackendClient:
+    """Blocking job-API calls; `feedback` (a QgsFeedback) aborts a running request when
+    cancelled, which then raises CancelledError."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        feedback: QgsFeedback | None = None,
+        timeout_ms: int = REQUEST_TIMEOUT_MS,
+    ):
+        self.base_url = validate_base_url(base_url)
+        self._token = token or ""
+        self.feedback = feedback
+        self.timeout_ms = timeout_ms
+
+    def __repr__(self) -> str:  # never show the token
+        return f"BackendClient({self.base_url!r})"
+
+    # --- transport ------------------------------------------------------------------------
+
+    def _request(self, path: str, accept: str = "application/json") -> QNetworkRequest:
+        request = QNetworkRequest(QUrl(self.base_url + path))
+        request.setRawHeader(b"Accept", accept.encode())
+        if self._token:
+            request.setRawHeader(b"Authorization", b"Bearer " + self._token.encode())
+        # Per-request timeout where Qt has it (5.15); QGIS's global timeout applies as well.
+        if hasattr(request, "setTransferTimeout"):
+            request.setTransferTimeout(self.timeout_ms)
+        return request
+
+    def _check_cancel(self):
+        if self.feedback is not None and self.feedback.isCanceled():
+            raise CancelledError("cancelled")
+
+    def _send(self, method: str, path: str, data: bytes = b"", content_type: str = "", **kw):
+        """Send one request and return (status, content bytes); raise for no HTTP answer."""
+        self._check_cancel()
+        request = self._request(path, **kw)
+        if content_type:
+            request.setHeader(QNetworkRequest.KnownHeaders.ContentTypeHeader, content_type)
+        nam = QgsNetworkAccessManager.instance()
+        if method == "GET":
+            reply = nam.blockingGet(request, "", True, self.feedback)
+            status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
+            error, error_string = reply.error(), reply.errorString()
+            content = bytes(reply.content())
+        elif method == "POST":
+            reply = nam.blockingPost(request, data, "", True, self.feedback)
+            status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
+            error, error_string = reply.error(), reply.errorString()
+            content = bytes(reply.content())
+        else:
+            status, error, error_string, content = self._send_custom(nam, method, request, data)
+        if self.feedback is not None and self.feedback.isCanceled():
+            raise CancelledError("cancelled")
+        if status is None:
+            reason = error_string or "no answer"
+            if error == QNetworkReply.NetworkError.OperationCanceledError:
+                reason = f"no answer within {self.timeout_ms / 1000:g} s"
+            raise BackendError(
+                f"backend not reachable at {self.base_url}: {reason}. Is `rs-edit serve` running?"
+            )
+        return int(status), content
+
+    def _send_custom(self, nam, method: str, request: QNetworkRequest, data: bytes):
+        """Methods without a blocking helper in QGIS (DELETE): a local event loop."""
+        reply = nam.sendCustomRequest(request, method.encode(), data or None)
+        loop = QEventLoop()
+        reply.finished.connect(loop.quit)
+        if self.feedback is not None:
+            self.feedback.canceled.connect(reply.abort)
+        timer = QTimer()
+        timer.setSingleShot(True)
+        timer.timeout.connect(reply.abort)
+        timer.start(self.timeout_ms)
+        if not reply.isFinished():
+            loop.exec_()
+        timer.stop()
+        status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
+        answer = (status, reply.error(), reply.errorString(), bytes(reply.readAll()))
+        reply.deleteLater()
+        return answer
+
+    def _checked(self, method: str, path: str, what: str, **kw) -> bytes:
+        status, content = self._send(method, path, **kw)
+        if status >= 400:
+            message, code = _error_message(status, content)
+            raise BackendError(f"{what} failed: {message}", status, code)
+        return content
+
+    def get_json(self, path: str, what: str = "request") -> dict:
+        content = self._checked("GET", path, what)
+        try:
+            body = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            body = None
+        if not isinstance(body, dict):
+            raise BackendError(f"{what}: the backend's answer is not JSON", 200, "bad_answer")
+        return body
+
+    # --- the job API ----------------------------------------------------------------------
+
+    def health(self) -> Health:
+        return parse_health(self.base_url, self.get_json(HEALTH_PATH, "health check"))
+
+    def submit(self, image_path, fields: dict, mask_path=None) -> dict:
+        """POST /v1/jobs with the tile (and mask); returns the job JSON (with its id)."""
+        files = {"image": (Path(image_path).name, Path(image_path).read_bytes(), "image/tiff")}
+        if mask_path is not None:
+            files["mask"] = (Path(mask_path).name, Path(mask_path).read_bytes(), "image/tiff")
+        body, content_type = multipart_body(fields, files)
+        status, content = self._send("POST", JOBS_PATH, body, content_type)
+        if status >= 400:
+            message, code = _error_message(status, content)
+            raise BackendError(message, status, code)
+        try:
+            job = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            job = None
+        if not isinstance(job, dict) or not job.get("id"):
+            raise BackendError(f"the backend did not return a job id (HTTP {status})", status)
+        return job
+
+    def status(self, job_id: str) -> dict:
+        return self.get_json(f"{JOBS_PATH}/{job_id}", "job status")
+
+    def result_paths(self, job: dict, variants: int) -> list[str]:
+        """URL paths of the results: the status's `results` list when the backend gives one,
+        else /result (variant 1) and /result?variant=i for further variants."""
+        listed = job.get("results")
+        if isinstance(listed, list) and listed:
+            return [
+                u[len(self.base_url) :] if str(u).startswith(self.base_url) else str(u)
+                for u in listed
+            ]
+        base = f"{JOBS_PATH}/{job['id']}/result"
+        return [base] + [f"{base}?variant={i}" for i in range(2, max(1, variants) + 1)]
+
+    def download(self, path: str, destination) -> Path:
+        """GET a result into `destination` (written aside, then renamed)."""
+        content = self._checked("GET", path, "downloading the result", accept="image/tiff")
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        part = destination.with_name(destination.name + ".part")
+        part.write_bytes(content)
+        part.replace(destination)
+        return destination
+
+    def cancel(self, job_id: str) -> None:
+        """DELETE /v1/jobs/{id}; the job may already be finished (not an error)."""
+        status, content = self._send("DELETE", f"{JOBS_PATH}/{job_id}")
+        if status >= 400 and status not in (404, 409):
+            message, code = _error_message(status, content)
+            raise BackendError(f"cancelling the job failed: {message}", status, code)
+
+
+class HealthMonitor(QObject):
+    """A live health indicator for the dock: checks the backend every `interval_ms` without
+    blocking the GUI (asynchronous request); emits `updated(Health)`."""
+
+    updated = pyqtSignal(object)
+
+    def __init__(self, url_getter, token_getter=lambda: "", interval_ms=15000, parent=None):
+        super().__init__(parent)
+        self._url_getter = url_getter
+        self._token_getter = token_getter
+        self._reply = None
+        self.last = None
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self.check)
+
+    def start(self):
+        self.check()
+        self.timer.start()
+
+    def stop(self):
+        self.timer.stop()
+        if self._reply is not None:
+            self._reply.abort()
+
+    def check(self):
+        if self._reply is not None:  # one request at a time
+            return
+        try:
+            base_url = validate_base_url(self._url_getter())
+        except BackendError as exc:
+            self._emit(Health(False, str(exc)))
+            return
+        client = BackendClient(base_url, self._token_getter(), timeout_ms=HEALTH_TIMEOUT_MS)
+        request = client._request(HEALTH_PATH)
+        reply = QgsNetworkAccessManager.instance().get(request)
+        self._reply = reply
+        timer = QTimer(reply)
+        timer.setSingleShot(True)
+        timer.timeout.connect(reply.abort)
+        timer.start(HEALTH_TIMEOUT_MS)
+        reply.finished.connect(lambda: self._finished(reply, base_url))
+
+    def _finished(self, reply, base_url):
+        self._reply = None
+        status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
+        content = bytes(reply.readAll())
+        if status is None:
+            reason = reply.errorString() or "no answer"
+            if reply.error() == QNetworkReply.NetworkError.OperationCanceledError:
+                reason = f"no answer within {HEALTH_TIMEOUT_MS / 1000:g} s"
+            health = Health(
+                False,
+                f"backend not reachable at {base_url}: {reason}. Is `rs-edit serve` running?",
+            )
+        elif status != 200:
+            health = Health(False, f"backend at {base_url} answered HTTP {status} to {HEALTH_PATH}")
+        else:
+            try:
+                body = json.loads(content.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                body = None
+            health = parse_health(base_url, body)
+        reply.deleteLater()
+        self._emit(health)
+
+    def _emit(self, health):
+        self.last = health
+        self.updated.emit(health)

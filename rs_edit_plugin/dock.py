@@ -1,66 +1,315 @@
-"""The RS Edit panel: backend URL, a health check, and (later) the editing controls."""
+"""The RS Edit panel: a thin view over settings, area, roi, jobs and tasks.
 
-from qgis.gui import QgsDockWidget
+Widgets carry object names so that tests (and QGIS's state saving) can find them. All logic
+with consequences lives in the pure modules; this file only gathers what the user chose.
+"""
+
+from qgis.core import (
+    Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsRasterBandComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
     QApplication,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTreeWidget,
+    QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from . import settings
-from .client import Health, check_health
+from . import area, jobs, roi, settings
+from .client import Health, HealthMonitor, check_health
+from .compat import POLYGON_LAYER_FILTER, RASTER_LAYER_FILTER
+from .maptools import PolygonTool, RectangleTool
+from .tasks import JobManager
 
 DOCK_OBJECT_NAME = "RsEditDock"  # QGIS saves/restores dock state by object name
 
+AREA_SOURCES = [
+    ("extent", "Current map extent"),
+    ("rectangle", "Rectangle drawn on the map"),
+    ("selection", "Extent of the selected features"),
+]
+ROI_SOURCES = [
+    ("drawn", "Polygons drawn on the map"),
+    ("selected", "Selected features of a polygon layer"),
+    ("whole", "The whole area"),
+]
+OK_STYLE, BAD_STYLE = "color: #1a7f37;", "color: #b42318;"
+
 
 class RsEditDock(QgsDockWidget):
-    """Dock widget; widgets carry object names so tests and QGIS can find them."""
-
-    def __init__(self, parent=None):
+    def __init__(self, parent=None, iface=None):
         super().__init__("RS Edit", parent)
         self.setObjectName(DOCK_OBJECT_NAME)
+        self.iface = iface
+        self.rectangle = None  # (QgsRectangle, crs) of the drawn area
+        self.health: Health | None = None
+        canvas = self.canvas()
+        self.polygon_tool = PolygonTool(canvas) if canvas is not None else None
+        self.rectangle_tool = RectangleTool(canvas) if canvas is not None else None
+        self.jobs = JobManager(self.message_bar(), parent=self)
 
         body = QWidget(self)
         layout = QVBoxLayout(body)
+        layout.addWidget(self._backend_box(body))
+        layout.addWidget(self._input_box(body))
+        layout.addWidget(self._edit_box(body))
+        layout.addWidget(self._jobs_box(body))
+        layout.addStretch(1)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
 
+        self.monitor = HealthMonitor(settings.backend_url, settings.token, parent=self)
+        self.monitor.updated.connect(self.show_health)
+        self.visibilityChanged.connect(self._visibility_changed)
+        self.layer_combo.layerChanged.connect(self._layer_changed)
+        self._layer_changed(self.layer_combo.currentLayer())
+        if self.polygon_tool is not None:
+            self.polygon_tool.polygonsChanged.connect(self._polygons_changed)
+            self.rectangle_tool.rectangleDrawn.connect(self.set_rectangle)
+        self.jobs.jobAdded.connect(self._job_added)
+        self.jobs.jobChanged.connect(self._job_changed)
+
+    # --- building -------------------------------------------------------------------------
+
+    def _backend_box(self, parent):
+        box = QGroupBox("Backend", parent)
+        layout = QVBoxLayout(box)
         row = QHBoxLayout()
-        row.addWidget(QLabel("Backend URL", body))
-        self.url_edit = QLineEdit(settings.backend_url(), body)
+        row.addWidget(QLabel("Backend URL", box))
+        self.url_edit = QLineEdit(settings.backend_url(), box)
         self.url_edit.setObjectName("backendUrlEdit")
         self.url_edit.setPlaceholderText(settings.DEFAULT_BACKEND_URL)
         row.addWidget(self.url_edit)
         layout.addLayout(row)
-
-        self.check_button = QPushButton("Check backend", body)
+        row = QHBoxLayout()
+        self.check_button = QPushButton("Check backend", box)
         self.check_button.setObjectName("checkBackendButton")
-        layout.addWidget(self.check_button)
-
-        self.status_label = QLabel("Backend not checked yet.", body)
-        self.status_label.setObjectName("statusLabel")
-        # Plain text: the backend's version string must not be interpreted as HTML.
-        self.status_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout.addWidget(self.status_label)
-
-        note = QLabel(
-            "Editing from QGIS arrives in a later version; for now use the "
-            "`rs-edit edit` command line.",
-            body,
+        row.addWidget(self.check_button)
+        self.token_button = QPushButton("Access token…", box)
+        self.token_button.setObjectName("tokenButton")
+        self.token_button.setToolTip(
+            "Stored in QGIS's authentication manager (encrypted), never in plain settings"
         )
-        note.setObjectName("laterVersionNote")
-        note.setWordWrap(True)
-        layout.addWidget(note)
-        layout.addStretch(1)
-        self.setWidget(body)
-
+        row.addWidget(self.token_button)
+        layout.addLayout(row)
+        self.status_label = self._label("Backend not checked yet.", "statusLabel", box)
+        layout.addWidget(self.status_label)
+        self.health_label = self._label("", "healthDetailsLabel", box)
+        layout.addWidget(self.health_label)
         self.url_edit.editingFinished.connect(self.save_url)
         self.check_button.clicked.connect(self.check_backend)
+        self.token_button.clicked.connect(self.ask_token)
+        return box
+
+    def _input_box(self, parent):
+        box = QGroupBox("Image, area and ROI", parent)
+        form = QFormLayout(box)
+        self.layer_combo = QgsMapLayerComboBox(box)
+        self.layer_combo.setObjectName("layerCombo")
+        self.layer_combo.setFilters(RASTER_LAYER_FILTER)
+        form.addRow("Raster layer", self.layer_combo)
+
+        self.band_row = QWidget(box)
+        self.band_row.setObjectName("bandRow")
+        bands = QHBoxLayout(self.band_row)
+        bands.setContentsMargins(0, 0, 0, 0)
+        self.band_combos = []
+        for name in ("red", "green", "blue"):
+            combo = QgsRasterBandComboBox(self.band_row)
+            combo.setObjectName(f"{name}BandCombo")
+            combo.setToolTip(f"The band CLIP sees as {name} (all bands are edited)")
+            bands.addWidget(combo)
+            self.band_combos.append(combo)
+        form.addRow("Bands seen as RGB", self.band_row)
+
+        self.area_combo = self._combo(AREA_SOURCES, settings.option("area_source"), box)
+        self.area_combo.setObjectName("areaCombo")
+        self.rectangle_button = QPushButton("Draw rectangle", box)
+        self.rectangle_button.setObjectName("drawRectangleButton")
+        row = QHBoxLayout()
+        row.addWidget(self.area_combo, 1)
+        row.addWidget(self.rectangle_button)
+        form.addRow("Area", row)
+
+        self.roi_combo = self._combo(ROI_SOURCES, settings.option("roi_source"), box)
+        self.roi_combo.setObjectName("roiCombo")
+        form.addRow("ROI", self.roi_combo)
+        self.roi_layer_combo = QgsMapLayerComboBox(box)
+        self.roi_layer_combo.setObjectName("roiLayerCombo")
+        self.roi_layer_combo.setFilters(POLYGON_LAYER_FILTER)
+        form.addRow("Polygon layer", self.roi_layer_combo)
+        row = QHBoxLayout()
+        self.draw_button = QPushButton("Draw polygons", box)
+        self.draw_button.setObjectName("drawPolygonsButton")
+        self.draw_button.setToolTip(
+            "Click to add a vertex, double-click or Enter to finish, Esc/Backspace to undo"
+        )
+        self.clear_button = QPushButton("Clear", box)
+        self.clear_button.setObjectName("clearPolygonsButton")
+        row.addWidget(self.draw_button)
+        row.addWidget(self.clear_button)
+        form.addRow("", row)
+        self.roi_label = self._label("No polygon drawn.", "roiLabel", box)
+        form.addRow("", self.roi_label)
+
+        self.rectangle_button.clicked.connect(self.draw_rectangle)
+        self.draw_button.clicked.connect(self.draw_polygons)
+        self.clear_button.clicked.connect(self.clear_polygons)
+        self.area_combo.currentIndexChanged.connect(
+            lambda _i: settings.set_option("area_source", self.area_combo.currentData())
+        )
+        self.roi_combo.currentIndexChanged.connect(
+            lambda _i: settings.set_option("roi_source", self.roi_combo.currentData())
+        )
+        return box
+
+    def _edit_box(self, parent):
+        box = QGroupBox("Edit", parent)
+        form = QFormLayout(box)
+        self.prompt_edit = QLineEdit(box)
+        self.prompt_edit.setObjectName("promptEdit")
+        self.prompt_edit.setPlaceholderText("e.g. the bridge is collapsed")
+        form.addRow("Prompt", self.prompt_edit)
+        self.preset_combo = QComboBox(box)
+        self.preset_combo.setObjectName("presetCombo")
+        self.preset_combo.addItems(settings.PRESETS)
+        self.preset_combo.setCurrentText(settings.option("preset"))
+        form.addRow("Preset", self.preset_combo)
+        self.variants_spin = QSpinBox(box)
+        self.variants_spin.setObjectName("variantsSpin")
+        self.variants_spin.setRange(1, 8)  # rs-edit serve: at most 8
+        self.variants_spin.setValue(settings.option("variants"))
+        form.addRow("Variants", self.variants_spin)
+        self.seed_spin = QSpinBox(box)
+        self.seed_spin.setObjectName("seedSpin")
+        self.seed_spin.setRange(-1, 2**31 - 1)
+        self.seed_spin.setSpecialValueText("random")
+        self.seed_spin.setValue(settings.option("seed"))
+        form.addRow("Seed", self.seed_spin)
+        self.clip_combo = QComboBox(box)
+        self.clip_combo.setObjectName("clipCombo")
+        self.clip_combo.setEditable(True)  # a checkpoint path on the backend also works
+        self.clip_combo.addItems(settings.CLIP_MODELS)
+        self.clip_combo.setCurrentText(settings.option("clip"))
+        form.addRow("CLIP", self.clip_combo)
+        self.llm_combo = QComboBox(box)
+        self.llm_combo.setObjectName("llmCombo")
+        self.llm_combo.addItems(settings.LLM_OPTIONS)
+        self.llm_combo.setCurrentText(settings.option("llm"))
+        form.addRow("LLM", self.llm_combo)
+        row = QHBoxLayout()
+        self.results_edit = QLineEdit(box)
+        self.results_edit.setObjectName("resultsDirEdit")
+        self.results_edit.setPlaceholderText("next to the project (rs_edit_results/)")
+        self.results_edit.setText(settings.chosen_results_dir())
+        browse = QPushButton("…", box)
+        browse.setObjectName("browseResultsButton")
+        row.addWidget(self.results_edit)
+        row.addWidget(browse)
+        form.addRow("Results", row)
+        self.add_check = QCheckBox("Add results to the map", box)
+        self.add_check.setObjectName("addResultsCheck")
+        self.add_check.setChecked(settings.option("add_results"))
+        form.addRow("", self.add_check)
+        self.run_button = QPushButton("Edit", box)
+        self.run_button.setObjectName("runButton")
+        form.addRow(self.run_button)
+
+        self.run_button.clicked.connect(self.start_job)
+        self.prompt_edit.returnPressed.connect(self.start_job)
+        browse.clicked.connect(self.browse_results)
+        self.results_edit.editingFinished.connect(
+            lambda: settings.set_results_dir(self.results_edit.text())
+        )
+        self.add_check.toggled.connect(lambda on: settings.set_option("add_results", on))
+        return box
+
+    def _jobs_box(self, parent):
+        box = QGroupBox("Jobs", parent)
+        layout = QVBoxLayout(box)
+        self.job_tree = QTreeWidget(box)
+        self.job_tree.setObjectName("jobTree")
+        self.job_tree.setHeaderLabels(["Prompt", "Status", "Progress"])
+        self.job_tree.setRootIsDecorated(False)
+        self.job_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        layout.addWidget(self.job_tree)
+        row = QHBoxLayout()
+        self.cancel_button = QPushButton("Cancel", box)
+        self.cancel_button.setObjectName("cancelJobButton")
+        self.add_button = QPushButton("Add result", box)
+        self.add_button.setObjectName("addResultButton")
+        row.addWidget(self.cancel_button)
+        row.addWidget(self.add_button)
+        layout.addLayout(row)
+        self.cancel_button.clicked.connect(self.cancel_selected)
+        self.add_button.clicked.connect(self.add_selected)
+        self.job_tree.itemSelectionChanged.connect(self._update_job_buttons)
+        self._update_job_buttons()
+        return box
+
+    @staticmethod
+    def _label(text, name, parent):
+        label = QLabel(text, parent)
+        label.setObjectName(name)
+        # Plain text: strings from the backend must not be interpreted as HTML.
+        label.setTextFormat(Qt.TextFormat.PlainText)
+        label.setWordWrap(True)
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        return label
+
+    @staticmethod
+    def _combo(items, current, parent):
+        combo = QComboBox(parent)
+        for key, text in items:
+            combo.addItem(text, key)
+        index = combo.findData(current)
+        combo.setCurrentIndex(max(0, index))
+        return combo
+
+    # --- QGIS access ----------------------------------------------------------------------
+
+    def _iface(self):
+        if self.iface is not None:
+            return self.iface
+        from qgis.utils import iface
+
+        return iface
+
+    def canvas(self):
+        iface = self._iface()
+        return iface.mapCanvas() if iface is not None else None
+
+    def message_bar(self):
+        iface = self._iface()
+        return iface.messageBar() if iface is not None else None
+
+    def _push(self, text, level=Qgis.MessageLevel.Warning, duration=8):
+        bar = self.message_bar()
+        if bar is not None:
+            bar.pushMessage("RS Edit", text, level, duration)
+
+    # --- backend --------------------------------------------------------------------------
 
     def save_url(self) -> str:
         """Persist the URL field (empty resets to the default) and return the URL in use."""
@@ -71,13 +320,252 @@ class RsEditDock(QgsDockWidget):
         return url
 
     def check_backend(self) -> Health:
-        """Run the health check and show its outcome in the status label."""
+        """Run the health check now and show its outcome."""
         url = self.save_url()
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
-            health = check_health(url)
+            health = check_health(url, token=settings.token())
         finally:
             QApplication.restoreOverrideCursor()
-        self.status_label.setText(health.message)
-        self.status_label.setStyleSheet("color: #1a7f37;" if health.ok else "color: #b42318;")
+        self.show_health(health)
         return health
+
+    def show_health(self, health: Health) -> None:
+        self.health = health
+        self.status_label.setText(health.message)
+        self.status_label.setStyleSheet(OK_STYLE if health.ok else BAD_STYLE)
+        self.health_label.setText(health.summary if health.ok else "")
+
+    def _visibility_changed(self, visible):
+        if visible:
+            self.monitor.start()
+        else:
+            self.monitor.stop()
+
+    def ask_token(self) -> None:
+        text, ok = QInputDialog.getText(
+            self,
+            "RS Edit access token",
+            "Access token for the backend (empty removes it). It is kept in QGIS's "
+            "authentication manager, encrypted with your master password.",
+            QLineEdit.EchoMode.Password,
+        )
+        if not ok:
+            return
+        try:
+            settings.store_token(text)
+        except settings.TokenError as exc:
+            self._push(str(exc), Qgis.MessageLevel.Critical)
+            return
+        self._push(
+            "Access token saved." if text.strip() else "Access token removed.",
+            Qgis.MessageLevel.Info,
+            3,
+        )
+
+    # --- layer, bands, area, ROI ------------------------------------------------------------
+
+    def _layer_changed(self, layer):
+        raster = layer if isinstance(layer, QgsRasterLayer) else None
+        for combo in self.band_combos:
+            combo.setLayer(raster)
+        count = raster.bandCount() if raster is not None else 0
+        self.band_row.setEnabled(count > 3)
+        if raster is None or count <= 3:
+            return
+        renderer = raster.renderer()
+        defaults = [1, 2, 3]
+        if renderer is not None and renderer.type() == "multibandcolor":
+            defaults = [renderer.redBand(), renderer.greenBand(), renderer.blueBand()]
+        for combo, band in zip(self.band_combos, defaults, strict=True):
+            combo.setBand(band if band > 0 else 1)
+
+    def rgb_bands(self):
+        """The bands CLIP sees as RGB, or None to let the backend choose (<= 3 bands)."""
+        layer = self.layer_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer) or layer.bandCount() <= 3:
+            return None
+        return [combo.currentBand() for combo in self.band_combos]
+
+    def draw_rectangle(self):
+        if self.rectangle_tool is not None:
+            self.canvas().setMapTool(self.rectangle_tool)
+
+    def set_rectangle(self, rect, crs):
+        self.rectangle = (rect, QgsCoordinateReferenceSystem(crs))
+        self.area_combo.setCurrentIndex(self.area_combo.findData("rectangle"))
+        self.roi_label.setText(self._roi_text())
+
+    def draw_polygons(self):
+        if self.polygon_tool is not None:
+            self.roi_combo.setCurrentIndex(self.roi_combo.findData("drawn"))
+            self.canvas().setMapTool(self.polygon_tool)
+
+    def clear_polygons(self):
+        if self.polygon_tool is not None:
+            self.polygon_tool.clear()
+
+    def _polygons_changed(self):
+        self.roi_label.setText(self._roi_text())
+
+    def _roi_text(self):
+        count = len(self.polygon_tool.polygons) if self.polygon_tool is not None else 0
+        text = f"{count} polygon(s) drawn." if count else "No polygon drawn."
+        if self.rectangle is not None:
+            rect = self.rectangle[0]
+            text += f" Rectangle: {rect.width():.6g} x {rect.height():.6g} map units."
+        return text
+
+    def area_extent(self):
+        """(extent, its CRS) for the chosen area source; raises area.AreaError."""
+        source = self.area_combo.currentData()
+        layer = self.layer_combo.currentLayer()
+        if source == "rectangle":
+            if self.rectangle is None:
+                raise area.AreaError("draw a rectangle on the map first (Draw rectangle)")
+            return self.rectangle
+        if source == "selection":
+            if layer is None:
+                raise area.AreaError("choose a raster layer first")
+            vectors = [
+                lyr
+                for lyr in QgsProject.instance().mapLayers().values()
+                if isinstance(lyr, QgsVectorLayer) and lyr.selectedFeatureCount()
+            ]
+            return area.selection_extent(vectors, layer.crs()), layer.crs()
+        canvas = self.canvas()
+        if canvas is None:
+            raise area.AreaError("no map canvas")
+        return canvas.extent(), canvas.mapSettings().destinationCrs()
+
+    def roi_geometries(self):
+        """(geometries, CRS) of the chosen ROI, or (None, None) for the whole area."""
+        source = self.roi_combo.currentData()
+        if source == "whole":
+            return None, None
+        if source == "selected":
+            layer = self.roi_layer_combo.currentLayer()
+            if layer is None:
+                raise roi.RoiError("choose a polygon layer with selected features")
+            return roi.layer_polygons(layer, selected_only=True), layer.crs()
+        if self.polygon_tool is None or not self.polygon_tool.polygons:
+            raise roi.RoiError("draw ROI polygons on the map first (Draw polygons)")
+        return self.polygon_tool.geometries(), self.polygon_tool.crs
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def _save_options(self):
+        settings.set_option("preset", self.preset_combo.currentText())
+        settings.set_option("variants", self.variants_spin.value())
+        settings.set_option("seed", self.seed_spin.value())
+        settings.set_option("clip", self.clip_combo.currentText())
+        settings.set_option("llm", self.llm_combo.currentText())
+        settings.set_results_dir(self.results_edit.text())
+
+    def build_request(self) -> jobs.EditRequest:
+        """The job as chosen in the panel; raises AreaError, RoiError or JobError."""
+        self._save_options()
+        fields = jobs.job_fields(
+            self.prompt_edit.text(),
+            preset=self.preset_combo.currentText(),
+            seed=self.seed_spin.value(),
+            clip=self.clip_combo.currentText().strip(),
+            llm=self.llm_combo.currentText(),
+            variants=self.variants_spin.value(),
+            rgb_bands=self.rgb_bands(),
+        )
+        extent, extent_crs = self.area_extent()
+        geometries, geometries_crs = self.roi_geometries()
+        limit, health = settings.max_tile_pixels(), self.health
+        if health is not None and health.ok and health.max_pixels:
+            limit = min(limit, health.max_pixels)
+        known = health is not None and health.ok
+        return jobs.prepare_request(
+            self.layer_combo.currentLayer(),
+            extent,
+            extent_crs,
+            fields,
+            roi_geometries=geometries,
+            roi_crs=geometries_crs,
+            base_url=self.save_url(),
+            max_pixels=limit,
+            max_width=health.max_width if known else 0,
+            max_height=health.max_height if known else 0,
+        )
+
+    def start_job(self):
+        try:
+            request = self.build_request()
+        except (area.AreaError, roi.RoiError, jobs.JobError, settings.TokenError) as exc:
+            self._push(f"Cannot start: {exc}", Qgis.MessageLevel.Warning)
+            return None
+        return self.jobs.start(request)
+
+    def _job_added(self, record):
+        item = QTreeWidgetItem([record.prompt, record.state, "0%"])
+        item.setData(0, Qt.ItemDataRole.UserRole, record.key)
+        item.setToolTip(0, record.prompt)
+        self.job_tree.insertTopLevelItem(0, item)
+        self.job_tree.setCurrentItem(item)
+        self._update_job_buttons()
+
+    def _item(self, record):
+        for i in range(self.job_tree.topLevelItemCount()):
+            item = self.job_tree.topLevelItem(i)
+            if item.data(0, Qt.ItemDataRole.UserRole) == record.key:
+                return item
+        return None
+
+    def _job_changed(self, record):
+        item = self._item(record)
+        if item is None:
+            return
+        state = record.state if not record.stage or record.finished else record.stage
+        item.setText(1, state)
+        item.setText(2, f"{record.progress:.0f}%")
+        item.setToolTip(1, record.message or state)
+        self._update_job_buttons()
+
+    def selected_record(self):
+        item = self.job_tree.currentItem()
+        if item is None:
+            return None
+        key = item.data(0, Qt.ItemDataRole.UserRole)
+        return next((r for r in self.jobs.records if r.key == key), None)
+
+    def _update_job_buttons(self):
+        record = self.selected_record()
+        self.cancel_button.setEnabled(record is not None and not record.finished)
+        self.add_button.setEnabled(record is not None and record.state == "succeeded")
+
+    def cancel_selected(self):
+        record = self.selected_record()
+        if record is not None:
+            self.jobs.cancel(record)
+
+    def add_selected(self):
+        record = self.selected_record()
+        if record is not None and record.state == "succeeded":
+            self.jobs.add_results(record)
+
+    def browse_results(self):
+        folder = QFileDialog.getExistingDirectory(
+            self, "Folder for RS Edit results", str(settings.results_dir())
+        )
+        if folder:
+            self.results_edit.setText(folder)
+            settings.set_results_dir(folder)
+
+    # --- teardown -------------------------------------------------------------------------
+
+    def cleanup(self):
+        """Stop the monitor, cancel running jobs, take map tools and rubber bands away."""
+        self.monitor.stop()
+        self.jobs.shutdown()
+        canvas = self.canvas()
+        for tool in (self.polygon_tool, self.rectangle_tool):
+            if tool is not None and canvas is not None and canvas.mapTool() is tool:
+                canvas.unsetMapTool(tool)
+        for tool in (self.polygon_tool, self.rectangle_tool):
+            if tool is not None:
+                tool.remove_bands()

@@ -18,6 +18,9 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `import rs_edit_plugin` from the checkout
     sys.path.insert(0, str(ROOT))
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:  # test helpers: helpers, fake_backend
+    sys.path.insert(0, HERE)
 
 from qgis.core import QgsSettings  # noqa: E402
 from qgis.PyQt.QtCore import QCoreApplication, QEvent  # noqa: E402
@@ -32,7 +35,8 @@ def pytest_collection_modifyitems(config, items):
     because a signal cannot interrupt a blocking C++ call such as blockingGet."""
     if config.pluginmanager.hasplugin("timeout") and config.getoption("timeout") is None:
         for item in items:
-            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="thread"))
+            if item.get_closest_marker("timeout") is None:  # a test may ask for more
+                item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, method="thread"))
 
 
 def _flush_deletes():
@@ -46,13 +50,60 @@ def flush_deletes():
     return _flush_deletes
 
 
+def _clear_settings():
+    for key in plugin_settings.ALL_KEYS:
+        QgsSettings().remove(key)
+
+
 @pytest.fixture(autouse=True)
-def clean_plugin_settings():
-    """Each test starts and ends without a stored backend URL (pytest-qgis keeps one
-    settings file for the whole session)."""
-    QgsSettings().remove(plugin_settings.BACKEND_URL_KEY)
+def clean_plugin_settings(tmp_path):
+    """Each test starts and ends without stored plugin settings (pytest-qgis keeps one
+    settings file for the whole session); results go to the test's own folder, never to the
+    user's home."""
+    _clear_settings()
+    plugin_settings.set_results_dir(str(tmp_path / "results"))
+    QgsSettings().setValue(plugin_settings.PREFIX + "poll_interval_s", 0.05)
     yield
-    QgsSettings().remove(plugin_settings.BACKEND_URL_KEY)
+    _clear_settings()
+
+
+@pytest.fixture
+def fake_backend():
+    """The job API on 127.0.0.1 (tests/plugin/fake_backend.py), URL stored in the settings."""
+    from fake_backend import FakeBackend
+
+    backend = FakeBackend().start()
+    plugin_settings.set_backend_url(backend.url)
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture
+def project(qgis_iface):
+    """A fresh project in EPSG:3857 (the test rasters are in UTM 33N), canvas in the same CRS."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProject
+
+    qgis_iface.newProject()
+    proj = QgsProject.instance()
+    proj.clear()
+    crs = QgsCoordinateReferenceSystem("EPSG:3857")
+    proj.setCrs(crs)
+    qgis_iface.mapCanvas().setDestinationCrs(crs)
+    qgis_iface.messageBar().clear_messages()
+    yield proj
+    proj.clear()
+
+
+@pytest.fixture
+def master_password():
+    """QGIS's authentication manager unlocked with a test master password (QGIS would ask)."""
+    from qgis.core import QgsApplication
+
+    manager = QgsApplication.authManager()
+    assert not manager.isDisabled(), manager.disabledMessage()
+    if not manager.masterPasswordIsSet():
+        assert manager.setMasterPassword("rs-edit-test-master", True)
+    return manager
 
 
 class GuiRecorder:

@@ -1,6 +1,7 @@
 """scripts/build_plugin_zip.py builds the zip QGIS installs, with exactly the files it needs."""
 
 import configparser
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,7 @@ def test_missing_license_fails_clearly(tmp_path):
 def test_version_comes_from_metadata(tmp_path):
     script = copy_tree(tmp_path / "tree")
     metadata = tmp_path / "tree" / "metadata.txt"
-    metadata.write_text(metadata.read_text().replace("version=0.1.0", "version=9.8.7"))
+    text = re.sub(r"(?m)^version=.*$", "version=9.8.7", metadata.read_text())
+    metadata.write_text(text)
     assert run_builder(script, tmp_path / "dist").returncode == 0
     assert (tmp_path / "dist" / "rs_edit_plugin-9.8.7.zip").is_file()

@@ -11,7 +11,18 @@ from rs_edit_plugin import settings
 from rs_edit_plugin.client import check_health
 from rs_edit_plugin.dock import RsEditDock
 
-HEALTH = {"status": "ok", "version": "x", "device": "cpu"}
+HEALTH = {
+    "status": "ok",
+    "version": "x",
+    "device": "cpu",
+    "clip": {
+        "default": "RemoteCLIP-ViT-B-32",
+        "weights_available": {"tiny-random": True, "RemoteCLIP-ViT-B-32": False},
+    },
+    "llm": {"openai": False, "api_key_set": False, "custom_endpoint": False},
+    "auth": False,
+    "limits": {"max_pixels": 1000000, "max_width": 2000, "max_height": 1500},
+}
 
 
 class FakeBackend(BaseHTTPRequestHandler):
@@ -68,7 +79,7 @@ def dock(qgis_iface):
 def test_dock_defaults_to_local_backend(dock):
     assert dock.url_edit.text() == "http://127.0.0.1:8765"
     assert dock.check_button.text() == "Check backend"
-    assert "later version" in dock.findChild(type(dock.status_label), "laterVersionNote").text()
+    assert dock.findChild(type(dock.status_label), "healthDetailsLabel").text() == ""
 
 
 def test_health_ok_is_shown(dock, backend):
@@ -78,6 +89,45 @@ def test_health_ok_is_shown(dock, backend):
     assert text == f"Backend OK at {backend}: version x, device cpu"
     assert settings.backend_url() == backend  # stored, without the trailing slash
     assert dock.url_edit.text() == backend
+    details = dock.health_label.text()
+    assert details == (
+        "device cpu · CLIP RemoteCLIP-ViT-B-32 (weights missing) · LLM none configured"
+    )
+    assert (dock.health.max_pixels, dock.health.max_width, dock.health.max_height) == (
+        1_000_000,
+        2000,
+        1500,
+    )
+
+
+def test_live_indicator_updates_without_blocking(dock, backend, closed_port_url):
+    """The monitor's request is asynchronous: the event loop delivers the answer."""
+    from helpers import wait_for
+
+    settings.set_backend_url(backend)
+    updates = []
+    dock.monitor.updated.connect(updates.append)
+    dock.monitor.check()
+    assert updates == []  # nothing yet: the GUI was not blocked waiting
+    wait_for(lambda: updates, 10, "health answer")
+    assert updates[0].ok and dock.status_label.text().startswith("Backend OK")
+    assert "CLIP RemoteCLIP-ViT-B-32" in dock.health_label.text()
+
+    settings.set_backend_url(closed_port_url)
+    dock.monitor.check()
+    wait_for(lambda: len(updates) == 2, 10, "second health answer")
+    assert not updates[1].ok and "not reachable" in dock.status_label.text()
+    assert dock.health_label.text() == ""
+
+
+def test_minimal_health_says_what_is_not_reported():
+    from rs_edit_plugin.client import parse_health
+
+    health = parse_health("http://h", {"status": "ok", "version": "1", "device": "cuda:0"})
+    assert health.ok and health.max_pixels == 0
+    assert health.summary == "device cuda:0 · CLIP: not reported · LLM: not reported"
+    locked = parse_health("http://h", {"status": "ok", "auth": True, "llm": {"openai": True}})
+    assert locked.summary.endswith("LLM openai available · access token required")
 
 
 def test_closed_port_says_not_reachable(dock, closed_port_url):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import qgis.utils
+from qgis.core import QgsApplication
 from qgis.gui import QgsDockWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
@@ -30,6 +31,17 @@ def test_class_factory_returns_the_plugin(qgis_iface):
     assert isinstance(plugin, RsEditPlugin)
     assert plugin.iface is qgis_iface
     plugin.initProcessing()  # hasProcessingProvider=yes makes QGIS call it
+    registry = QgsApplication.processingRegistry()
+    try:
+        assert registry.providerById("rsedit") is plugin.provider
+        algorithm = registry.algorithmById("rsedit:editraster")
+        assert algorithm is not None
+        assert algorithm.displayName() == "Edit raster with a text prompt"
+        names = [p.name() for p in algorithm.parameterDefinitions()]
+        assert {"INPUT", "EXTENT", "ROI", "PROMPT", "PRESET", "OUTPUT"} <= set(names)
+    finally:
+        plugin.unload()
+    assert registry.providerById("rsedit") is None
 
 
 def test_init_gui_adds_action_menu_and_dock(gui, qgis_iface):
@@ -129,11 +141,31 @@ def test_qgis_loads_and_unloads_the_built_plugin_twice(
         assert qgis.utils.startPlugin("rs_edit_plugin"), errors
         assert qgis.utils.isPluginLoaded("rs_edit_plugin")
         assert len(gui.toolbar) == 1 and len(gui.docks) == 1
+        assert QgsApplication.processingRegistry().algorithmById("rsedit:editraster")
 
         assert qgis.utils.unloadPlugin("rs_edit_plugin"), errors
         flush_deletes()
         assert gui.is_empty(), vars(gui)
         assert leftovers(qgis_iface.mainWindow()) == []
+        assert QgsApplication.processingRegistry().providerById("rsedit") is None
         # QGIS drops the plugin's modules, so the next load runs fresh code.
         assert not [n for n in sys.modules if n.startswith("rs_edit_plugin")]
+    assert errors == []
+
+
+def test_qgis_process_starts_only_the_processing_part(gui, qgis_plugin_dir, flush_deletes):
+    """qgis_process loads plugins with hasProcessingProvider=yes through
+    startProcessingPlugin: the algorithm is there, no GUI is made."""
+    _plugins_dir, errors = qgis_plugin_dir
+    qgis.utils.updateAvailablePlugins()
+    assert qgis.utils.loadPlugin("rs_edit_plugin"), errors
+    assert qgis.utils.startProcessingPlugin("rs_edit_plugin"), errors
+    try:
+        registry = QgsApplication.processingRegistry()
+        assert registry.algorithmById("rsedit:editraster") is not None
+        assert gui.is_empty()
+    finally:
+        assert qgis.utils.unloadPlugin("rs_edit_plugin"), errors
+        flush_deletes()
+    assert QgsApplication.processingRegistry().providerById("rsedit") is None
     assert errors == []

@@ -24,6 +24,10 @@ def test_required_fields_are_filled():
     assert meta.getboolean("experimental")
     assert meta.getboolean("hasProcessingProvider")
     assert len(meta["about"].split(". ")) >= 3
+    assert "later version" not in meta["about"]  # editing from QGIS is here now
+    assert meta["changelog"].strip().startswith(meta["version"] + " - ")
+    for key in ("homepage", "repository", "tracker"):
+        assert meta[key].startswith("https://")
 
 
 def test_icon_is_a_64px_png():

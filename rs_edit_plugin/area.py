@@ -1,0 +1,251 @@
+"""The area to edit: an extent in any CRS -> a window of the raster layer's own pixel grid,
+exported at the layer's native resolution with its CRS and geotransform.
+
+No widgets here. The window is snapped outwards to whole pixels and clipped to the layer,
+so the exported tile's pixels are exactly the layer's pixels (GDAL copies them; no
+resampling). Layers that are not plain GDAL files fall back to QgsRasterFileWriter, which
+writes the provider's values on the same grid.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from osgeo import gdal
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterFileWriter,
+    QgsRasterLayer,
+    QgsRasterPipe,
+    QgsRectangle,
+)
+
+from .compat import RASTER_WRITER_OK
+
+SNAP_EPS = 1e-6  # in pixels: an edge this close to a pixel boundary is on it
+GTIFF_OPTIONS = ["COMPRESS=DEFLATE", "PREDICTOR=1", "BIGTIFF=IF_SAFER"]
+
+
+class AreaError(Exception):
+    """The area cannot be exported; the message says why, ready for the user."""
+
+
+@dataclass(frozen=True)
+class TileWindow:
+    """A window of a raster layer's pixel grid and the grid of the tile it becomes."""
+
+    xoff: int
+    yoff: int
+    width: int
+    height: int
+    geotransform: tuple  # the tile's: (x0, xres, 0, y0, 0, -yres)
+    crs_wkt: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def extent(self) -> QgsRectangle:
+        x0, xres, _, y0, _, yres = self.geotransform
+        return QgsRectangle(x0, y0 + self.height * yres, x0 + self.width * xres, y0)
+
+    @property
+    def crs(self) -> QgsCoordinateReferenceSystem:
+        return QgsCoordinateReferenceSystem.fromWkt(self.crs_wkt)
+
+
+def gdal_open(path: str):
+    """gdal.Open that returns None on failure whether or not GDAL exceptions are on (another
+    plugin may have turned them on for the whole QGIS process)."""
+    try:
+        return gdal.Open(path)
+    except RuntimeError:
+        return None
+
+
+def gdal_path(layer: QgsRasterLayer) -> str:
+    """The file GDAL opens for a layer of the gdal provider, else ''."""
+    if layer.providerType() != "gdal":
+        return ""
+    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    return parts.get("path") or layer.source()
+
+
+def layer_geotransform(layer: QgsRasterLayer) -> tuple:
+    """The layer's north-up geotransform (from GDAL when it is a file, else from QGIS)."""
+    path = gdal_path(layer)
+    if path:
+        dataset = gdal_open(path)
+        if dataset is not None:
+            gt = tuple(dataset.GetGeoTransform())
+            if gt[2] != 0 or gt[4] != 0:
+                raise AreaError(
+                    f"layer {layer.name()!r} has a rotated geotransform; warp it to a north-up "
+                    "grid first (Raster > Projections > Warp)"
+                )
+            return gt
+    extent = layer.extent()
+    xres = extent.width() / layer.width()
+    yres = extent.height() / layer.height()
+    return (extent.xMinimum(), xres, 0.0, extent.yMaximum(), 0.0, -yres)
+
+
+def to_layer_crs(
+    rect: QgsRectangle,
+    rect_crs: QgsCoordinateReferenceSystem,
+    layer: QgsRasterLayer,
+    project: QgsProject | None = None,
+) -> QgsRectangle:
+    """An extent in `rect_crs` as a bounding box in the layer's CRS (edges densified)."""
+    if not rect_crs.isValid() or rect_crs == layer.crs():
+        return QgsRectangle(rect)
+    project = project or QgsProject.instance()
+    transform = QgsCoordinateTransform(rect_crs, layer.crs(), project.transformContext())
+    try:
+        return transform.transformBoundingBox(rect)
+    except Exception as exc:  # QgsCsException: the extent is outside the CRS's area of use
+        raise AreaError(f"the area cannot be transformed into the layer's CRS: {exc}") from exc
+
+
+def snap_window(layer: QgsRasterLayer, rect: QgsRectangle) -> TileWindow:
+    """The smallest window of whole layer pixels covering `rect` (layer CRS), clipped to it."""
+    if not layer.crs().isValid():
+        raise AreaError(f"layer {layer.name()!r} has no CRS: set one in its properties first")
+    x0, xres, _, y0, _, yres = layer_geotransform(layer)  # yres < 0
+    width, height = layer.width(), layer.height()
+    if rect.isNull() or rect.width() < 0 or rect.height() < 0:
+        raise AreaError("the area is empty")
+    col0 = math.floor((rect.xMinimum() - x0) / xres + SNAP_EPS)
+    col1 = math.ceil((rect.xMaximum() - x0) / xres - SNAP_EPS)
+    row0 = math.floor((rect.yMaximum() - y0) / yres + SNAP_EPS)
+    row1 = math.ceil((rect.yMinimum() - y0) / yres - SNAP_EPS)
+    col1, row1 = max(col1, col0 + 1), max(row1, row0 + 1)  # a point or line: one pixel
+    col0, col1 = max(col0, 0), min(col1, width)
+    row0, row1 = max(row0, 0), min(row1, height)
+    if col1 <= col0 or row1 <= row0:
+        raise AreaError(f"the area does not overlap layer {layer.name()!r}")
+    gt = (x0 + col0 * xres, xres, 0.0, y0 + row0 * yres, 0.0, yres)
+    return TileWindow(col0, row0, col1 - col0, row1 - row0, gt, layer.crs().toWkt())
+
+
+def window_for_extent(
+    layer: QgsRasterLayer,
+    rect: QgsRectangle,
+    rect_crs: QgsCoordinateReferenceSystem,
+    project: QgsProject | None = None,
+) -> TileWindow:
+    """Transform, snap and clip: an extent in any CRS -> the layer's pixel window."""
+    return snap_window(layer, to_layer_crs(rect, rect_crs, layer, project))
+
+
+def selection_extent(layers, layer_crs, project: QgsProject | None = None) -> QgsRectangle:
+    """The bounding box, in `layer_crs`, of the selected features of `layers`."""
+    project = project or QgsProject.instance()
+    total = QgsRectangle()
+    total.setMinimal()
+    found = False
+    for vector in layers:
+        if vector is None or not vector.selectedFeatureCount():
+            continue
+        box = vector.boundingBoxOfSelected()
+        if vector.crs() != layer_crs:
+            transform = QgsCoordinateTransform(vector.crs(), layer_crs, project.transformContext())
+            box = transform.transformBoundingBox(box)
+        total.combineExtentWith(box)
+        found = True
+    if not found:
+        raise AreaError("no features are selected (select some, or choose another area source)")
+    return total
+
+
+def check_size(window: TileWindow, max_pixels: int, max_width: int = 0, max_height: int = 0):
+    """Refuse tiles beyond the backend's limits with a message that says what to do."""
+    for size, limit, what in (
+        (window.width, max_width, "wide"),
+        (window.height, max_height, "high"),
+    ):
+        if limit and size > limit:
+            raise AreaError(
+                f"the area is {window.width} x {window.height} px at the layer's native "
+                f"resolution; the backend accepts at most {limit} px {what}: zoom in or draw a "
+                "smaller rectangle"
+            )
+    if max_pixels and window.pixels > max_pixels:
+        side = int(math.sqrt(max_pixels))
+        raise AreaError(
+            f"the area is {window.width} x {window.height} px at the layer's native resolution "
+            f"({window.pixels / 1e6:.1f} Mpx); the backend accepts at most {max_pixels / 1e6:.1f} "
+            f"Mpx (about {side} x {side} px): zoom in or draw a smaller rectangle"
+        )
+
+
+@dataclass
+class RasterSource:
+    """What exporting needs from a layer, captured on the main thread so that the export can
+    run in a task: the GDAL file, or a clone of the data provider for other providers."""
+
+    name: str
+    crs: QgsCoordinateReferenceSystem
+    gdal_path: str = ""
+    provider: object = None
+
+    @classmethod
+    def from_layer(cls, layer: QgsRasterLayer) -> "RasterSource":
+        path = gdal_path(layer)
+        provider = None if path else layer.dataProvider().clone()
+        return cls(layer.name(), QgsCoordinateReferenceSystem(layer.crs()), path, provider)
+
+
+def export_window(source, window: TileWindow, path, transform_context=None) -> Path:
+    """Write the window as a GeoTIFF with the layer's CRS, the window's geotransform and the
+    layer's native pixel values (all bands, nodata and band descriptions kept). `source` is a
+    raster layer or a RasterSource."""
+    if isinstance(source, QgsRasterLayer):
+        source = RasterSource.from_layer(source)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if source.gdal_path:
+        _export_gdal(source.gdal_path, window, path)
+    else:
+        context = transform_context or QgsProject.instance().transformContext()
+        _export_qgis(source, window, path, context)
+    return path
+
+
+def _export_gdal(source: str, window: TileWindow, path: Path) -> None:
+    src = gdal_open(source)
+    if src is None:
+        raise AreaError(f"GDAL cannot open {source}: {gdal.GetLastErrorMsg()}")
+    options = gdal.TranslateOptions(
+        format="GTiff",
+        srcWin=[window.xoff, window.yoff, window.width, window.height],
+        creationOptions=GTIFF_OPTIONS,
+        outputSRS=window.crs_wkt if not src.GetProjection() else None,
+    )
+    try:
+        out = gdal.Translate(str(path), src, options=options)
+    except RuntimeError:
+        out = None
+    if out is None:
+        raise AreaError(f"exporting the area failed: {gdal.GetLastErrorMsg()}")
+    out.FlushCache()
+    out = None  # close: the file is complete only now
+    src = None
+
+
+def _export_qgis(source: RasterSource, window: TileWindow, path: Path, context) -> None:
+    pipe = QgsRasterPipe()
+    if source.provider is None or not pipe.set(source.provider.clone()):
+        raise AreaError(f"layer {source.name!r} cannot be exported (no readable provider)")
+    writer = QgsRasterFileWriter(str(path))
+    writer.setOutputFormat("GTiff")
+    writer.setCreateOptions(GTIFF_OPTIONS)
+    error = writer.writeRaster(
+        pipe, window.width, window.height, window.extent, source.crs, context
+    )
+    if error != RASTER_WRITER_OK:
+        raise AreaError(f"exporting the area failed (QgsRasterFileWriter error {int(error)})")

@@ -1,0 +1,269 @@
+"""One edit job from start to end, without widgets: prepare (main thread, cheap, refuses bad
+input at once) and run (blocking: export the tile, rasterize the ROI, submit, poll, download).
+
+`run_job` is what the background QgsTask and the Processing algorithm both execute.
+"""
+
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeedback,
+    QgsGeometry,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+)
+
+from . import area, roi, settings
+from .client import BackendClient, BackendError, CancelledError
+
+
+class JobError(Exception):
+    """A job cannot be started or failed; the message is ready for the user."""
+
+
+@dataclass
+class EditRequest:
+    """Everything one job needs, prepared on the main thread."""
+
+    base_url: str
+    source: area.RasterSource
+    window: area.TileWindow
+    fields: dict  # prompt, preset, seed, clip, llm, variants (and rgb_bands): the POST form
+    out_stem: Path  # results: <stem>.tif, or <stem>_v1.tif ... for several variants
+    roi_wkb: list = field(default_factory=list)  # ROI polygons in the tile's CRS; []: whole tile
+    layer_id: str = ""
+    poll_interval_s: float = 1.0
+    token: str = field(default="", repr=False)  # never in repr or logs
+    transform_context: object = None
+    work_dir: Path | None = None  # where the tile and mask go; default <results>/inputs
+
+    @property
+    def prompt(self) -> str:
+        return self.fields["prompt"]
+
+    @property
+    def variants(self) -> int:
+        return int(self.fields.get("variants", 1))
+
+    @property
+    def inputs_dir(self) -> Path:
+        return Path(self.work_dir) if self.work_dir else self.out_stem.parent / "inputs"
+
+    @property
+    def tile_path(self) -> Path:
+        return self.inputs_dir / f"{self.out_stem.name}_tile.tif"
+
+    @property
+    def mask_path(self) -> Path | None:
+        if not self.roi_wkb:
+            return None
+        return self.inputs_dir / f"{self.out_stem.name}_mask.tif"
+
+    def output_paths(self) -> list[Path]:
+        if self.variants == 1:
+            return [self.out_stem.with_suffix(".tif")]
+        stem = self.out_stem
+        return [stem.with_name(f"{stem.name}_v{i}.tif") for i in range(1, self.variants + 1)]
+
+    def settings_record(self) -> dict:
+        """What goes into the result layer's metadata (never the token)."""
+        record = dict(self.fields)
+        record.update(
+            source_layer=self.source.name,
+            tile_size=f"{self.window.width}x{self.window.height}",
+            tile_offset=f"{self.window.xoff},{self.window.yoff}",
+            roi="polygons" if self.roi_wkb else "whole tile",
+            backend=self.base_url,
+        )
+        return record
+
+
+def job_fields(
+    prompt: str,
+    preset: str = settings.DEFAULT_PRESET,
+    seed: int | None = None,
+    clip: str = settings.DEFAULT_CLIP,
+    llm: str = "none",
+    variants: int = 1,
+    rgb_bands=None,
+) -> dict:
+    """The form fields of POST /v1/jobs, checked. A missing seed gets a random one, so that the
+    result's metadata says how to reproduce it."""
+    prompt = " ".join((prompt or "").split())
+    if not prompt:
+        raise JobError("the prompt is empty: say what the area should become")
+    if not 1 <= int(variants) <= 16:
+        raise JobError("variants must be between 1 and 16")
+    if seed is None or int(seed) < 0:
+        seed = secrets.randbelow(2**31)
+    fields = {
+        "prompt": prompt,
+        "preset": preset or settings.DEFAULT_PRESET,
+        "seed": int(seed),
+        "clip": clip or settings.DEFAULT_CLIP,
+        "llm": llm or "none",
+        "variants": int(variants),
+    }
+    if rgb_bands:
+        fields["rgb_bands"] = ",".join(str(int(b)) for b in rgb_bands)
+    return fields
+
+
+def prepare_request(
+    layer: QgsRasterLayer,
+    extent: QgsRectangle,
+    extent_crs: QgsCoordinateReferenceSystem,
+    fields: dict,
+    *,
+    roi_geometries=None,
+    roi_crs: QgsCoordinateReferenceSystem | None = None,
+    base_url: str | None = None,
+    token: str | None = None,
+    out_dir: Path | None = None,
+    max_pixels: int | None = None,
+    max_width: int = 0,
+    max_height: int = 0,
+    project: QgsProject | None = None,
+) -> EditRequest:
+    """Check and freeze one job: the window of `layer` covering `extent`, the ROI polygons in
+    the tile's CRS, the output location. Raises AreaError, RoiError or JobError at once."""
+    project = project or QgsProject.instance()
+    if layer is None or not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+        raise JobError("choose a valid raster layer to edit")
+    window = area.window_for_extent(layer, extent, extent_crs, project)
+    limit = settings.max_tile_pixels() if max_pixels is None else max_pixels
+    area.check_size(window, limit, max_width, max_height)
+    roi_wkb = []
+    if roi_geometries is not None:
+        geometries = [g for g in roi_geometries if g is not None and not g.isEmpty()]
+        if not geometries:
+            raise roi.RoiError("no ROI polygon: draw one on the map or select polygon features")
+        in_tile = roi.transform_geometries(geometries, roi_crs or layer.crs(), window.crs, project)
+        if not any(g.intersects(area_geometry(window)) for g in in_tile):
+            raise roi.RoiError(
+                "the ROI lies outside the area: draw it inside the area, or enlarge the area"
+            )
+        roi_wkb = [bytes(g.asWkb()) for g in in_tile]
+    out_dir = Path(out_dir) if out_dir else settings.results_dir(project)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"cannot create the results folder {out_dir}: {exc}") from exc
+    from .results import result_stem  # local: results imports settings only
+
+    return EditRequest(
+        base_url=base_url or settings.backend_url(),
+        source=area.RasterSource.from_layer(layer),
+        window=window,
+        fields=fields,
+        out_stem=result_stem(fields["prompt"], out_dir),
+        roi_wkb=roi_wkb,
+        layer_id=layer.id(),
+        poll_interval_s=float(settings.option("poll_interval_s")),
+        token=settings.token() if token is None else token,
+        transform_context=project.transformContext(),
+    )
+
+
+def area_geometry(window: area.TileWindow) -> QgsGeometry:
+    return QgsGeometry.fromRect(window.extent)
+
+
+def _sleep(seconds: float, feedback: QgsFeedback) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if feedback.isCanceled():
+            raise CancelledError("cancelled")
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+
+def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list[Path]:
+    """Export, rasterize, submit, poll, download; blocking. Returns the result files.
+
+    `on_update(stage, progress, job)` reports along the way (progress 0-100 overall).
+    Raises CancelledError (after asking the backend to cancel), BackendError, JobError.
+    """
+
+    def update(stage, progress, job=None):
+        feedback.setProgress(progress)
+        if on_update is not None:
+            on_update(stage, progress, job or {})
+
+    update("exporting", 1)
+    try:
+        area.export_window(
+            request.source, request.window, request.tile_path, request.transform_context
+        )
+        mask_path = request.mask_path
+        if mask_path is not None:
+            geometries = [_from_wkb(w) for w in request.roi_wkb]
+            mask = roi.rasterize(geometries, request.window)
+            if not mask.any():
+                raise roi.RoiError(
+                    "the ROI covers no pixel of the area: draw it inside the area, or enlarge it"
+                )
+            roi.write_mask(mask, request.window, mask_path)
+    except (area.AreaError, roi.RoiError) as exc:
+        raise JobError(str(exc)) from exc
+    if feedback.isCanceled():
+        raise CancelledError("cancelled")
+
+    client = BackendClient(request.base_url, request.token, feedback)
+    update("uploading", 3)
+    job = client.submit(request.tile_path, request.fields, request.mask_path)
+    job_id = str(job["id"])
+    update("queued", 5, job)
+    try:
+        while True:
+            status = str(job.get("status", ""))
+            try:
+                backend_progress = float(job.get("progress") or 0)
+            except (TypeError, ValueError):
+                backend_progress = 0.0
+            update(status or "queued", 5 + 0.9 * max(0.0, min(100.0, backend_progress)), job)
+            if status == "succeeded":
+                break
+            if status == "failed":
+                raise BackendError(_job_message(job) or "the backend reported a failed job")
+            if status == "cancelled":
+                raise CancelledError("the job was cancelled on the backend")
+            _sleep(request.poll_interval_s, feedback)
+            job = client.status(job_id)
+
+        outputs = []
+        paths = client.result_paths(job, request.variants)
+        for i, (url_path, destination) in enumerate(
+            zip(paths, request.output_paths(), strict=False)
+        ):
+            update("downloading", 95 + 5 * i / len(paths), job)
+            outputs.append(client.download(url_path, destination))
+    except CancelledError:
+        cancel_remote(request, job_id)
+        raise
+    update("done", 100, job)
+    return outputs
+
+
+def _from_wkb(wkb: bytes) -> QgsGeometry:
+    geometry = QgsGeometry()
+    geometry.fromWkb(wkb)
+    return geometry
+
+
+def _job_message(job: dict) -> str:
+    error = job.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return str(job.get("message") or "")
+
+
+def cancel_remote(request: EditRequest, job_id: str) -> None:
+    """Ask the backend to cancel (best effort: a backend that is gone cancels nothing)."""
+    with contextlib.suppress(BackendError):
+        BackendClient(request.base_url, request.token, None, timeout_ms=5000).cancel(job_id)

@@ -1,0 +1,183 @@
+"""Processing algorithm "Edit raster with a text prompt": the whole job, blocking, inside the
+Processing framework's own task (so the toolbox, batch mode, models and qgis_process run it).
+"""
+
+import dataclasses
+from pathlib import Path
+
+from osgeo import gdal
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingUtils,
+    QgsRasterFileWriter,
+)
+
+from . import settings
+from .area import AreaError
+from .client import BackendError, CancelledError
+from .compat import NUMBER_INTEGER, PARAMETER_ADVANCED, SOURCE_POLYGON
+from .jobs import JobError, job_fields, prepare_request, run_job
+from .roi import RoiError
+
+ALGORITHM_ID = "editraster"
+
+
+class EditRasterAlgorithm(QgsProcessingAlgorithm):
+    INPUT = "INPUT"
+    EXTENT = "EXTENT"
+    ROI = "ROI"
+    PROMPT = "PROMPT"
+    PRESET = "PRESET"
+    SEED = "SEED"
+    CLIP = "CLIP"
+    BACKEND_URL = "BACKEND_URL"
+    OUTPUT = "OUTPUT"
+
+    def createInstance(self):
+        return EditRasterAlgorithm()
+
+    def name(self):
+        return ALGORITHM_ID
+
+    def displayName(self):
+        return "Edit raster with a text prompt"
+
+    def group(self):
+        return "Editing"
+
+    def groupId(self):
+        return "editing"
+
+    def shortHelpString(self):
+        return (
+            "Sends an area of a raster layer (at its native resolution) and optional ROI "
+            "polygons to the rs-edit backend, which edits the pixels inside the polygons to "
+            "match the prompt, and writes the result with the layer's CRS and grid. Pixels "
+            "outside the ROI are unchanged. The backend (`rs-edit serve`) must be running; its "
+            "URL comes from the RS Edit settings unless given here. Without an extent the whole "
+            "layer is sent; without an ROI layer the whole area is edited."
+        )
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster layer"))
+        self.addParameter(
+            QgsProcessingParameterExtent(
+                self.EXTENT, "Area to send (default: whole layer)", optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.ROI,
+                "ROI polygons (default: the whole area)",
+                [SOURCE_POLYGON],
+                optional=True,
+            )
+        )
+        self.addParameter(QgsProcessingParameterString(self.PROMPT, "Prompt"))
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.PRESET,
+                "Preset",
+                options=list(settings.PRESETS),
+                defaultValue=settings.PRESETS.index(settings.DEFAULT_PRESET),
+            )
+        )
+        advanced = [
+            QgsProcessingParameterNumber(
+                self.SEED,
+                "Seed (-1: random)",
+                NUMBER_INTEGER,
+                defaultValue=-1,
+                minValue=-1,
+            ),
+            QgsProcessingParameterString(
+                self.CLIP, "CLIP model", defaultValue=settings.DEFAULT_CLIP
+            ),
+            QgsProcessingParameterString(
+                self.BACKEND_URL,
+                "Backend URL (default: from the RS Edit settings)",
+                optional=True,
+            ),
+        ]
+        for parameter in advanced:
+            parameter.setFlags(parameter.flags() | PARAMETER_ADVANCED)
+            self.addParameter(parameter)
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Edited raster"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("the raster layer cannot be loaded")
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        else:
+            extent = layer.extent()
+        geometries, roi_crs = None, None
+        source = self.parameterAsSource(parameters, self.ROI, context)
+        if source is not None:
+            geometries = [f.geometry() for f in source.getFeatures() if f.hasGeometry()]
+            roi_crs = source.sourceCrs()
+        preset = settings.PRESETS[self.parameterAsEnum(parameters, self.PRESET, context)]
+        seed = self.parameterAsInt(parameters, self.SEED, context)
+        clip = self.parameterAsString(parameters, self.CLIP, context) or settings.DEFAULT_CLIP
+        url = self.parameterAsString(parameters, self.BACKEND_URL, context)
+        output = Path(self.parameterAsOutputLayer(parameters, self.OUTPUT, context))
+
+        work = Path(QgsProcessingUtils.tempFolder()) / f"rs_edit_{id(self):x}"
+        as_tiff = output.suffix.lower() in (".tif", ".tiff")
+        try:
+            fields = job_fields(
+                self.parameterAsString(parameters, self.PROMPT, context),
+                preset=preset,
+                seed=seed,
+                clip=clip,
+            )
+            request = prepare_request(
+                layer,
+                extent,
+                layer.crs(),
+                fields,
+                roi_geometries=geometries,
+                roi_crs=roi_crs,
+                base_url=url or None,
+                out_dir=work,
+                project=context.project(),
+            )
+            stem = output.with_suffix("") if as_tiff else work / "result"
+            request = dataclasses.replace(request, out_stem=stem, work_dir=work)
+            feedback.pushInfo(
+                f"Sending {request.window.width} x {request.window.height} px of "
+                f"{layer.name()!r} to {request.base_url}"
+            )
+            last = {"stage": ""}
+
+            def report(stage, _progress, job):
+                text = str(job.get("stage") or stage)
+                if text != last["stage"]:
+                    last["stage"] = text
+                    feedback.pushInfo(f"job {job.get('id', '')}: {text}")
+
+            outputs = run_job(request, feedback, report)
+        except CancelledError as exc:
+            raise QgsProcessingException("cancelled") from exc
+        except (AreaError, RoiError, JobError, BackendError) as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+        result = outputs[0]
+        if not as_tiff:
+            driver = QgsRasterFileWriter.driverForExtension(output.suffix) or "GTiff"
+            translated = gdal.Translate(str(output), str(result), format=driver)
+            if translated is None:
+                raise QgsProcessingException(f"writing {output} failed: {gdal.GetLastErrorMsg()}")
+            translated = None
+        else:
+            output = result if result == output else Path(result).replace(output)
+        return {self.OUTPUT: str(output)}

@@ -1,0 +1,114 @@
+"""Results: where edited GeoTIFFs are saved, and how they enter the project.
+
+Each result becomes a raster layer in the "RS Edit results" group, named after the prompt,
+styled like its source layer, with the prompt and settings in the layer's metadata. Files are
+saved next to the project (or in the folder from the settings), never in a temporary folder.
+"""
+
+import json
+import re
+import time
+from pathlib import Path
+
+from qgis.core import (
+    QgsLayerMetadata,
+    QgsMapLayerStyle,
+    QgsProject,
+    QgsRasterLayer,
+)
+
+from . import settings
+
+GROUP_NAME = "RS Edit results"
+PROPERTY_PREFIX = "rs_edit/"
+MAX_NAME_CHARS = 60
+
+
+def layer_name(prompt: str, variant: int = 0, variants: int = 1) -> str:
+    """The layer's name: the prompt (shortened), with the variant number when several."""
+    name = " ".join((prompt or "").split()) or "RS Edit result"
+    if len(name) > MAX_NAME_CHARS:
+        name = name[: MAX_NAME_CHARS - 1].rstrip() + "…"
+    return f"{name} (variant {variant})" if variants > 1 and variant else name
+
+
+def slug(prompt: str, limit: int = 40) -> str:
+    text = re.sub(r"[^A-Za-z0-9]+", "_", prompt or "").strip("_").lower()
+    return text[:limit].rstrip("_") or "edit"
+
+
+def result_stem(prompt: str, out_dir: Path) -> Path:
+    """A new, unused path stem in `out_dir` for a job's files: <slug>_<time>[_n]."""
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    base = f"{slug(prompt)}_{stamp}"
+    stem = out_dir / base
+    n = 1
+    while list(out_dir.glob(stem.name + "*")):
+        n += 1
+        stem = out_dir / f"{base}_{n}"
+    return stem
+
+
+def results_group(project: QgsProject):
+    """The "RS Edit results" group at the top of the layer tree (created when missing)."""
+    root = project.layerTreeRoot()
+    group = root.findGroup(GROUP_NAME)
+    if group is None:
+        group = root.insertGroup(0, GROUP_NAME)
+    return group
+
+
+def copy_style(source: QgsRasterLayer, target: QgsRasterLayer) -> bool:
+    """Give `target` the renderer and style of `source` when they have the same bands."""
+    if source is None or not source.isValid() or source.bandCount() != target.bandCount():
+        return False
+    style = QgsMapLayerStyle()
+    style.readFromLayer(source)
+    return style.writeToLayer(target)
+
+
+def describe(job_settings: dict) -> str:
+    lines = [f"Edited by RS Edit with the prompt: {job_settings.get('prompt', '')}"]
+    for key in sorted(job_settings):
+        if key != "prompt":
+            lines.append(f"{key}: {job_settings[key]}")
+    return "\n".join(lines)
+
+
+def add_result_layer(
+    path,
+    job_settings: dict,
+    source_layer: QgsRasterLayer | None = None,
+    project: QgsProject | None = None,
+    variant: int = 0,
+    variants: int = 1,
+) -> QgsRasterLayer:
+    """Add the GeoTIFF at `path` to the results group and return the layer."""
+    project = project or QgsProject.instance()
+    prompt = job_settings.get("prompt", "")
+    layer = QgsRasterLayer(str(path), layer_name(prompt, variant, variants), "gdal")
+    if not layer.isValid():
+        raise ValueError(f"the result {path} cannot be opened as a raster layer")
+    copy_style(source_layer, layer)
+
+    metadata = QgsLayerMetadata(layer.metadata())
+    metadata.setTitle(layer.name())
+    metadata.setAbstract(describe(job_settings))
+    metadata.addKeywords("rs-edit", [f"prompt: {prompt}"])
+    metadata.addKeywords(
+        "rs-edit settings", [f"{k}: {v}" for k, v in sorted(job_settings.items()) if k != "prompt"]
+    )
+    layer.setMetadata(metadata)
+    layer.setCustomProperty(PROPERTY_PREFIX + "settings", json.dumps(job_settings, sort_keys=True))
+    layer.setCustomProperty(PROPERTY_PREFIX + "prompt", prompt)
+
+    project.addMapLayer(layer, False)
+    results_group(project).insertLayer(0, layer)
+    return layer
+
+
+def output_dir(project: QgsProject | None = None) -> Path:
+    """The folder results are saved to (created)."""
+    path = settings.results_dir(project)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,164 @@
+"""Area export: an extent in the project's CRS (EPSG:3857) -> a window of a UTM 33N layer,
+snapped to its pixel grid, clipped, exported with its CRS, geotransform and exact pixels."""
+
+import numpy as np
+import pytest
+from helpers import ORIGIN, RES, make_geotiff, read, same_crs
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsGeometry,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from rs_edit_plugin import area
+
+UTM = QgsCoordinateReferenceSystem("EPSG:32633")
+WEB = QgsCoordinateReferenceSystem("EPSG:3857")
+
+
+def utm_rect(col0, row0, col1, row1):
+    """A rectangle in UTM from fractional pixel coordinates of the test raster."""
+    x0, y0 = ORIGIN
+    return QgsRectangle(x0 + col0 * RES, y0 - row1 * RES, x0 + col1 * RES, y0 - row0 * RES)
+
+
+def to_web(rect):
+    transform = QgsCoordinateTransform(UTM, WEB, QgsProject.instance())
+    return transform.transformBoundingBox(rect)
+
+
+@pytest.fixture
+def raster(tmp_path, project):
+    path, data, gt = make_geotiff(tmp_path / "scene.tif", width=60, height=50, bands=3)
+    layer = QgsRasterLayer(str(path), "scene")
+    assert layer.isValid()
+    project.addMapLayer(layer)
+    return layer, data, gt
+
+
+def test_extent_in_another_crs_lines_up_exactly(raster, tmp_path, project):
+    layer, data, gt = raster
+    assert project.crs().authid() == "EPSG:3857" and layer.crs().authid() == "EPSG:32633"
+    # The user's extent in the project CRS: a UTM box that does not fall on pixel edges.
+    wanted = utm_rect(10.3, 5.6, 29.2, 21.1)
+    extent_3857 = to_web(wanted)
+
+    window = area.window_for_extent(layer, extent_3857, WEB)
+    # Snapped outwards to whole pixels: it covers what was asked for, no more than the
+    # bounding box of the transformed extent needs (3857 -> UTM is not axis-aligned).
+    back = area.to_layer_crs(extent_3857, WEB, layer)
+    assert window.extent.contains(back) or window.extent == back
+    assert window.xoff <= 10 and window.yoff <= 5
+    assert window.xoff + window.width >= 30 and window.yoff + window.height >= 22
+    assert window.width <= 22 and window.height <= 19
+    x0, xres, _, y0, _, yres = gt
+    assert window.geotransform == (
+        x0 + window.xoff * xres,
+        xres,
+        0.0,
+        y0 + window.yoff * yres,
+        0.0,
+        yres,
+    )
+
+    tile = area.export_window(layer, window, tmp_path / "tile.tif")
+    tile_data, tile_gt, tile_wkt = read(tile)
+    assert same_crs(tile_wkt, layer.crs().toWkt())
+    assert tile_gt == window.geotransform  # exact, not approximately
+    rows = slice(window.yoff, window.yoff + window.height)
+    cols = slice(window.xoff, window.xoff + window.width)
+    np.testing.assert_array_equal(tile_data, data[:, rows, cols])
+    assert tile_data.dtype == data.dtype
+
+    # The tile opens in QGIS with the extent of the window, in the layer's CRS.
+    tile_layer = QgsRasterLayer(str(tile), "tile")
+    assert tile_layer.crs() == layer.crs()
+    assert tile_layer.extent() == window.extent
+
+
+def test_exact_pixel_edges_are_not_grown(raster):
+    layer, _data, _gt = raster
+    window = area.window_for_extent(layer, utm_rect(4, 7, 20, 19), UTM)
+    assert (window.xoff, window.yoff, window.width, window.height) == (4, 7, 16, 12)
+
+
+def test_extent_is_clipped_to_the_layer(raster):
+    layer, _data, _gt = raster
+    window = area.window_for_extent(layer, utm_rect(-30.5, -8, 15.2, 70), UTM)
+    assert (window.xoff, window.yoff, window.width, window.height) == (0, 0, 16, 50)
+
+
+def test_area_outside_the_layer_is_refused(raster):
+    layer, _data, _gt = raster
+    with pytest.raises(area.AreaError, match="does not overlap"):
+        area.window_for_extent(layer, to_web(utm_rect(100, 100, 120, 120)), WEB)
+
+
+def test_too_large_area_is_refused_with_a_clear_message(raster):
+    layer, _data, _gt = raster
+    window = area.window_for_extent(layer, layer.extent(), UTM)
+    area.check_size(window, 60 * 50)  # exactly at the limit: fine
+    with pytest.raises(area.AreaError) as error:
+        area.check_size(window, 1000)
+    message = str(error.value)
+    assert "60 x 50 px" in message and "at most" in message and "smaller" in message
+    with pytest.raises(area.AreaError, match="at most 40 px wide"):
+        area.check_size(window, 10**6, max_width=40)
+
+
+def test_qgis_writer_fallback_gives_the_same_tile(raster, tmp_path):
+    """Layers that are not GDAL files are written by QgsRasterFileWriter on the same grid."""
+    layer, data, _gt = raster
+    window = area.window_for_extent(layer, to_web(utm_rect(3.5, 2.5, 17.5, 12.5)), WEB)
+    source = area.RasterSource(layer.name(), layer.crs(), "", layer.dataProvider().clone())
+    tile = area.export_window(source, window, tmp_path / "writer.tif")
+    tile_data, tile_gt, tile_wkt = read(tile)
+    assert same_crs(tile_wkt, layer.crs().toWkt())
+    np.testing.assert_allclose(tile_gt, window.geotransform, rtol=0, atol=1e-6)
+    rows = slice(window.yoff, window.yoff + window.height)
+    cols = slice(window.xoff, window.xoff + window.width)
+    np.testing.assert_array_equal(tile_data, data[:, rows, cols])
+
+
+def test_uint16_with_nodata_keeps_values_and_nodata(tmp_path, project):
+    path, data, _gt = make_geotiff(
+        tmp_path / "u16.tif", width=20, height=20, bands=4, dtype=np.uint16, nodata=0
+    )
+    layer = QgsRasterLayer(str(path), "u16")
+    window = area.window_for_extent(layer, utm_rect(2, 2, 9, 11), UTM)
+    tile = area.export_window(layer, window, tmp_path / "tile16.tif")
+    tile_data, _gt2, _wkt = read(tile)
+    np.testing.assert_array_equal(tile_data, data[:, 2:11, 2:9])
+    from osgeo import gdal
+
+    dataset = gdal.Open(str(tile))
+    assert dataset.RasterCount == 4
+    assert dataset.GetRasterBand(1).GetNoDataValue() == 0
+    assert dataset.GetRasterBand(2).GetDescription() == "band 2"
+
+
+def test_selection_extent_in_the_layer_crs(raster, project):
+    layer, _data, _gt = raster
+    vector = QgsVectorLayer("Polygon?crs=EPSG:4326", "sites", "memory")
+    wanted = utm_rect(5.5, 5.5, 11.5, 8.5)  # mid-pixel edges: 4326 round trips stay inside
+    to_4326 = QgsCoordinateTransform(UTM, QgsCoordinateReferenceSystem("EPSG:4326"), project)
+    features = []
+    for rect in (wanted, utm_rect(40, 30, 41, 31)):
+        geometry = QgsGeometry.fromRect(rect)
+        geometry.transform(to_4326)
+        feature = QgsFeature()
+        feature.setGeometry(geometry)
+        features.append(feature)
+    vector.dataProvider().addFeatures(features)
+    project.addMapLayer(vector)
+    with pytest.raises(area.AreaError, match="no features are selected"):
+        area.selection_extent([vector], layer.crs())
+    vector.selectByIds([next(vector.getFeatures()).id()])
+    extent = area.selection_extent([vector], layer.crs())
+    window = area.snap_window(layer, extent)
+    assert (window.xoff, window.yoff, window.width, window.height) == (5, 5, 7, 4)

@@ -1,0 +1,182 @@
+"""The dock end to end: choose layer, bands, area and ROI, run, watch, cancel, add result."""
+
+import pytest
+from helpers import ORIGIN, RES, make_geotiff, wait_for
+from qgis.core import (
+    Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsGeometry,
+    QgsMultiBandColorRenderer,
+    QgsPointXY,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from rs_edit_plugin import area, results, settings
+from rs_edit_plugin.dock import RsEditDock
+
+UTM = QgsCoordinateReferenceSystem("EPSG:32633")
+WEB = QgsCoordinateReferenceSystem("EPSG:3857")
+
+
+def utm(c, r):
+    return QgsPointXY(ORIGIN[0] + c * RES, ORIGIN[1] - r * RES)
+
+
+@pytest.fixture
+def dock(qgis_iface, project, tmp_path, fake_backend):
+    path, _data, _gt = make_geotiff(tmp_path / "scene.tif", width=60, height=50, bands=4)
+    layer = QgsRasterLayer(str(path), "scene")
+    layer.setRenderer(QgsMultiBandColorRenderer(layer.dataProvider(), 4, 3, 2))
+    project.addMapLayer(layer)
+    canvas = qgis_iface.mapCanvas()
+    canvas.setLayers([layer])
+    to_web = QgsCoordinateTransform(UTM, WEB, project)
+    canvas.setExtent(to_web.transformBoundingBox(QgsRectangle(utm(5, 40), utm(45, 5))))
+    canvas.refresh()
+    widget = RsEditDock(qgis_iface.mainWindow(), qgis_iface)
+    widget.layer_combo.setLayer(layer)
+    yield widget, layer, to_web
+    widget.cleanup()
+    wait_for(lambda: all(r.finished for r in widget.jobs.records), 20, "jobs to end")
+    widget.deleteLater()
+
+
+def draw_square(widget, to_web):
+    widget.draw_polygons()
+    tool = widget.polygon_tool
+    assert widget.canvas().mapTool() is tool
+    for c, r in [(10.5, 10.5), (20.5, 10.5), (20.5, 20.5), (10.5, 20.5)]:
+        tool.add_point(to_web.transform(utm(c, r)))
+    tool.finish()
+
+
+def test_band_choice_for_multiband_layers(dock):
+    widget, _layer, _to_web = dock
+    assert widget.band_row.isEnabled()
+    assert [c.currentBand() for c in widget.band_combos] == [4, 3, 2]  # from the style
+    assert widget.rgb_bands() == [4, 3, 2]
+
+
+def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_iface):
+    widget, layer, to_web = dock
+    draw_square(widget, to_web)
+    assert widget.roi_label.text().startswith("1 polygon")
+    widget.prompt_edit.setText("  flooded   fields ")
+    widget.preset_combo.setCurrentText("tiny")
+    widget.seed_spin.setValue(11)
+    widget.clip_combo.setCurrentText("tiny-random")
+    widget.run_button.click()
+
+    assert widget.job_tree.topLevelItemCount() == 1
+    record = widget.jobs.records[0]
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded", record.message
+    item = widget.job_tree.topLevelItem(0)
+    assert (item.text(0), item.text(1), item.text(2)) == ("flooded fields", "succeeded", "100%")
+    job = fake_backend.jobs[record.job_id]
+    assert job.fields["rgb_bands"] == "4,3,2" and job.fields["seed"] == "11"
+    assert job.fields["prompt"] == "flooded fields"
+    window = record.request.window
+    # The area is the map extent (in EPSG:3857) on the layer's grid.
+    canvas = widget.canvas()
+    assert window == area.window_for_extent(layer, canvas.extent(), WEB)
+    assert canvas.mapSettings().destinationCrs() == WEB and window.width >= 40
+    group = project.layerTreeRoot().findGroup(results.GROUP_NAME)
+    assert [n.layer().name() for n in group.findLayers()] == ["flooded fields"]
+    # The options are remembered.
+    assert settings.option("preset") == "tiny" and settings.option("seed") == 11
+
+    assert widget.add_button.isEnabled() and not widget.cancel_button.isEnabled()
+    widget.add_button.click()
+    assert len(group.findLayers()) == 2
+
+
+def test_cancel_button(dock, fake_backend):
+    widget, _layer, to_web = dock
+    fake_backend.behaviour["hang"] = True
+    widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("whole"))
+    widget.prompt_edit.setText("a new road")
+    record = widget.start_job()
+    wait_for(lambda: record.state == "running", 20, "the job to run")
+    assert widget.cancel_button.isEnabled()
+    widget.cancel_button.click()
+    wait_for(lambda: record.finished, 20, "the cancelled job")
+    assert record.state == "cancelled" and fake_backend.deleted == [record.job_id]
+    assert widget.job_tree.topLevelItem(0).text(1) == "cancelled"
+    assert fake_backend.jobs[record.job_id].mask is None  # whole area: no mask sent
+
+
+def test_problems_are_reported_before_a_job_starts(dock, qgis_iface, project):
+    widget, _layer, _to_web = dock
+    widget.prompt_edit.setText("forest")
+    assert widget.start_job() is None  # no polygon drawn yet
+    warnings = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)
+    assert warnings and "draw ROI polygons" in warnings[-1]
+
+    widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("selected"))
+    footprints = QgsVectorLayer("Polygon?crs=EPSG:32633", "buildings", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(utm(12, 14), utm(14, 12))))
+    footprints.dataProvider().addFeatures([feature])
+    project.addMapLayer(footprints)
+    widget.roi_layer_combo.setLayer(footprints)
+    assert widget.start_job() is None
+    assert (
+        "no features are selected"
+        in qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)[-1]
+    )
+    footprints.selectAll()
+    widget.area_combo.setCurrentIndex(widget.area_combo.findData("selection"))
+    settings.QgsSettings().setValue(settings.MAX_TILE_PIXELS_KEY, 3)
+    assert widget.start_job() is None  # the selection's extent is 2 x 2 px > 3 px
+    assert "at most" in qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)[-1]
+    settings.QgsSettings().remove(settings.MAX_TILE_PIXELS_KEY)
+    record = widget.start_job()
+    assert record is not None
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded", record.message
+    assert (record.request.window.width, record.request.window.height) == (2, 2)
+
+
+def test_rectangle_drawn_on_the_map_is_the_area(dock, qgis_iface):
+    from qgis.core import QgsPointXY as Point
+    from qgis.gui import QgsMapMouseEvent
+    from qgis.PyQt.QtCore import QEvent, QPoint, Qt
+
+    widget, layer, to_web = dock
+    widget.draw_rectangle()
+    tool = widget.rectangle_tool
+    canvas = widget.canvas()
+    assert canvas.mapTool() is tool
+    corners = [to_web.transform(utm(10.5, 20.5)), to_web.transform(utm(30.5, 8.5))]
+    for kind, point in (
+        (QEvent.Type.MouseButtonPress, corners[0]),
+        (QEvent.Type.MouseMove, corners[1]),
+        (QEvent.Type.MouseButtonRelease, corners[1]),
+    ):
+        event = QgsMapMouseEvent(canvas, kind, QPoint(0, 0), Qt.MouseButton.LeftButton)
+        event.setMapPoint(Point(point))
+        {
+            QEvent.Type.MouseButtonPress: tool.canvasPressEvent,
+            QEvent.Type.MouseMove: tool.canvasMoveEvent,
+            QEvent.Type.MouseButtonRelease: tool.canvasReleaseEvent,
+        }[kind](event)
+    assert widget.area_combo.currentData() == "rectangle"
+    extent, crs = widget.area_extent()
+    assert crs == WEB
+    window = area.window_for_extent(layer, extent, crs)
+    assert (window.xoff, window.yoff, window.width, window.height) == (10, 8, 21, 13)
+    canvas.unsetMapTool(tool)
+
+
+def test_three_band_layers_let_the_backend_choose(dock, project, tmp_path):
+    widget, _layer, _to_web = dock
+    path, _data, _gt = make_geotiff(tmp_path / "rgb.tif", width=10, height=10, bands=3)
+    rgb = QgsRasterLayer(str(path), "rgb")
+    project.addMapLayer(rgb)
+    widget.layer_combo.setLayer(rgb)
+    assert not widget.band_row.isEnabled() and widget.rgb_bands() is None

@@ -1,0 +1,293 @@
+"""The job flow in the background (QgsTask + job API) against the loopback fake backend:
+result layers in the group, exact CRS/extent/pixels, cancel, errors in the message bar,
+the token as a Bearer header."""
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import ORIGIN, RES, make_geotiff, read, same_crs, wait_for
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsMultiBandColorRenderer,
+    QgsPointXY,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsSettings,
+)
+
+from rs_edit_plugin import jobs, results, settings
+from rs_edit_plugin.tasks import JobManager
+
+UTM = QgsCoordinateReferenceSystem("EPSG:32633")
+WEB = QgsCoordinateReferenceSystem("EPSG:3857")
+WGS84 = QgsCoordinateReferenceSystem("EPSG:4326")
+
+
+def utm_rect(col0, row0, col1, row1):
+    x0, y0 = ORIGIN
+    return QgsRectangle(x0 + col0 * RES, y0 - row1 * RES, x0 + col1 * RES, y0 - row0 * RES)
+
+
+def roi_in_4326(project):
+    ring = [
+        QgsPointXY(ORIGIN[0] + c * RES, ORIGIN[1] - r * RES)
+        for c, r in [(12.2, 10.3), (22.6, 10.3), (22.6, 18.7), (12.2, 18.7)]
+    ]
+    geometry = QgsGeometry.fromPolygonXY([ring])
+    geometry.transform(QgsCoordinateTransform(UTM, WGS84, project))
+    return geometry
+
+
+@pytest.fixture
+def scene(tmp_path, project):
+    """A UTM raster styled with bands 3,2,1 in a project saved to tmp_path (EPSG:3857)."""
+    path, data, _gt = make_geotiff(tmp_path / "data" / "scene.tif", width=60, height=50)
+    layer = QgsRasterLayer(str(path), "scene")
+    renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 3, 2, 1)
+    layer.setRenderer(renderer)
+    project.addMapLayer(layer)
+    settings.set_results_dir("")  # next to the project
+    assert project.write(str(tmp_path / "project.qgz"))
+    return layer, data
+
+
+def extent_3857(project):
+    transform = QgsCoordinateTransform(UTM, WEB, project)
+    return transform.transformBoundingBox(utm_rect(8.5, 6.5, 30.5, 24.5))
+
+
+def make_request(layer, project, prompt="flooded fields", **kw):
+    fields = jobs.job_fields(prompt, preset="tiny", seed=7, clip="tiny-random", **kw)
+    return jobs.prepare_request(
+        layer,
+        extent_3857(project),
+        WEB,
+        fields,
+        roi_geometries=[roi_in_4326(project)],
+        roi_crs=WGS84,
+    )
+
+
+@pytest.fixture
+def manager(qgis_iface):
+    jm = JobManager(qgis_iface.messageBar())
+    yield jm
+    jm.cancel_all()
+    wait_for(lambda: all(r.finished for r in jm.records), 20, "jobs to end")
+
+
+def messages(qgis_iface, level):
+    return qgis_iface.messageBar().get_messages(level)
+
+
+def test_full_job_adds_the_result_to_the_group(
+    fake_backend, scene, project, manager, tmp_path, qgis_iface
+):
+    layer, data = scene
+    request = make_request(layer, project)
+    window = request.window
+    states = []
+    manager.jobChanged.connect(lambda r: states.append(r.state))
+
+    record = manager.start(request)
+    assert not record.finished  # started in the background: the GUI thread goes on
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded", record.message
+    assert {"queued", "running"} <= set(states)
+
+    # Saved next to the project, never in a temporary folder.
+    out = tmp_path / "rs_edit_results"
+    assert record.outputs == [request.out_stem.with_suffix(".tif")]
+    assert record.outputs[0].parent == out and record.outputs[0].is_file()
+    assert request.tile_path.parent == out / "inputs" and request.mask_path.is_file()
+
+    # What the backend received: the tile, the mask on its grid, the fields.
+    job = fake_backend.jobs[record.job_id]
+    assert job.fields == {
+        "prompt": "flooded fields",
+        "preset": "tiny",
+        "seed": "7",
+        "clip": "tiny-random",
+        "llm": "none",
+        "variants": "1",
+    }
+    assert job.mask is not None
+
+    # The result layer: in the group, named after the prompt, same CRS and extent as the tile.
+    group = project.layerTreeRoot().findGroup(results.GROUP_NAME)
+    assert group is not None and project.layerTreeRoot().children()[0] is group
+    layers = [node.layer() for node in group.findLayers()]
+    assert len(layers) == 1
+    result = layers[0]
+    assert result.name() == "flooded fields"
+    assert result.crs() == layer.crs()
+    assert result.extent() == window.extent
+    tile_layer = QgsRasterLayer(str(request.tile_path), "tile")
+    assert tile_layer.extent() == result.extent() and tile_layer.crs() == result.crs()
+    assert (result.width(), result.height()) == (window.width, window.height)
+
+    # Pixels: the source's outside the ROI, edited inside it.
+    edited, gt, wkt = read(record.outputs[0])
+    mask = read(request.mask_path)[0][0] != 0
+    source = data[
+        :, window.yoff : window.yoff + window.height, window.xoff : window.xoff + window.width
+    ]
+    assert gt == window.geotransform and same_crs(wkt, layer.crs().toWkt())
+    np.testing.assert_array_equal(edited[:, ~mask], source[:, ~mask])
+    np.testing.assert_array_equal(edited[:, mask], 255 - source[:, mask])
+    assert 60 < mask.sum() < window.width * window.height
+
+    # Styled like the source; prompt and settings in the metadata.
+    assert result.renderer().type() == "multibandcolor"
+    assert (result.renderer().redBand(), result.renderer().blueBand()) == (3, 1)
+    abstract = result.metadata().abstract()
+    assert "flooded fields" in abstract and "preset: tiny" in abstract and "seed: 7" in abstract
+    assert "source_layer: scene" in abstract
+    assert result.metadata().keywords("rs-edit") == ["prompt: flooded fields"]
+    assert result.customProperty("rs_edit/prompt") == "flooded fields"
+    assert any("finished" in m for m in messages(qgis_iface, Qgis.MessageLevel.Success))
+
+    # "Add result" adds it again (e.g. after the user removed it).
+    project.removeMapLayer(result.id())
+    again = manager.add_results(record)
+    assert [lyr.name() for lyr in again] == ["flooded fields"]
+    assert len(group.findLayers()) == 1
+
+
+def test_variants_each_become_a_layer(fake_backend, scene, project, manager):
+    layer, _data = scene
+    record = manager.start(make_request(layer, project, "burnt forest", variants=2))
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded", record.message
+    assert [p.name[-7:] for p in record.outputs] == ["_v1.tif", "_v2.tif"]
+    group = project.layerTreeRoot().findGroup(results.GROUP_NAME)
+    names = sorted(node.layer().name() for node in group.findLayers())
+    assert names == ["burnt forest (variant 1)", "burnt forest (variant 2)"]
+    first, second = (read(p)[0] for p in record.outputs)
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("how", ["dock", "task manager"])
+def test_cancel_stops_the_job_on_the_backend(
+    fake_backend, scene, project, manager, how, qgis_iface
+):
+    layer, _data = scene
+    fake_backend.behaviour["hang"] = True
+    record = manager.start(make_request(layer, project, "a new road"))
+    wait_for(lambda: record.state == "running", 20, "the job to run")
+    if how == "dock":
+        manager.cancel(record)
+    else:  # what QGIS's task manager does when the user cancels there
+        QgsApplication.taskManager().cancelAll()
+    wait_for(lambda: record.finished, 20, "the cancelled job")
+    assert record.state == "cancelled"
+    assert fake_backend.deleted == [record.job_id]
+    assert fake_backend.jobs[record.job_id].status == "cancelled"
+    assert project.layerTreeRoot().findGroup(results.GROUP_NAME) is None
+    assert record.outputs == []
+    assert any("cancelled" in m for m in messages(qgis_iface, Qgis.MessageLevel.Info))
+
+
+def test_backend_refusal_appears_in_the_message_bar(
+    fake_backend, scene, project, manager, qgis_iface
+):
+    layer, _data = scene
+    fake_backend.behaviour["submit_error"] = (400, "unknown CLIP model 'nope' (known: ...)")
+    record = manager.start(make_request(layer, project))
+    wait_for(lambda: record.finished, 20, "the refused job")
+    assert record.state == "failed"
+    critical = messages(qgis_iface, Qgis.MessageLevel.Critical)
+    assert len(critical) == 1
+    assert "unknown CLIP model 'nope' (known: ...)" in critical[0]
+    assert "flooded fields" in critical[0]
+
+
+def test_failed_job_shows_the_backends_message(fake_backend, scene, project, manager, qgis_iface):
+    layer, _data = scene
+    fake_backend.behaviour["fail_with"] = "CUDA out of memory: try the 'fast' preset"
+    record = manager.start(make_request(layer, project))
+    wait_for(lambda: record.finished, 20, "the failing job")
+    assert record.state == "failed"
+    assert record.message == "CUDA out of memory: try the 'fast' preset"
+    critical = messages(qgis_iface, Qgis.MessageLevel.Critical)
+    assert any("CUDA out of memory" in m for m in critical)
+    assert project.layerTreeRoot().findGroup(results.GROUP_NAME) is None
+
+
+def test_unreachable_backend_is_reported(scene, project, manager, qgis_iface):
+    layer, _data = scene
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings.set_backend_url(f"http://127.0.0.1:{port}")
+    record = manager.start(make_request(layer, project))
+    wait_for(lambda: record.finished, 20, "the job")
+    assert record.state == "failed" and "not reachable" in record.message
+    assert any("not reachable" in m for m in messages(qgis_iface, Qgis.MessageLevel.Critical))
+
+
+def test_token_is_sent_as_bearer_and_kept_out_of_settings(
+    fake_backend, scene, project, manager, master_password
+):
+    layer, _data = scene
+    config_id = settings.store_token("s3cret-token-for-test")
+    try:
+        assert config_id and settings.token() == "s3cret-token-for-test"
+        request = make_request(layer, project)
+        assert "s3cret" not in repr(request)
+        record = manager.start(request)
+        wait_for(lambda: record.finished, 30, "the job")
+        assert record.state == "succeeded", record.message
+        auth = {h.get("Authorization") for _m, _p, h in fake_backend.requests}
+        assert auth == {"Bearer s3cret-token-for-test"}
+        QgsSettings().sync()
+        ini = Path(QgsSettings().fileName()).read_text(encoding="utf-8", errors="replace")
+        assert "s3cret" not in ini and config_id in ini
+        abstract = project.layerTreeRoot().findGroup(results.GROUP_NAME).findLayers()[0]
+        assert "s3cret" not in abstract.layer().metadata().abstract()
+    finally:
+        settings.clear_token()
+    assert settings.token() == "" and config_id not in master_password.configIds()
+
+
+def test_missing_token_is_reported(fake_backend, scene, project, manager, qgis_iface):
+    layer, _data = scene
+    fake_backend.behaviour["token"] = "expected"
+    record = manager.start(make_request(layer, project))
+    wait_for(lambda: record.finished, 20, "the job")
+    assert record.state == "failed"
+    assert "missing or wrong access token" in record.message
+    critical = messages(qgis_iface, Qgis.MessageLevel.Critical)
+    assert any("missing or wrong access token" in m for m in critical)
+
+
+def test_results_dir_rules(tmp_path, project):
+    settings.set_results_dir("")
+    assert settings.results_dir(project) == settings.UNSAVED_PROJECT_RESULTS_DIR
+    assert project.write(str(tmp_path / "p.qgz"))
+    assert settings.results_dir(project) == tmp_path / "rs_edit_results"
+    settings.set_results_dir(str(tmp_path / "chosen"))
+    assert settings.results_dir(project) == tmp_path / "chosen"
+
+
+def test_bad_requests_are_refused_before_any_job(scene, project):
+    layer, _data = scene
+    with pytest.raises(jobs.JobError, match="prompt is empty"):
+        jobs.job_fields("   ")
+    fields = jobs.job_fields("x")
+    assert 0 <= fields["seed"] < 2**31  # a random seed, recorded
+    from rs_edit_plugin import area, roi
+
+    with pytest.raises(area.AreaError, match="at most"):
+        jobs.prepare_request(layer, extent_3857(project), WEB, fields, max_pixels=100)
+    far = QgsGeometry.fromRect(utm_rect(45, 40, 50, 45))
+    with pytest.raises(roi.RoiError, match="outside the area"):
+        jobs.prepare_request(
+            layer, extent_3857(project), WEB, fields, roi_geometries=[far], roi_crs=UTM
+        )
