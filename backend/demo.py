@@ -15,11 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import rasterio
-from PIL import Image, ImageDraw
-
-from .edit import EditOptions, prepare, run_edit
+from .edit import EditOptions, run_edit
+from .evaluate import evaluate_edit
 from .guidance.clip import DEFAULT_CLIP, TINY_RANDOM, find_local_weights
 from .progress import tqdm_progress
 from .scene import make_scene, roi_geojson, write_scene
@@ -72,9 +69,22 @@ def run_demo(
             )
         finally:
             close()
-    tile = prepare(scene_path, options, roi_geojson=roi_path)
-    checks = _check_result(scene_path, edited_path, tile)
-    _before_after_png(scene_path, edited_path, tile, png_path)
+    evaluation = evaluate_edit(
+        scene_path,
+        edited_path,
+        DEMO_PROMPT,
+        roi_geojson=roi_path,
+        clip=clip,
+        prompts=result.report["prompts"],
+        device=result.report["device"],
+        png=png_path,
+    )
+    checks = {
+        "georef_identical": evaluation["georef_identical"],
+        "outside_identical": evaluation["changed_outside_pixels"] == 0,
+        "roi_pixels": evaluation["roi_pixels"],
+        "changed_inside": evaluation["changed_inside"],
+    }
     seconds = time.perf_counter() - start
     report = result.report
     say(f"edited GeoTIFF: {edited_path}")
@@ -88,46 +98,10 @@ def run_demo(
         f"identical: {checks['outside_identical']}, ROI {checks['roi_pixels']} px, "
         f"pixels changed inside: {checks['changed_inside']:.0%}; {seconds:.1f} s"
     )
-    return {**checks, "seconds": seconds, "out_dir": str(out_dir), "report": report}
-
-
-def _check_result(before: Path, after: Path, tile) -> dict:
-    with rasterio.open(before) as a, rasterio.open(after) as b:
-        georef = (a.crs, a.transform, a.dtypes, a.nodata) == (
-            b.crs,
-            b.transform,
-            b.dtypes,
-            b.nodata,
-        )
-        pa, pb = a.read(), b.read()
-    outside = np.ones(pa.shape[1:], dtype=bool)
-    w = tile.window
-    rows = slice(int(w.row_off), int(w.row_off + w.height))
-    cols = slice(int(w.col_off), int(w.col_off + w.width))
-    outside[rows, cols] = ~tile.roi_mask
-    inside = ~outside
     return {
-        "georef_identical": bool(georef),
-        "outside_identical": bool((pa[:, outside] == pb[:, outside]).all()),
-        "changed_inside": float((pa[:, inside] != pb[:, inside]).any(0).mean()),
-        "roi_pixels": int(tile.roi_mask.sum()),
+        **checks,
+        "seconds": seconds,
+        "out_dir": str(out_dir),
+        "report": report,
+        "evaluation": evaluation,
     }
-
-
-def _before_after_png(before: Path, after: Path, tile, png: Path, scale: int = 2) -> None:
-    """Side-by-side RGB quicklook with the ROI outlined in yellow."""
-    panels = []
-    for path in (before, after):
-        with rasterio.open(path) as src:
-            rgb = np.moveaxis(src.read([1, 2, 3]), 0, -1)
-        img = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale))
-        draw = ImageDraw.Draw(img)
-        for poly in getattr(tile.roi.pixels, "geoms", [tile.roi.pixels]):
-            xy = [(x * scale, y * scale) for x, y in poly.exterior.coords]
-            draw.line(xy, fill=(255, 230, 0), width=2)
-        panels.append(img)
-    gap = 8
-    sheet = Image.new("RGB", (panels[0].width * 2 + gap, panels[0].height), (255, 255, 255))
-    sheet.paste(panels[0], (0, 0))
-    sheet.paste(panels[1], (panels[0].width + gap, 0))
-    sheet.save(png)
