@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 internal failure, 2 bad input (one line on stderr, no t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--dilate", type=int, default=0, help="grow the ROI by this many pixels")
     edit.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
     edit.add_argument("--quiet", action="store_true", help="no progress bars")
+    edit.add_argument(
+        "--report",
+        action="store_true",
+        help="also write OUTPUT_report.json (rs-edit eval of the edit) and OUTPUT_quicklook.png",
+    )
 
     serve = sub.add_parser("serve", help="run the HTTP backend")
     serve.add_argument("--host", default="127.0.0.1")
@@ -87,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-gpus", type=float, default=1.0, help="GPUs each Ray edit task asks for"
     )
     serve.add_argument(
+        "--ray-cache-dir",
+        default=None,
+        help="model cache on the Ray workers' machines (default: their RS_EDIT_CACHE_DIR or "
+        "~/.cache/rs-edit)",
+    )
+    serve.add_argument(
         "--workers", type=int, default=None, help="jobs at once (default: one per GPU, or 1)"
     )
     serve.add_argument("--max-queue", type=int, default=100, help="waiting jobs before 429")
@@ -100,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job on a generated scene, offline")
     demo.add_argument("--out", default="rs-edit-demo", help="folder for the demo's files")
+
+    ev = sub.add_parser(
+        "eval", help="score an edit: CLIP score, SWD ratio, changed pixels, quicklook"
+    )
+    ev.add_argument("before", help="the input raster")
+    ev.add_argument("after", help="the edited raster (same grid)")
+    ev.add_argument("--prompt", required=True, help="the prompt the edit was made for")
+    ev_where = ev.add_mutually_exclusive_group()
+    ev_where.add_argument("--roi", help="GeoJSON polygons (any CRS; RFC 7946 = EPSG:4326)")
+    ev_where.add_argument("--mask", help="mask raster on the input's grid, non-zero = edit")
+    ev.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model name or checkpoint path")
+    ev.add_argument("--llm", default="none", choices=("none", "openai"))
+    ev.add_argument("--rgb-bands", help="1-based bands CLIP sees as RGB, e.g. 4,3,2")
+    ev.add_argument("--png", default=None, help="write a before/after quicklook PNG here")
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     bench = sub.add_parser("bench", help="training speed and quality on one image")
     bench.add_argument("--image", required=True)
@@ -193,8 +220,56 @@ def cmd_edit(args: argparse.Namespace) -> int:
         + f"); CLIP similarity of the ROI to the prompt: input "
         f"{report['clip_similarity_input']:.3f}, edited {edits}"
     )
+    if args.report:
+        from .evaluate import evaluate_edit
+
+        for i, path in enumerate(result.outputs):
+            evaluation = evaluate_edit(
+                args.input,
+                path,
+                options.prompt,
+                roi_geojson=args.roi,
+                mask_path=args.mask,
+                clip=options.clip,
+                llm=options.llm,
+                rgb_bands=options.rgb_bands,
+                device=args.device,
+                png=path.with_name(f"{path.stem}_quicklook.png"),
+                context_px=options.context_px,
+                dilate_px=options.dilate_px,
+                prompts=report["prompts"],
+            )
+            evaluation["edit"] = {**report, "variant": i + 1}
+            report_path = path.with_name(f"{path.stem}_report.json")
+            report_path.write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
+            say(
+                f"report: {report_path} (CLIP score input {evaluation['clip_score_input']:.1f}, "
+                f"edit {evaluation['clip_score_edit']:.1f}; SWD ratio {evaluation['swd_ratio']}; "
+                f"changed inside {evaluation['changed_inside']:.0%}, outside "
+                f"{evaluation['changed_outside_pixels']} px)"
+            )
     for path in result.outputs:
         print(path)
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_edit
+
+    report = evaluate_edit(
+        args.before,
+        args.after,
+        args.prompt,
+        roi_geojson=args.roi,
+        mask_path=args.mask,
+        clip=args.clip,
+        llm=args.llm,
+        rgb_bands=parse_band_list(args.rgb_bands) if args.rgb_bands else None,
+        device=args.device,
+        png=args.png,
+        log=lambda line: print(f"rs-edit: {line}", file=sys.stderr),
+    )
+    print(json.dumps(report, indent=2))
     return EXIT_OK
 
 
@@ -212,6 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         ray_address=args.ray_address,
         ray_gpus_per_task=args.ray_gpus,
+        ray_cache_dir=args.ray_cache_dir,
         cache_models=args.cache_size,
         cache_bytes=int(args.cache_gb * 1024**3),
         token=args.token or os.environ.get("RS_EDIT_TOKEN") or None,
@@ -249,7 +325,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"edit": cmd_edit, "serve": cmd_serve, "demo": cmd_demo, "bench": cmd_bench}
+_COMMANDS = {
+    "edit": cmd_edit,
+    "eval": cmd_eval,
+    "serve": cmd_serve,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 VENV=${RS_EDIT_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 EXTRAS=""
-[[ "${1:-}" == "--dev" ]] && EXTRAS="[dev]"
+[[ "${1:-}" == "--dev" ]] && EXTRAS="[dev,scale]"  # scale: Ray, for the Ray executor tests
 INDEX_URL=${RS_EDIT_INDEX_URL:-${PIP_INDEX_URL:-https://pypi.org/simple}}
 TORCH_PINS=(torch==2.13.0 torchvision==0.28.0 "open_clip_torch>=2.24")
 

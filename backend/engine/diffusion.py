@@ -22,6 +22,9 @@ from .schedule import NoiseSchedule
 
 # At sampling the blur weight is capped (as published): dividing by 1 - g amplifies errors.
 SAMPLING_GAMMA_CAP = 0.55
+# What the network predicts: the noise everywhere (published), the clean image at the scales
+# above the coarsest ("clean"), or the clean image at every scale ("clean-all").
+TARGETS = ("noise", "clean", "clean-all")
 
 
 class MultiScaleDiffusion:
@@ -33,8 +36,8 @@ class MultiScaleDiffusion:
         fine_target: str = "noise",
     ):
         """`blur_gaps[s]` (s >= 1): RMS clean-blurry difference at scale s; index 0 is unused."""
-        if fine_target not in ("noise", "clean"):
-            raise ValueError(f"fine_target must be 'noise' or 'clean', got {fine_target!r}")
+        if fine_target not in TARGETS:
+            raise ValueError(f"fine_target must be one of {TARGETS}, got {fine_target!r}")
         self.fine_target = fine_target
         self.schedule = NoiseSchedule(timesteps, device)
         self.timesteps = timesteps
@@ -47,6 +50,10 @@ class MultiScaleDiffusion:
             for gap in self.blur_gaps[1:]
         ]
         self.t_max = [min(t, timesteps) for t in self.t_max]
+
+    def predicts_clean(self, scale: int) -> bool:
+        """Whether the network predicts the clean image (not the noise) at this scale."""
+        return self.fine_target == "clean-all" or (scale > 0 and self.fine_target == "clean")
 
     @property
     def n_scales(self) -> int:
@@ -78,7 +85,7 @@ class MultiScaleDiffusion:
         noise = torch.randn(clean.shape, device=clean.device, generator=generator)
         x_t = self.schedule.q_sample(x0, t, noise)
         s = torch.full((b,), scale, device=clean.device)
-        target = clean if scale > 0 and self.fine_target == "clean" else noise
+        target = clean if self.predicts_clean(scale) else noise
         return (net(x_t, t, s) - target).abs().mean()
 
     # --- sampling ---------------------------------------------------------------------------
@@ -196,7 +203,7 @@ class _Step:
         self.d, self.net, self.scale = diffusion, net, scale
         self.inpaint, self.guide, self.generator = inpaint, guide, generator
         self.blurry = None
-        self.predicts_clean = scale > 0 and diffusion.fine_target == "clean"
+        self.predicts_clean = diffusion.predicts_clean(scale)
         if scale > 0:
             # Predicting noise means dividing by 1 - gamma to recover the clean image: capped as
             # published. Predicting the clean image needs no division, so the trained gammas hold.
@@ -223,7 +230,7 @@ class _Step:
         if not self.predicts_clean:
             return out, self._clean_from_eps(x, out, t, blurry, clamp)
         clean = out.clamp(-1, 1) if clamp else out
-        mix = self.gammas[t] * blurry + (1 - self.gammas[t]) * clean
+        mix = clean if self.scale == 0 else self.gammas[t] * blurry + (1 - self.gammas[t]) * clean
         return (x - sch.sqrt_ab[t] * mix) / sch.sqrt_one_minus_ab[t], clean
 
     def _clean_from_eps(self, x, eps, t: int, blurry, clamp: bool = True):

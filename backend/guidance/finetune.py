@@ -151,7 +151,7 @@ def finetune(
         estimate = _clean_estimate(diffusion, out, x_t, t, s, blurry)
         loss = objective(estimate, s)
         if fidelity > 0:
-            target = clean if s > 0 and diffusion.fine_target == "clean" else noise
+            target = clean if diffusion.predicts_clean(s) else noise
             outside = 1 - mask
             denoise = ((out - target).abs() * outside).sum() / (outside.sum() * out.shape[1] + 1)
             loss = loss + fidelity * denoise
@@ -166,7 +166,7 @@ def finetune(
 def _clean_estimate(diffusion, out, x_t, t: int, s: int, blurry) -> torch.Tensor:
     """The network's estimate of the clean image at scale s (differentiable), computed as the
     sampler computes it (so what is tuned is what will be sampled)."""
-    if s > 0 and diffusion.fine_target == "clean":
+    if diffusion.predicts_clean(s):
         return out
     sch = diffusion.schedule
     x0 = (x_t - sch.sqrt_one_minus_ab[t] * out) / sch.sqrt_ab[t]
