@@ -23,7 +23,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon, mapping
 
 from backend.edit import EditOptions, edit_raster, prepare
-from backend.raster import RESULT_TAG
+from backend.raster import RESULT_TAG, inspect_raster
 
 OPTIONS = EditOptions(prompt="x", preset="tiny", clip="tiny-random")
 IMAGES = shared_images()
@@ -187,9 +187,11 @@ def test_identity_central_polygon(tmp_path: Path, image):
 # --- a real edit: outside the ROI stays bit-identical ----------------------------------------
 
 
-def check_real_edit(image: Path, out: Path, tile, expected_mask: np.ndarray) -> None:
+def check_real_edit(
+    image: Path, out: Path, tile, expected_mask: np.ndarray, prompt: str = "x"
+) -> None:
     before, after = read_all(image), read_all(out)
-    assert_same_metadata(image, out)
+    assert_same_metadata(image, out, prompt)
 
     # The ROI the backend used, on the full grid.
     with rasterio.open(image) as src:
@@ -233,3 +235,40 @@ def test_real_edit_mask_on_plain_image_keeps_outside(tmp_path: Path, image):
     tile = prepare(image, OPTIONS, mask_path=tmp_path / "mask.tif")
     edit_raster(tile, out, halve)
     check_real_edit(image, out, tile, expected)
+
+
+# --- `rs-edit edit` with the tiny preset on every 3-band image --------------------------------
+
+
+def three_band_params():
+    chosen = []
+    for p in IMAGES:
+        if len(inspect_raster(p).data_bands) == 3:
+            chosen.append(pytest.param(p, id=p.name))
+    return chosen or image_params()[:1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image", three_band_params())
+def test_rs_edit_edit_tiny_on_three_band_image(tmp_path: Path, image):
+    """The contract's command on each real 3-band image: a polygon ROI where the image is
+    georeferenced, else a pixel mask."""
+    from backend.cli import main
+
+    image = require(image)
+    out = tmp_path / "out.tif"
+    prompt = "a fire in the forest"
+    args = ["edit", str(image), "-o", str(out), "--prompt", prompt]
+    args += ["--preset", "tiny", "--clip", "tiny-random", "--seed", "0", "--no-cache", "--quiet"]
+    if is_georeferenced(image):
+        roi, expected = central_roi_wgs84(image)
+        roi_path = tmp_path / "roi.geojson"
+        roi_path.write_text(json.dumps(roi))
+        args += ["--roi", str(roi_path)]
+        tile = prepare(image, OPTIONS, roi_geojson=roi)
+    else:
+        expected = central_mask_raster(image, tmp_path / "mask.tif")
+        args += ["--mask", str(tmp_path / "mask.tif")]
+        tile = prepare(image, OPTIONS, mask_path=tmp_path / "mask.tif")
+    assert main(args) == 0
+    check_real_edit(image, out, tile, expected, prompt)
