@@ -214,24 +214,37 @@ class _Step:
         """(noise estimate, clean-image estimate) at timestep t."""
         if self.guide is None:
             return self._estimates(x, t, blurry)
+        sch = self.d.schedule
+        if self.predicts_clean:
+            # Guide the clean estimate directly (no backward pass through the network): the
+            # step size sigma_t^2 is what classifier guidance moves the clean estimate by.
+            _, clean = self._estimates(x, t, blurry)
+            with torch.enable_grad():
+                c = clean.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.guide(c, self.scale), c)
+            clean = (clean - sch.sigma[t] ** 2 * grad).clamp(-1, 1)
+            return self._eps_from_clean(x, clean, t, blurry), clean
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             eps, clean = self._estimates(x_in, t, blurry, clamp=False)
             (grad,) = torch.autograd.grad(self.guide(clean, self.scale), x_in)
         # Classifier guidance: shift the noise estimate along the guidance loss's gradient.
-        eps = eps.detach() + self.d.schedule.sqrt_one_minus_ab[t] * grad
+        eps = eps.detach() + sch.sqrt_one_minus_ab[t] * grad
         return eps, self._clean_from_eps(x, eps, t, blurry)
 
     def _estimates(self, x, t: int, blurry, clamp: bool = True):
-        sch = self.d.schedule
         b = x.shape[0]
         t_, s_ = torch.full((b,), t, device=x.device), torch.full((b,), self.scale, device=x.device)
         out = self.net(x, t_, s_).float()  # float32 even under bf16 autocast
         if not self.predicts_clean:
             return out, self._clean_from_eps(x, out, t, blurry, clamp)
         clean = out.clamp(-1, 1) if clamp else out
+        return self._eps_from_clean(x, clean, t, blurry), clean
+
+    def _eps_from_clean(self, x, clean, t: int, blurry):
+        sch = self.d.schedule
         mix = clean if self.scale == 0 else self.gammas[t] * blurry + (1 - self.gammas[t]) * clean
-        return (x - sch.sqrt_ab[t] * mix) / sch.sqrt_one_minus_ab[t], clean
+        return (x - sch.sqrt_ab[t] * mix) / sch.sqrt_one_minus_ab[t]
 
     def _clean_from_eps(self, x, eps, t: int, blurry, clamp: bool = True):
         sch = self.d.schedule

@@ -44,7 +44,7 @@ class Preset:
     guide_lr: float = 2e-4
     guide_freeze: int = 2
     guide_fidelity: float = 1.0
-    guide_scale: float = 2.0
+    guide_scale: float = 100.0
 
 
 PRESETS: dict[str, Preset] = {
