@@ -22,7 +22,13 @@ from backend.edit import EditOptions, prepare, run_edit
 from backend.errors import CancelledError, ParameterError
 from backend.guidance.clip import load_clip
 from backend.guidance.editor import TextEditor
-from backend.guidance.finetune import ClipObjective, build_scene, finetune, sample_edits
+from backend.guidance.finetune import (
+    ClipObjective,
+    build_scene,
+    finetune,
+    sample_edits,
+    sampling_guide,
+)
 from backend.scene import make_scene, roi_geojson, write_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -149,6 +155,26 @@ def test_guided_finetuning_raises_clip_similarity(scene_files, cache_dir):
         q = dict(tuned.net.named_parameters())[name]
         frozen = name.startswith(("cond.", "blocks.0.", "blocks.1."))
         assert torch.equal(p, q) == frozen, name
+
+
+def test_guided_sampling_raises_clip_similarity_and_keeps_variants_apart(scene_files, cache_dir):
+    image, roi = scene_files
+    tile = prepare(image, options(), roi_geojson=roi)
+    editor = TextEditor(options(), device="cpu", cache_dir=cache_dir)
+    model, _ = editor._tile_model(tile.model_image, 1, lambda *a, **k: None)
+    clip = load_clip("tiny-random", "cpu")
+    scene = build_scene(model, tile.model_image, tile.alpha, tile.rgb)
+    objective = ClipObjective(clip, clip.text_target([PROMPT]), scene, views=4, seed=0)
+    seeds = [11, 12]
+
+    def similarities(guide) -> list[float]:
+        edits = sample_edits(model, scene, seeds, guide=guide)
+        assert np.abs(edits[0] - edits[1]).mean() > 0.01, "the variants collapsed"
+        return [objective.similarity(torch.from_numpy(e)[None]) for e in edits]
+
+    unguided = similarities(None)
+    guided = similarities(sampling_guide(objective, 100.0))
+    assert np.mean(guided) > np.mean(unguided) + 0.01, f"{guided} vs {unguided}"
 
 
 def test_sampling_guidance_path_writes_an_edit(scene_files, cache_dir, tmp_path):
