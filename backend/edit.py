@@ -44,6 +44,8 @@ class EditOptions:
     llm: str = "none"
     variants: int = 1
     guidance: str = "finetune"  # "finetune" (the paper's), "sampling" (cheaper), "none"
+    reference: str | None = None  # an example image patch to look like (multi-condition)
+    reference_weight: float = 0.5  # its weight against the text (0..1)
     rgb_bands: tuple[int, ...] | None = None  # 1-based raster band numbers
     dilate_px: int = 0
     feather_px: int = 2
@@ -73,6 +75,12 @@ class EditOptions:
         for name in ("dilate_px", "feather_px", "context_px"):
             if not 0 <= getattr(self, name) <= 4096:
                 raise ParameterError(f"{name} must be between 0 and 4096")
+        if self.reference is not None and not Path(self.reference).is_file():
+            raise ParameterError(f"reference image not found: {self.reference}")
+        if not 0.0 <= self.reference_weight <= 1.0:
+            raise ParameterError(
+                f"reference weight must be between 0 and 1, got {self.reference_weight}"
+            )
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ParameterError(f"seed must be between 0 and 2**63-1, got {self.seed}")
         return EditOptions(**{**asdict(self), "prompt": prompt})

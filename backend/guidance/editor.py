@@ -24,6 +24,7 @@ from ..progress import ProgressCallback
 from .clip import load_clip
 from .finetune import ClipObjective, build_scene, finetune, sample_edits, sampling_guide
 from .prompts import expand_prompt
+from .reference import load_reference, mixed_target
 
 MODEL_CACHE_FORMAT = "tile-model-v1"  # part of the cache key: bump when training changes
 
@@ -61,6 +62,10 @@ class TextEditor:
             log=self.log,
         )
         target = clip.text_target(list(ensemble.prompts))
+        if opts.reference:
+            target = mixed_target(
+                clip, target, load_reference(opts.reference), opts.reference_weight
+            )
         seconds["clip"] = time.perf_counter() - started
 
         mark = time.perf_counter()
@@ -105,6 +110,8 @@ class TextEditor:
             "prompt_note": ensemble.note,
             "prompts": list(ensemble.prompts),
             "guidance": opts.guidance,
+            "reference": opts.reference,
+            "reference_weight": opts.reference_weight if opts.reference else None,
             "model_cached": cached,
             "tile_hash": model.tile_hash,
             "clip_similarity_input": round(before, 4),
