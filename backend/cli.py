@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
         "~/.cache/rs-edit)",
     )
     edit.add_argument("--no-cache", action="store_true", help="neither reuse nor keep models")
+    edit.add_argument(
+        "--reference",
+        default=None,
+        help="an example image patch the ROI should look like (guides beside the prompt)",
+    )
+    edit.add_argument(
+        "--reference-weight",
+        type=float,
+        default=0.5,
+        help="weight of --reference against the prompt, 0..1 (default 0.5)",
+    )
     edit.add_argument("--rgb-bands", help="1-based bands CLIP sees as RGB, e.g. 4,3,2")
     edit.add_argument("--feather", type=int, default=2, help="feather width inside the ROI (px)")
     edit.add_argument("--dilate", type=int, default=0, help="grow the ROI by this many pixels")
@@ -128,6 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--png", default=None, help="write a before/after quicklook PNG here")
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
+    aug = sub.add_parser(
+        "augment", help="edited chips per polygon as labelled training data (LEVIR-CD layout)"
+    )
+    aug.add_argument("raster", help="input raster (GeoTIFF, or any GDAL-readable raster)")
+    aug.add_argument("--polygons", required=True, help="polygons: GeoJSON or GeoPackage")
+    aug.add_argument("--layer", default=None, help="GeoPackage layer (if it has several)")
+    aug.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    aug.add_argument("--prompt-field", default=None, help="take each polygon's prompt from FIELD")
+    aug.add_argument(
+        "--prompt-map",
+        action="append",
+        default=[],
+        help="VALUE=PROMPT for --prompt-field (repeatable); unmapped polygons are skipped",
+    )
+    aug.add_argument("--variants", type=int, default=1, help="edits per polygon and prompt")
+    aug.add_argument("--chip", type=int, default=128, help="chip size in pixels (default 128)")
+    aug.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of: {', '.join(PRESETS)}")
+    aug.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model name or checkpoint path")
+    aug.add_argument("--seed", type=int, default=0, help="variant k uses SEED + k - 1")
+    aug.add_argument("--rgb-bands", help="1-based bands CLIP and the PNGs see as RGB")
+    aug.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    aug.add_argument("--limit", type=int, default=None, help="stop after N new samples")
+    aug.add_argument("--quiet", action="store_true", help="no progress bar")
+    aug.add_argument("-o", "--output", required=True, help="output folder (rerun to resume)")
+
     bench = sub.add_parser("bench", help="training speed and quality on one image")
     bench.add_argument("--image", required=True)
     bench.add_argument("--preset", default=DEFAULT_PRESET)
@@ -186,6 +222,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         llm=args.llm,
         variants=args.variants,
         guidance=args.guidance,
+        reference=args.reference,
+        reference_weight=args.reference_weight,
         rgb_bands=parse_band_list(args.rgb_bands) if args.rgb_bands else None,
         dilate_px=args.dilate,
         feather_px=args.feather,
@@ -304,6 +342,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_augment(args: argparse.Namespace) -> int:
+    from .augment import AugmentOptions, parse_prompt_map, run_augment
+
+    options = AugmentOptions(
+        prompts=tuple(args.prompt),
+        prompt_field=args.prompt_field,
+        prompt_map=parse_prompt_map(args.prompt_map),
+        variants=args.variants,
+        chip=args.chip,
+        preset=args.preset,
+        clip=args.clip,
+        seed=args.seed,
+        layer=args.layer,
+        rgb_bands=parse_band_list(args.rgb_bands) if args.rgb_bands else None,
+        device=args.device,
+    )
+    log = (
+        (lambda line: None)
+        if args.quiet
+        else (lambda line: print(f"rs-edit: {line}", file=sys.stderr))
+    )
+    result = run_augment(
+        args.raster,
+        args.polygons,
+        args.output,
+        options,
+        limit=args.limit,
+        quiet=args.quiet,
+        log=log,
+    )
+    log(f"{result.made} samples made, {result.skipped} already there, {result.total} in all")
+    print(result.manifest)
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import print_result, run_bench
 
@@ -331,6 +404,7 @@ _COMMANDS = {
     "serve": cmd_serve,
     "demo": cmd_demo,
     "bench": cmd_bench,
+    "augment": cmd_augment,
 }
 
 if __name__ == "__main__":
