@@ -51,6 +51,18 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="module")
+def learned(scene_files, cache_dir):
+    """The scene's trained tile model (from the shared cache), tiny-random CLIP and the scene
+    as the guidance sees it: (model, clip, scene)."""
+    image, roi = scene_files
+    tile = prepare(image, options(), roi_geojson=roi)
+    editor = TextEditor(options(), device="cpu", cache_dir=cache_dir)
+    model, _ = editor._tile_model(tile.model_image, 1, lambda *a, **k: None)
+    clip = load_clip("tiny-random", "cpu")
+    return model, clip, build_scene(model, tile.model_image, tile.alpha, tile.rgb)
+
+
 def options(**kw) -> EditOptions:
     return EditOptions(
         **{"prompt": PROMPT, "preset": "tiny", "clip": "tiny-random", "seed": 1, **kw}
@@ -128,15 +140,10 @@ def test_same_seed_same_edit_and_variants_differ(scene_files, cache_dir, tmp_pat
             assert not np.array_equal(images[i], images[j]), f"variants {i + 1} and {j + 1} equal"
 
 
-def test_guided_finetuning_raises_clip_similarity(scene_files, cache_dir):
+def test_guided_finetuning_raises_clip_similarity(learned):
     """Against the unguided sample with the same seeds, measured by the same CLIP and target."""
-    image, roi = scene_files
-    tile = prepare(image, options(), roi_geojson=roi)
-    editor = TextEditor(options(), device="cpu", cache_dir=cache_dir)
-    model, _ = editor._tile_model(tile.model_image, 1, lambda *a, **k: None)
-    clip = load_clip("tiny-random", "cpu")
+    model, clip, scene = learned
     target = clip.text_target([PROMPT])
-    scene = build_scene(model, tile.model_image, tile.alpha, tile.rgb)
     objective = ClipObjective(clip, target, scene, views=4, seed=0)
     seeds = [11, 12, 13]
 
@@ -157,13 +164,8 @@ def test_guided_finetuning_raises_clip_similarity(scene_files, cache_dir):
         assert torch.equal(p, q) == frozen, name
 
 
-def test_guided_sampling_raises_clip_similarity_and_keeps_variants_apart(scene_files, cache_dir):
-    image, roi = scene_files
-    tile = prepare(image, options(), roi_geojson=roi)
-    editor = TextEditor(options(), device="cpu", cache_dir=cache_dir)
-    model, _ = editor._tile_model(tile.model_image, 1, lambda *a, **k: None)
-    clip = load_clip("tiny-random", "cpu")
-    scene = build_scene(model, tile.model_image, tile.alpha, tile.rgb)
+def test_guided_sampling_raises_clip_similarity_and_keeps_variants_apart(learned):
+    model, clip, scene = learned
     objective = ClipObjective(clip, clip.text_target([PROMPT]), scene, views=4, seed=0)
     seeds = [11, 12]
 
@@ -264,9 +266,7 @@ def test_cli_edit_subprocess(scene_files, cache_dir, tmp_path):
     assert out.is_file()
 
 
-def test_reference_image_condition_moves_the_edit_towards_the_reference(
-    scene_files, cache_dir, tmp_path
-):
+def test_reference_image_condition_moves_the_edit_towards_the_reference(learned, tmp_path):
     """Multi-condition guidance: with a reference patch in the target, the edited ROI's CLIP
     image embedding comes closer to the reference's than with the text alone."""
     from conftest import write_raster
@@ -281,12 +281,7 @@ def test_reference_image_condition_moves_the_edit_towards_the_reference(
     reference = load_reference(ref_path)
     assert reference.shape == (1, 3, 32, 32) and 0 <= reference.min() <= reference.max() <= 1
 
-    image, roi = scene_files
-    tile = prepare(image, options(), roi_geojson=roi)
-    editor = TextEditor(options(), device="cpu", cache_dir=cache_dir)
-    model, _ = editor._tile_model(tile.model_image, 1, lambda *a, **k: None)
-    clip = load_clip("tiny-random", "cpu")
-    scene = build_scene(model, tile.model_image, tile.alpha, tile.rgb)
+    model, clip, scene = learned
     text = clip.text_target([PROMPT])
     ref_embedding = clip.encode_image(reference)[0]
     seeds = [21, 22, 23]
