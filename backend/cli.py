@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("--no-cache", action="store_true", help="neither reuse nor keep models")
     edit.add_argument(
+        "--no-prompt-ensemble",
+        action="store_true",
+        help="guide by the prompt alone, without synonyms (for comparisons)",
+    )
+    edit.add_argument(
         "--reference",
         default=None,
         help="an example image patch the ROI should look like (guides beside the prompt)",
@@ -222,6 +227,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         llm=args.llm,
         variants=args.variants,
         guidance=args.guidance,
+        prompt_ensemble=not args.no_prompt_ensemble,
         reference=args.reference,
         reference_weight=args.reference_weight,
         rgb_bands=parse_band_list(args.rgb_bands) if args.rgb_bands else None,

@@ -42,6 +42,7 @@ class EditOptions:
     seed: int | None = None
     clip: str = DEFAULT_CLIP
     llm: str = "none"
+    prompt_ensemble: bool = True  # False: guide by the prompt alone (for comparisons)
     variants: int = 1
     guidance: str = "finetune"  # "finetune" (the paper's), "sampling" (cheaper), "none"
     reference: str | None = None  # an example image patch to look like (multi-condition)

@@ -1,9 +1,8 @@
 """The paper's scenario benchmark: six prompts, each on a real tile with a fixed ROI.
 
 Each scenario is edited twice with the same seed: WITH prompt ensembling (the prompt plus the
-built-in template synonyms, `llm="none"`) and WITHOUT it (the prompt alone). The backend has no
-switch for the latter, so this script swaps `expand_prompt` in `backend.guidance.editor` for a
-one-prompt version during that run (no backend file is changed). Both edits share the trained
+built-in template synonyms, `llm="none"`) and WITHOUT it (`prompt_ensemble=False`: the prompt
+alone). Both edits share the trained
 tile model (same preset, same tile: the model cache under OUT/cache), so the second run only
 guides and samples.
 
@@ -25,7 +24,6 @@ OUT/scenarios.json and OUT/contact_sheet.png (before | after per scenario, ROI o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -156,23 +154,6 @@ def roi_mask(path: Path, roi: Sequence[tuple[float, float]], out: Path) -> Path:
 # --- runs -------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def without_prompt_ensemble():
-    """Make the editor guide by the prompt alone (the backend has no switch for it)."""
-    from backend.guidance import editor, prompts
-
-    original = editor.expand_prompt
-
-    def single(prompt: str, **_kwargs) -> prompts.PromptEnsemble:
-        return prompts.PromptEnsemble(prompts=(prompt,), source="none", note="no ensemble")
-
-    editor.expand_prompt = single
-    try:
-        yield
-    finally:
-        editor.expand_prompt = original
-
-
 def default_clip() -> str:
     return DEFAULT_CLIP if find_local_weights(DEFAULT_CLIP) is not None else TINY_RANDOM
 
@@ -203,14 +184,18 @@ def run_scenario(
     }
     runs = {}
     for label in ("pe", "no_pe"):
-        options = EditOptions(prompt=scenario.prompt, preset=preset, seed=seed, clip=clip)
+        options = EditOptions(
+            prompt=scenario.prompt,
+            preset=preset,
+            seed=seed,
+            clip=clip,
+            prompt_ensemble=label == "pe",
+        )
         output = work / f"edit_{label}.tif"
-        switch = without_prompt_ensemble() if label == "no_pe" else contextlib.nullcontext()
         started = time.perf_counter()
-        with switch:
-            result = run_edit(
-                image, output, options, device="cpu", cache_dir=out / "cache", log=log, **roi
-            )
+        result = run_edit(
+            image, output, options, device="cpu", cache_dir=out / "cache", log=log, **roi
+        )
         seconds = time.perf_counter() - started
         plain = evaluate_edit(
             image,

@@ -23,7 +23,7 @@ from ..engine.train import train_tile
 from ..progress import ProgressCallback
 from .clip import load_clip
 from .finetune import ClipObjective, build_scene, finetune, sample_edits, sampling_guide
-from .prompts import expand_prompt
+from .prompts import PromptEnsemble, expand_prompt
 from .reference import load_reference, mixed_target
 
 MODEL_CACHE_FORMAT = "tile-model-v1"  # part of the cache key: bump when training changes
@@ -55,12 +55,15 @@ class TextEditor:
         started = time.perf_counter()
 
         clip = load_clip(opts.clip, self.device, log=self.log)
-        ensemble = expand_prompt(
-            opts.prompt,
-            llm=opts.llm,
-            cache_dir=self.cache_dir / "prompts" if self.cache_dir else None,
-            log=self.log,
-        )
+        if opts.prompt_ensemble:
+            ensemble = expand_prompt(
+                opts.prompt,
+                llm=opts.llm,
+                cache_dir=self.cache_dir / "prompts" if self.cache_dir else None,
+                log=self.log,
+            )
+        else:
+            ensemble = PromptEnsemble((opts.prompt,), "prompt", "prompt ensembling is off")
         target = clip.text_target(list(ensemble.prompts))
         if opts.reference:
             target = mixed_target(

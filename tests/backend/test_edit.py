@@ -318,3 +318,9 @@ def test_edit_with_a_reference_image_end_to_end(scene_files, cache_dir, tmp_path
     before, after = read(scene_files[0]), read(result.outputs[0])
     inside = roi_pixels(scene_files)
     assert np.array_equal(before[:, ~inside], after[:, ~inside])
+
+
+def test_prompt_ensembling_can_be_switched_off(scene_files, cache_dir, tmp_path):
+    result = edit(scene_files, tmp_path / "p.tif", cache_dir, prompt_ensemble=False)
+    assert result.report["prompts"] == [PROMPT]
+    assert result.report["prompt_source"] == "prompt"
