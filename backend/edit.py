@@ -23,6 +23,7 @@ from .engine.presets import DEFAULT_PRESET, get_preset
 from .errors import ParameterError
 from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
+from .paths import cache_root
 from .progress import ProgressCallback, no_progress
 from .raster import RasterInfo, inspect_raster, read_tile, write_result
 from .roi import Roi, roi_from_geojson, roi_from_mask, whole_image
@@ -231,15 +232,8 @@ def variant_paths(output: str | os.PathLike, variants: int) -> Sequence[Path]:
 
 
 def default_cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where trained tile models and prompt expansions are kept: `path`, else RS_EDIT_CACHE_DIR,
-    else the user's cache directory (XDG)."""
-    if path:
-        return Path(path).expanduser()
-    env = os.environ.get("RS_EDIT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "rs-edit"
+    """Where trained tile models and prompt expansions are kept: `path`, else `cache_root()`."""
+    return Path(path).expanduser() if path else cache_root()
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ParameterError
+from ..paths import cache_root
 
 __all__ = [
     "TEMPLATES",
@@ -411,13 +412,8 @@ def _ask_llm(config: LlmConfig, prompt: str, k: int) -> tuple[str, ...]:
 
 
 def default_cache_dir() -> Path:
-    """`$RS_EDIT_CACHE_DIR/prompts`, else `$XDG_CACHE_HOME/rs-edit/prompts`, else ~/.cache/..."""
-    root = (os.environ.get("RS_EDIT_CACHE_DIR") or "").strip()
-    if root:
-        return Path(root).expanduser() / "prompts"
-    xdg = (os.environ.get("XDG_CACHE_HOME") or "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "rs-edit" / "prompts"
+    """`cache_root()/prompts`: the same folder the editor uses under its cache."""
+    return cache_root() / "prompts"
 
 
 def _cache_key(config: LlmConfig, prompt: str, k: int) -> str:
