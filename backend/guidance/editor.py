@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..engine.device import pick_device
 from ..engine.model import TileModel, tile_hash
@@ -99,8 +100,6 @@ class TextEditor:
         seeds = [seed + 1 + i for i in range(opts.variants)]
         edits = sample_edits(model, scene, seeds, guide=guide, progress=progress)
         seconds["sample"] = time.perf_counter() - mark
-
-        import torch
 
         before = objective.similarity(scene.known[-1])
         after = [objective.similarity(torch.from_numpy(e)[None].to(model.device)) for e in edits]
