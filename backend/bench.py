@@ -2,8 +2,9 @@
 
 The last line printed is one JSON object (the contract's fields, and a few more). Timing starts
 after a warm-up step, so one-off costs (allocations, kernel selection, compilation) are excluded.
-Without --steps, training runs until the samples' patch SWD is within `QUALITY_BAR` times the
-source's own half-to-half SWD, or until the preset's step budget is spent.
+Without --steps, training runs until the samples' SWD ratio (`engine.quality.swd_ratio`: patch
+SWD per pyramid level in units of the source's own half-to-half SWD) is within `QUALITY_BAR`, or
+until the preset's step budget is spent.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from .bands import BandScaling
 from .engine.device import pick_device
 from .engine.presets import get_preset
-from .engine.quality import patch_swd, self_swd
+from .engine.quality import combine_levels, level_names, patch_swd, self_swd, swd_levels
 from .engine.train import Trainer
 from .errors import ParameterError
 from .raster import inspect_raster, read_tile
@@ -79,26 +80,31 @@ def run_bench(
 
     budget = steps or preset.steps
     eval_every = eval_every or max(50, budget // 10)
-    timed_seconds, swd, reached_at = 0.0, None, None
+    timed_seconds, levels, reached_at = 0.0, None, None
     for step in range(2, budget + 1):
         t0 = time.perf_counter()
         trainer.step()
         _sync(device)
         timed_seconds += time.perf_counter() - t0
         if steps is None and (step % eval_every == 0 or step == budget):
-            swd = _samples_swd(trainer, source)
+            samples = _samples(trainer)
+            levels = swd_levels(samples, source)
+            ratio = combine_levels(levels)
             log(
-                f"step {step}: swd {swd:.4f} (bar {QUALITY_BAR * swd_self:.4f}), "
-                f"{timed_seconds:.1f} s"
+                f"step {step}: SWD ratio {ratio:.3f} (bar {QUALITY_BAR}; by level "
+                + ", ".join(f"{r:.2f}" for r in levels)
+                + f"), {timed_seconds:.1f} s"
             )
-            if swd <= QUALITY_BAR * swd_self:
+            if ratio <= QUALITY_BAR:
                 reached_at = step
                 break
     trained = trainer.step_count
-    per_scale = _per_scale_seconds(trainer, device)
+    if levels is None:
+        samples = _samples(trainer)
+        levels = swd_levels(samples, source)
+    swd = patch_swd(samples, source)
+    per_scale = _per_scale_seconds(trainer, device)  # trains a few more steps: evaluate first
     weights = trainer.scale_weights
-    if swd is None:
-        swd = _samples_swd(trainer, source)
     result = {
         "image": str(image_path),
         "size": list(image.shape[1:]),
@@ -112,7 +118,8 @@ def run_bench(
         "warmup_seconds": warmup_seconds,
         "swd": swd,
         "swd_self": swd_self,
-        "swd_ratio": swd / swd_self if swd_self else None,
+        "swd_ratio": combine_levels(levels),
+        "swd_levels": dict(zip(level_names(len(levels) - 1), levels, strict=True)),
         "quality_bar_reached_at_step": reached_at,
         "peak_rss_mb": peak_rss_mb(),
         "scales": [list(s) for s in trainer.spec.sizes],
@@ -140,10 +147,8 @@ def _per_scale_seconds(trainer: Trainer, device: torch.device) -> list[float]:
     return seconds
 
 
-def _samples_swd(trainer: Trainer, source: torch.Tensor) -> float:
-    model = trainer.model()
-    samples = model.sample(EVAL_SAMPLES, seed=0)
-    return patch_swd(samples, source)
+def _samples(trainer: Trainer) -> torch.Tensor:
+    return trainer.model().sample(EVAL_SAMPLES, seed=0)
 
 
 def _sync(device: torch.device) -> None:

@@ -1,11 +1,20 @@
 """Weight-free quality measures for a single-image generative model.
 
-`patch_swd` is a multi-scale patch sliced-Wasserstein distance (as in the SWD of Karras et al. 2018
-and the SinGAN/SinDDM literature): it compares the *distributions* of local patches, so two
+`patch_swd` is a multi-scale patch sliced-Wasserstein distance (after the SWD of Karras et al.
+2018 and the SinGAN/SinDDM literature): it compares the *distributions* of local patches, so two
 different but equally realistic samples of one texture are close while blur or noise are far.
-Raw SWD values have no natural unit, so `self_swd` calibrates them on the source itself (its own
-halves) and `swd_ratio` expresses a model's samples in that unit. `diversity` catches the other
-failure of single-image models: returning (shifted) copies of the training image.
+The scales are the levels of a Laplacian pyramid (the detail each octave adds, then the low-pass
+rest), plus the distribution of pixel colours. Comparing detail bands rather than blurred copies
+matters: in a plain Gaussian pyramid every patch is dominated by its mean, and colour noise or a
+lost octave of detail hardly moves the distance (measured: iid noise scored 0.37x the source's own
+halves that way).
+
+Raw distances have no natural unit, so `swd_levels` expresses each level in the unit of the
+source's own half-to-half distance at that level, and `swd_ratio` sums them up as a quadratic
+mean (measured on 128 px crops of real tiles: flips and rolls of the source 0.35-0.57; the source
+with pixel noise of std 0.1, blurred with sigma 1.5 px, at 70 % contrast, or iid noise of its
+colours 2.1, 2.7, 1.7 and 3.9 on the forest tile).
+`diversity` catches the other failure of single-image models: returning (shifted) copies.
 
 No learned weights are involved, so the measures are cheap, deterministic and run anywhere.
 """
@@ -16,7 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["diversity", "patch_swd", "self_swd", "swd_ratio"]
+__all__ = [
+    "combine_levels",
+    "diversity",
+    "level_names",
+    "patch_swd",
+    "self_swd",
+    "swd_levels",
+    "swd_ratio",
+]
 
 # Binomial 5-tap kernel: a cheap Gaussian that anti-aliases the 2x downsampling between levels.
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
@@ -38,6 +55,29 @@ def _downsample(x: torch.Tensor) -> torch.Tensor:
     x = F.conv2d(x, k.view(1, 1, 1, 5).expand(c, 1, 1, 5), groups=c)
     x = F.conv2d(x, k.view(1, 1, 5, 1).expand(c, 1, 5, 1), groups=c)
     return x[:, :, ::2, ::2]
+
+
+def _laplacian(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """`levels - 1` detail bands (finest first), then the low-pass rest."""
+    out = []
+    for _ in range(levels - 1):
+        low = _downsample(x)
+        out.append(x - F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False))
+        x = low
+    out.append(x)
+    return out
+
+
+def _max_levels(patch: int, *images: torch.Tensor) -> int:
+    """Pyramid levels all images support: level k runs while every side at k-1 is >= 2 * patch."""
+    side = min(min(x.shape[-2:]) for x in images)
+    if side < patch:
+        raise ValueError(f"images must be at least {patch}x{patch} pixels")
+    levels = 1
+    while side >= 2 * patch:
+        side = (side + 1) // 2
+        levels += 1
+    return levels
 
 
 def _sample_patches(x: torch.Tensor, patch: int, max_patches: int, seed: int) -> torch.Tensor:
@@ -85,71 +125,76 @@ def _sorted_to_grid(s: torch.Tensor, m: int) -> torch.Tensor:
     return s[:, lo] * (1 - frac) + s[:, hi] * frac
 
 
+def _w1_rows(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean 1-D Wasserstein-1 distance between the rows of a (K, n) and b (K, m)."""
+    sa, sb = _sort_rows(a), _sort_rows(b)
+    # Different counts: compare quantile functions on the finer of the two grids.
+    m = max(sa.shape[1], sb.shape[1])
+    return (_sorted_to_grid(sa, m) - _sorted_to_grid(sb, m)).abs().mean().item()
+
+
+def _band_distance(
+    a: torch.Tensor, b: torch.Tensor, patch: int, projections: int, max_patches: int, seed: int
+) -> float:
+    """Sliced W1 distance between the patch distributions of two bands."""
+    pa = _sample_patches(a, patch, max_patches, seed)
+    pb = _sample_patches(b, patch, max_patches, seed)
+    # Normalise per channel with statistics of the union: puts channels on a comparable scale
+    # while keeping differences in energy between a and b (noise, lost detail) visible.
+    c = a.shape[1]
+    var, mean = torch.var_mean(torch.cat([pa, pb]).view(-1, c), dim=0)
+    mean, std = mean.repeat(patch * patch), var.sqrt().clamp_min(1e-6).repeat(patch * patch)
+    pa, pb = (pa - mean) / std, (pb - mean) / std
+    # Random unit directions, drawn on the CPU so every device sees the same ones.
+    gen = torch.Generator().manual_seed(seed + 1)
+    dirs = torch.randn(pa.shape[1], projections, generator=gen)
+    dirs = (dirs / dirs.norm(dim=0, keepdim=True)).to(a.device)
+    return _w1_rows(dirs.T @ pa.T, dirs.T @ pb.T)
+
+
+def _colour_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """W1 between the per-channel distributions of pixel values, averaged over channels."""
+    c = a.shape[1]
+    return _w1_rows(a.transpose(0, 1).reshape(c, -1), b.transpose(0, 1).reshape(c, -1))
+
+
+def level_names(levels: int) -> list[str]:
+    """Names of the values `_level_distances` returns for a pyramid of `levels` levels."""
+    return ["colour", *(f"detail {1 << k}px" for k in range(levels - 1)), "low-pass"]
+
+
 @torch.no_grad()
 def _level_distances(
     a: torch.Tensor,
     b: torch.Tensor,
     *,
     patch: int = 7,
-    levels: int = 3,
+    levels: int = 4,
     projections: int = 128,
     max_patches: int = 4096,
     seed: int = 0,
 ) -> list[float]:
-    """Sliced W1 distance between the patch distributions of a and b, one value per level."""
+    """Colour distance, then the patch distance at each pyramid level (fewer for small images)."""
     a = _as_batch(a)
     b = _as_batch(b).to(a.device)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"channel counts differ: {a.shape[1]} vs {b.shape[1]}")
-    if min(a.shape[-2:] + b.shape[-2:]) < patch:
-        raise ValueError(f"images must be at least {patch}x{patch} pixels")
-    out = []
-    for level in range(levels):
-        # Level 0 always runs; a coarser one only while both images keep sides >= 2 * patch.
-        if level > 0:
-            if (min(a.shape[-2:] + b.shape[-2:]) + 1) // 2 < 2 * patch:
-                break
-            a, b = _downsample(a), _downsample(b)
-        pa = _sample_patches(a, patch, max_patches, seed + 1000 * level)
-        pb = _sample_patches(b, patch, max_patches, seed + 1000 * level)
-        # Normalise per channel with statistics of the union: puts every level on a comparable
-        # scale while keeping differences in brightness or contrast between a and b visible.
-        c = a.shape[1]
-        var, mean = torch.var_mean(torch.cat([pa, pb]).view(-1, c), dim=0)
-        mean, std = mean.repeat(patch * patch), var.sqrt().clamp_min(1e-6).repeat(patch * patch)
-        pa, pb = (pa - mean) / std, (pb - mean) / std
-        # Random unit directions, drawn on the CPU so every device sees the same ones.
-        gen = torch.Generator().manual_seed(seed + 1000 * level + 1)
-        dirs = torch.randn(pa.shape[1], projections, generator=gen)
-        dirs = (dirs / dirs.norm(dim=0, keepdim=True)).to(a.device)
-        sa = _sort_rows(dirs.T @ pa.T)  # (projections, patches): one 1-D distribution per row
-        sb = _sort_rows(dirs.T @ pb.T)
-        # Different patch counts: compare quantile functions on the finer of the two grids.
-        m = max(sa.shape[1], sb.shape[1])
-        sa, sb = _sorted_to_grid(sa, m), _sorted_to_grid(sb, m)
-        out.append((sa - sb).abs().mean().item())
+    levels = min(levels, _max_levels(patch, a, b))
+    out = [_colour_distance(a, b)]
+    bands = zip(_laplacian(a, levels), _laplacian(b, levels), strict=True)
+    for k, (band_a, band_b) in enumerate(bands):
+        out.append(_band_distance(band_a, band_b, patch, projections, max_patches, seed + 1000 * k))
     return out
 
 
-def patch_swd(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    patch: int = 7,
-    levels: int = 3,
-    projections: int = 128,
-    max_patches: int = 4096,
-    seed: int = 0,
-) -> float:
+def patch_swd(a: torch.Tensor, b: torch.Tensor, **kw) -> float:
     """Multi-scale patch sliced-Wasserstein distance between images (C,H,W) or batches (N,C,H,W).
 
-    Symmetric, deterministic for a fixed `seed`, 0 for identical inputs; sizes of a and b may
-    differ, channel counts may not. Runs on a's device.
+    The mean of the colour distance and the per-level patch distances. Symmetric, deterministic
+    for a fixed `seed`, 0 for identical inputs; sizes of a and b may differ, channel counts may
+    not. Runs on a's device. Keyword arguments: patch, levels, projections, max_patches, seed.
     """
-    d = _level_distances(
-        a, b, patch=patch, levels=levels, projections=projections,
-        max_patches=max_patches, seed=seed,
-    )  # fmt: skip
+    d = _level_distances(a, b, **kw)
     return float(sum(d) / len(d))
 
 
@@ -170,17 +215,32 @@ def self_swd(image: torch.Tensor, **kw) -> float:
     return float(sum(patch_swd(x, y, **kw) for x, y in _halves(image)) / 2)
 
 
-def swd_ratio(samples: torch.Tensor, source: torch.Tensor, **kw) -> float:
-    """patch_swd(samples, source) / self_swd(source); <= 1.25 means "as good as its own halves".
+def swd_levels(samples: torch.Tensor, source: torch.Tensor, **kw) -> list[float]:
+    """Per level (see `level_names`), distance(samples, source) / distance(source's halves).
 
-    Halves of the source may stop the pyramid a level earlier than full-size images do; both
-    sides are then averaged over the same levels so that the ratio compares like with like.
+    Both sides run the same levels: as many as the source's halves and the samples support.
     """
+    patch = kw.get("patch", 7)
+    halves = _halves(source)
+    kw["levels"] = min(kw.get("levels", 4), _max_levels(patch, _as_batch(samples), *halves[0]))
     num = _level_distances(samples, source, **kw)
-    ref = [_level_distances(x, y, **kw) for x, y in _halves(source)]
-    n = min(len(num), *(len(r) for r in ref))
-    ref_mean = sum(sum(r[:n]) / n for r in ref) / len(ref)
-    return float(sum(num[:n]) / n / max(ref_mean, 1e-12))
+    ref = [_level_distances(x, y, **kw) for x, y in halves]
+    return [n / max((r0 + r1) / 2, 1e-12) for n, r0, r1 in zip(num, *ref, strict=True)]
+
+
+def swd_ratio(samples: torch.Tensor, source: torch.Tensor, **kw) -> float:
+    """The quadratic mean of `swd_levels`; <= 1.25 means "as good as the source's own halves".
+
+    Quadratic, so that one level far off (lost fine detail, pixel noise, a colour cast) fails
+    samples that a plain mean would pass, while the chance variation of one level between two
+    realisations of the same texture (up to 1.8x measured on synthetic textures) does not.
+    """
+    return combine_levels(swd_levels(samples, source, **kw))
+
+
+def combine_levels(levels: list[float]) -> float:
+    """The quadratic mean that `swd_ratio` reports, from `swd_levels` already computed."""
+    return float((sum(r * r for r in levels) / len(levels)) ** 0.5)
 
 
 def _shifted_l1(samples: torch.Tensor, source: torch.Tensor, max_shift: int) -> torch.Tensor:

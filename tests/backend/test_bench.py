@@ -30,6 +30,10 @@ def test_bench_prints_one_json_object_last(tmp_path, capsys):
     assert result["steps"] == 4 and result["sec_per_step"] > 0
     assert result["seconds"] >= result["sec_per_step"] * 3
     assert result["swd"] > 0 and result["swd_self"] > 0 and result["peak_rss_mb"] > 50
+    levels = result["swd_levels"]
+    assert list(levels)[0] == "colour" and list(levels)[-1] == "low-pass"
+    rms = (sum(v * v for v in levels.values()) / len(levels)) ** 0.5
+    assert result["swd_ratio"] == pytest.approx(rms)
     assert "peak_gpu_mb" not in result  # CPU run
 
 
