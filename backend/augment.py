@@ -1,9 +1,9 @@
 """`rs-edit augment`: edited imagery as labelled training data.
 
-For every polygon of a vector layer (GeoJSON, or a GeoPackage read with the standard library's
-sqlite3) a chip of `chip` x `chip` pixels centred on the polygon is cut from the raster (shifted,
-not shrunk, to stay inside it; smaller only when the raster is), and the polygon is edited by each
-prompt, `variants` times. The output folder holds:
+For every polygon of a vector layer (GeoJSON, GeoPackage or any vector format GDAL reads, see
+`backend.vectors`) a chip of `chip` x `chip` pixels centred on the polygon is cut from the raster
+(shifted, not shrunk, to stay inside it; smaller only when the raster is), and the polygon is
+edited by each prompt, `variants` times. The output folder holds:
 
 - `pre/<polygon>.tif`: the chip, native values, same CRS and pixel grid as the raster;
 - `mask/<polygon>.tif`: uint8 0/1 on the chip's grid: ONLY this polygon (the region that was
@@ -16,6 +16,10 @@ prompt, `variants` times. The output folder holds:
   same limits for pre and post) and the label as 0/255;
 - `manifest.jsonl`: one JSON object per sample (`MANIFEST_KEYS`), appended only after the
   sample's files exist. A rerun skips every sample whose manifest line and files exist.
+
+With `remote` (`rs-edit augment --server URL`) the post chips are made as jobs of an
+`rs-edit serve` job API, several at a time (`backend.augment_remote`; the server keeps the model
+cache then); everything else, and the result, is as above.
 """
 
 from __future__ import annotations
@@ -24,38 +28,30 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
-import struct
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
-import shapely
 from PIL import Image
 from pyproj import CRS as ProjCRS
 from pyproj.exceptions import CRSError as ProjCRSError
 from rasterio.windows import Window
 from shapely import affinity
-from shapely.geometry.base import BaseGeometry
 
 from .bands import rgb_bands as pick_rgb_bands
 from .engine.presets import DEFAULT_PRESET
 from .errors import CrsError, ParameterError, RoiError
 from .guidance.clip import DEFAULT_CLIP
 from .raster import gdal_env, inspect_raster, nodata_pixels
-from .roi import (
-    Roi,
-    _clip_to_raster,
-    _geojson_crs,
-    _geometries,
-    _load_json,
-    _polygonal,
-    _reproject,
-    _shapely_affine,
-)
+from .roi import Roi, clip_to_raster, reproject, shapely_affine
+from .vectors import Feature, read_polygons  # re-exported: callers import them from here
+
+if TYPE_CHECKING:
+    from .augment_remote import RemoteOptions
 
 MANIFEST = "manifest.jsonl"
 MANIFEST_KEYS = (
@@ -104,13 +100,6 @@ class AugmentOptions:
 
 
 @dataclass
-class Feature:
-    id: str
-    geometry: BaseGeometry  # polygonal, in the layer's CRS
-    properties: dict
-
-
-@dataclass
 class Chip:
     feature: Feature
     prompts: list[str]
@@ -119,143 +108,6 @@ class Chip:
 
 
 # --------------------------------------------------------------------------------- polygons
-
-
-def read_polygons(path: str | os.PathLike, layer: str | None = None):
-    """(features, CRS) of a GeoJSON file or a GeoPackage layer; only polygonal features."""
-    path = Path(path)
-    if not path.is_file():
-        raise RoiError(f"polygon file not found: {path}")
-    if path.suffix.lower() == ".gpkg":
-        feats, crs = _read_gpkg(path, layer)
-    else:
-        if layer is not None:
-            raise ParameterError("--layer applies to GeoPackages only")
-        feats, crs = _read_geojson(path)
-    if not feats:
-        raise RoiError(f"no polygons in {path.name}")
-    ids = [f.id for f in feats]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise RoiError(f"polygon ids are not unique in {path.name}: {', '.join(dupes[:5])}")
-    return feats, crs
-
-
-def _read_geojson(path: Path) -> tuple[list[Feature], ProjCRS]:
-    obj = _load_json(path)
-    if not isinstance(obj, dict) or "type" not in obj:
-        raise RoiError(f"{path.name} is not GeoJSON: expected an object with a 'type' member")
-    crs = _geojson_crs(obj)
-    items = obj.get("features") if obj.get("type") == "FeatureCollection" else [obj]
-    if not isinstance(items, list):
-        raise RoiError("GeoJSON FeatureCollection has no 'features' list")
-    feats = []
-    for i, item in enumerate(items, start=1):
-        props = (item.get("properties") or {}) if isinstance(item, dict) else {}
-        geoms = [g for g in _geometries(item, []) if g.geom_type in ("Polygon", "MultiPolygon")]
-        if not geoms:
-            continue
-        geometry = _polygonal(shapely.make_valid(shapely.union_all(geoms)))
-        if geometry.is_empty:
-            continue
-        fid = item.get("id") if isinstance(item, dict) else None
-        if fid is None:
-            fid = props.get("id", props.get("fid", i))
-        feats.append(Feature(_safe_id(fid), geometry, dict(props)))
-    return feats, crs
-
-
-def _read_gpkg(path: Path, layer: str | None) -> tuple[list[Feature], ProjCRS]:
-    """A GeoPackage feature table, read with sqlite3 (no GDAL Python bindings needed)."""
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise RoiError(f"cannot open GeoPackage {path.name}: {exc}") from exc
-    try:
-        tables = con.execute(
-            "SELECT c.table_name, g.column_name, g.srs_id FROM gpkg_contents c "
-            "JOIN gpkg_geometry_columns g ON g.table_name = c.table_name "
-            "WHERE c.data_type = 'features' ORDER BY c.table_name"
-        ).fetchall()
-        if not tables:
-            raise RoiError(f"GeoPackage {path.name} has no feature layers")
-        if layer is None:
-            if len(tables) > 1:
-                names = ", ".join(t[0] for t in tables)
-                raise RoiError(f"GeoPackage {path.name} has several layers ({names}): --layer")
-            table, column, srs_id = tables[0]
-        else:
-            match = [t for t in tables if t[0] == layer]
-            if not match:
-                names = ", ".join(t[0] for t in tables)
-                raise RoiError(f"no layer {layer!r} in {path.name} (layers: {names})")
-            table, column, srs_id = match[0]
-        crs = _gpkg_crs(con, srs_id)
-        info = con.execute(f'PRAGMA table_info("{table}")').fetchall()
-        names = [row[1] for row in info]
-        pk = next((row[1] for row in info if row[5]), None)
-        feats = []
-        for n, row in enumerate(con.execute(f'SELECT * FROM "{table}"'), start=1):
-            record = dict(zip(names, row, strict=True))
-            geometry = _gpkg_geometry(record.pop(column))
-            if geometry is None or geometry.geom_type not in ("Polygon", "MultiPolygon"):
-                continue
-            geometry = _polygonal(shapely.make_valid(geometry))
-            if geometry.is_empty:
-                continue
-            fid = record.get(pk, n) if pk else n
-            feats.append(Feature(_safe_id(fid), geometry, record))
-        return feats, crs
-    except sqlite3.Error as exc:
-        raise RoiError(f"cannot read GeoPackage {path.name}: {exc}") from exc
-    finally:
-        con.close()
-
-
-def _gpkg_crs(con: sqlite3.Connection, srs_id: int) -> ProjCRS:
-    row = con.execute(
-        "SELECT organization, organization_coordsys_id, definition FROM gpkg_spatial_ref_sys "
-        "WHERE srs_id = ?",
-        (srs_id,),
-    ).fetchone()
-    if row is None or srs_id in (0, -1):
-        raise CrsError(f"GeoPackage layer has no usable CRS (srs_id {srs_id})")
-    org, code, definition = row
-    try:
-        if org and org.upper() == "EPSG" and code and code > 0:
-            return ProjCRS.from_epsg(code)
-        return ProjCRS.from_user_input(definition)
-    except ProjCRSError as exc:
-        raise CrsError(f"unknown CRS in GeoPackage (srs_id {srs_id})") from exc
-
-
-def _gpkg_geometry(blob) -> BaseGeometry | None:
-    """GeoPackage binary: 'GP', version, flags, srs_id, optional envelope, then WKB."""
-    if blob is None:
-        return None
-    blob = bytes(blob)
-    if blob[:2] != b"GP" or len(blob) < 8:
-        raise RoiError("GeoPackage geometry is not in the GeoPackage binary format")
-    flags = blob[3]
-    if flags & 0b10000:  # empty geometry
-        return None
-    envelope = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}.get((flags >> 1) & 0b111)
-    if envelope is None:
-        raise RoiError("GeoPackage geometry has an invalid envelope flag")
-    try:
-        return shapely.from_wkb(blob[8 + envelope :])
-    except shapely.errors.ShapelyError as exc:
-        raise RoiError(f"GeoPackage geometry is not valid WKB: {exc}") from exc
-
-
-def gpkg_blob(geometry: BaseGeometry, srs_id: int) -> bytes:
-    """The GeoPackage binary of `geometry` (no envelope, little-endian): for writing test data."""
-    return b"GP" + bytes([0, 1]) + struct.pack("<i", srs_id) + shapely.to_wkb(geometry)
-
-
-def _safe_id(value) -> str:
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("-.")
-    return text[:64] or "polygon"
 
 
 def prompt_slugs(prompts: Sequence[str]) -> dict[str, str]:
@@ -337,10 +189,10 @@ def plan_chips(raster, polygons, options: AugmentOptions, log=lambda line: None)
         if not prompts:
             log(f"polygon {feat.id}: no prompt for it (field {options.prompt_field!r}), skipped")
             continue
-        projected = _reproject(feat.geometry, crs, raster_crs)
-        pixels = affinity.affine_transform(projected, _shapely_affine(~info.transform))
+        projected = reproject(feat.geometry, crs, raster_crs)
+        pixels = affinity.affine_transform(projected, shapely_affine(~info.transform))
         try:
-            roi = _clip_to_raster(pixels, info)
+            roi = clip_to_raster(pixels, info)
         except RoiError as exc:
             raise RoiError(f"polygon {feat.id}: {exc}") from None
         chips.append(
@@ -498,6 +350,149 @@ class AugmentResult:
     manifest: Path
 
 
+@dataclass
+class Sample:
+    """One (polygon, prompt, variant) to make: its files and its chip's grid."""
+
+    name: str
+    polygon_id: str
+    prompt: str
+    variant: int
+    seed: int
+    pre: Path
+    mask_path: Path
+    mask: np.ndarray
+    post: Path
+    grid: dict  # the chip's bounds, crs, width and height, as the manifest has them
+
+
+def _samples(raster, chips: list[Chip], slugs, options: AugmentOptions, done, outdir, limit):
+    """The samples still to make, in order, at most `limit`; a chip's pre and mask files are
+    written when its first sample is asked for (lazily: a remote pool asks as slots free up)."""
+    count = 0
+    for chip in chips:
+        fid = chip.feature.id
+        todo = [
+            (p, k, f"{fid}_{slugs[p]}_v{k}")
+            for p in chip.prompts
+            for k in range(1, options.variants + 1)
+            if f"{fid}_{slugs[p]}_v{k}" not in done
+        ]
+        if limit is not None and count >= limit:
+            return
+        if not todo:
+            continue
+        pre, mask_path, mask, grid = _chip_files(raster, chip, Path(outdir))
+        for prompt, k, name in todo:
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            post = Path(outdir) / "post" / f"{name}.tif"
+            seed = options.seed + k - 1
+            yield Sample(name, fid, prompt, k, seed, pre, mask_path, mask, post, grid)
+
+
+def _chip_files(raster, chip: Chip, outdir: Path):
+    """(pre path, mask path, mask, grid) of a chip, writing the files an earlier run did not."""
+    fid = chip.feature.id
+    pre, mask_path = outdir / "pre" / f"{fid}.tif", outdir / "mask" / f"{fid}.tif"
+    if not pre.is_file():
+        write_chip(raster, chip.window, pre)
+    if mask_path.is_file():
+        mask = _read(mask_path)[0][0]
+    else:
+        mask = write_mask(chip.roi, chip.window, pre, mask_path)
+    with gdal_env(), rasterio.open(pre) as src:
+        grid = {
+            "bounds": list(src.bounds),
+            "crs": _crs_string(src.crs),
+            "width": src.width,
+            "height": src.height,
+        }
+    return pre, mask_path, mask, grid
+
+
+class _LocalEdits:
+    """Makes each sample's post GeoTIFF in this process, by `run_edit`, one after another.
+    The same interface as `augment_remote.RemoteEdits`."""
+
+    def __init__(self, options: AugmentOptions, cache: Path, log):
+        self.options, self.cache, self.log = options, cache, log
+
+    def __enter__(self) -> _LocalEdits:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def results(self, samples):
+        from .edit import EditOptions, run_edit
+
+        for sample in samples:
+            sample.post.parent.mkdir(parents=True, exist_ok=True)
+            edit_options = EditOptions(
+                prompt=sample.prompt,
+                preset=self.options.preset,
+                clip=self.options.clip,
+                seed=sample.seed,
+                rgb_bands=self.options.rgb_bands,
+            )
+            result = run_edit(
+                sample.pre,
+                sample.post,
+                edit_options,
+                mask_path=sample.mask_path,
+                device=self.options.device,
+                cache_dir=self.cache,
+                log=self.log,
+            )
+            yield sample, result.report
+
+    def finished(self, sample: Sample) -> None:
+        pass
+
+
+def _entry(sample: Sample, report: dict, options: AugmentOptions, outdir: Path, rgb, cache):
+    """Evaluation and LEVIR-CD PNGs of a sample whose post file exists; its manifest entry."""
+    from .evaluate import evaluate_edit
+
+    evaluation = evaluate_edit(
+        sample.pre,
+        sample.post,
+        sample.prompt,
+        mask_path=sample.mask_path,
+        clip=options.clip,
+        rgb_bands=options.rgb_bands,
+        device=options.device,
+        prompts=report["prompts"],
+        cache_dir=cache,
+    )
+    pngs = [outdir / "levircd" / d / f"{sample.name}.png" for d in ("A", "B", "label")]
+    levircd_pngs(sample.pre, sample.post, sample.mask, rgb, pngs)
+    rel = lambda p: p.relative_to(outdir).as_posix()  # noqa: E731
+    return {
+        "sample": sample.name,
+        "polygon_id": sample.polygon_id,
+        "prompt": sample.prompt,
+        "prompts": report["prompts"],
+        "variant": sample.variant,
+        "seed": sample.seed,
+        "preset": options.preset,
+        "clip": report["clip"],
+        "clip_random": report["clip_random"],
+        "clip_similarity": report["clip_similarity_edits"][0],
+        "clip_score": evaluation["clip_score_edit"],
+        "swd_ratio": evaluation["swd_ratio"],
+        "pre": rel(sample.pre),
+        "post": rel(sample.post),
+        "mask": rel(sample.mask_path),
+        "levircd_a": rel(pngs[0]),
+        "levircd_b": rel(pngs[1]),
+        "levircd_label": rel(pngs[2]),
+        **sample.grid,
+    }
+
+
 def run_augment(
     raster: str | os.PathLike,
     polygons: str | os.PathLike,
@@ -508,16 +503,18 @@ def run_augment(
     on_sample: SampleHook | None = None,
     quiet: bool = True,
     log: Callable[[str], None] = lambda line: None,
+    remote: RemoteOptions | None = None,
 ) -> AugmentResult:
     """Make every (polygon, prompt, variant) sample not already in OUTDIR's manifest.
 
     `limit` stops after that many new samples (the rest is made by a rerun); `on_sample` is
     called after each sample with (done, total) and may raise CancelledError to stop there.
+    `remote` sends each sample's edit to an `rs-edit serve` job API, `remote.parallel` jobs at a
+    time (`backend.augment_remote`); everything else is done here, one sample at a time.
     """
     from tqdm import tqdm
 
-    from .edit import EditOptions, run_edit
-    from .evaluate import evaluate_edit
+    from .edit import EditOptions
 
     chips = plan_chips(raster, polygons, options, log=log)
     info = inspect_raster(raster)
@@ -527,6 +524,8 @@ def run_augment(
     slugs = prompt_slugs(sorted({p for c in chips for p in c.prompts}))
     for prompt in slugs:
         EditOptions(prompt=prompt, preset=options.preset, clip=options.clip).validate()
+    if remote is not None:
+        remote = remote.validate()
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cache = outdir / ".cache"
@@ -542,89 +541,21 @@ def run_augment(
         if f"{c.feature.id}_{slugs[p]}_v{k}" in done
     )
     made = 0
+    if remote is None:
+        edits = _LocalEdits(options, cache, log)
+    else:
+        from .augment_remote import RemoteEdits
+
+        edits = RemoteEdits(remote, options, outdir, done, log)
+    samples = _samples(raster, chips, slugs, options, done, outdir, limit)
     bar = tqdm(total=total, initial=finished, desc="augment", unit="sample", disable=quiet)
     try:
-        for chip in chips:
-            fid = chip.feature.id
-            names = [
-                (p, k, f"{fid}_{slugs[p]}_v{k}")
-                for p in chip.prompts
-                for k in range(1, options.variants + 1)
-            ]
-            todo = [n for n in names if n[2] not in done]
-            if not todo:
-                continue
-            pre, mask_path = outdir / "pre" / f"{fid}.tif", outdir / "mask" / f"{fid}.tif"
-            if not pre.is_file():
-                write_chip(raster, chip.window, pre)
-            if mask_path.is_file():
-                mask = _read(mask_path)[0][0]
-            else:
-                mask = write_mask(chip.roi, chip.window, pre, mask_path)
-            with gdal_env(), rasterio.open(pre) as src:
-                bounds, crs, width, height = list(src.bounds), src.crs, src.width, src.height
-            for prompt, k, name in todo:
-                if limit is not None and made >= limit:
-                    return AugmentResult(total, made, finished - made, outdir / MANIFEST)
-                seed = options.seed + k - 1
-                post = outdir / "post" / f"{name}.tif"
-                post.parent.mkdir(parents=True, exist_ok=True)
-                result = run_edit(
-                    pre,
-                    post,
-                    EditOptions(
-                        prompt=prompt,
-                        preset=options.preset,
-                        clip=options.clip,
-                        seed=seed,
-                        rgb_bands=options.rgb_bands,
-                    ),
-                    mask_path=mask_path,
-                    device=options.device,
-                    cache_dir=cache,
-                    log=log,
-                )
-                report = result.report
-                evaluation = evaluate_edit(
-                    pre,
-                    post,
-                    prompt,
-                    mask_path=mask_path,
-                    clip=options.clip,
-                    rgb_bands=options.rgb_bands,
-                    device=options.device,
-                    prompts=report["prompts"],
-                    cache_dir=cache,
-                )
-                pngs = [outdir / "levircd" / d / f"{name}.png" for d in ("A", "B", "label")]
-                levircd_pngs(pre, post, mask, rgb, pngs)
-                rel = lambda p: p.relative_to(outdir).as_posix()  # noqa: E731
-                entry = {
-                    "sample": name,
-                    "polygon_id": fid,
-                    "prompt": prompt,
-                    "prompts": report["prompts"],
-                    "variant": k,
-                    "seed": seed,
-                    "preset": options.preset,
-                    "clip": report["clip"],
-                    "clip_random": report["clip_random"],
-                    "clip_similarity": report["clip_similarity_edits"][0],
-                    "clip_score": evaluation["clip_score_edit"],
-                    "swd_ratio": evaluation["swd_ratio"],
-                    "pre": rel(pre),
-                    "post": rel(post),
-                    "mask": rel(mask_path),
-                    "levircd_a": rel(pngs[0]),
-                    "levircd_b": rel(pngs[1]),
-                    "levircd_label": rel(pngs[2]),
-                    "bounds": bounds,
-                    "crs": _crs_string(crs),
-                    "width": width,
-                    "height": height,
-                }
-                _append_manifest(outdir, entry)
-                done[name] = entry
+        with edits:
+            for sample, report in edits.results(samples):
+                entry = _entry(sample, report, options, outdir, rgb, cache)
+                _append_manifest(outdir, entry)  # the one place the manifest grows
+                edits.finished(sample)
+                done[sample.name] = entry
                 made += 1
                 finished += 1
                 bar.update(1)

@@ -145,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
     aug = sub.add_parser(
-        "augment", help="edited chips per polygon as labelled training data (LEVIR-CD layout)"
+        "augment",
+        help="edited chips per polygon as labelled training data (LEVIR-CD layout); with "
+        "--server the edits run as jobs of an rs-edit serve job API, several at a time",
     )
     aug.add_argument("raster", help="input raster (GeoTIFF, or any GDAL-readable raster)")
-    aug.add_argument("--polygons", required=True, help="polygons: GeoJSON or GeoPackage")
-    aug.add_argument("--layer", default=None, help="GeoPackage layer (if it has several)")
+    aug.add_argument("--polygons", required=True, help="polygons: GeoJSON, GeoPackage, ...")
+    aug.add_argument("--layer", default=None, help="layer to read (if the file has several)")
     aug.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     aug.add_argument("--prompt-field", default=None, help="take each polygon's prompt from FIELD")
     aug.add_argument(
@@ -166,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     aug.add_argument("--rgb-bands", help="1-based bands CLIP and the PNGs see as RGB")
     aug.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     aug.add_argument("--limit", type=int, default=None, help="stop after N new samples")
+    aug.add_argument(
+        "--server",
+        default=None,
+        help="make the edits as jobs of this rs-edit serve (e.g. http://gpu-box:8765; its "
+        "executor may be a Ray cluster); evaluation, PNGs and the manifest stay here",
+    )
+    aug.add_argument(
+        "--token", default=None, help="with --server: its access token (env RS_EDIT_TOKEN)"
+    )
+    aug.add_argument(
+        "--parallel", type=int, default=None, help="with --server: jobs in flight (default 4)"
+    )
     aug.add_argument("--quiet", action="store_true", help="no progress bar")
     aug.add_argument("-o", "--output", required=True, help="output folder (rerun to resume)")
 
@@ -377,10 +391,24 @@ def cmd_augment(args: argparse.Namespace) -> int:
         limit=args.limit,
         quiet=args.quiet,
         log=log,
+        remote=_remote_options(args),
     )
     log(f"{result.made} samples made, {result.skipped} already there, {result.total} in all")
     print(result.manifest)
     return EXIT_OK
+
+
+def _remote_options(args: argparse.Namespace):
+    """`augment --server URL [--token T] [--parallel N]`, or None (edit in this process)."""
+    from .augment_remote import RemoteOptions
+
+    if args.server is None:
+        if args.token is not None or args.parallel is not None:
+            raise ParameterError("--token and --parallel apply with --server only")
+        return None
+    token = args.token or os.environ.get("RS_EDIT_TOKEN") or None
+    parallel = RemoteOptions.parallel if args.parallel is None else args.parallel
+    return RemoteOptions(args.server, token=token, parallel=parallel).validate()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -40,3 +40,7 @@ class NotAvailableError(RsEditError):
 
 class CancelledError(RsEditError):
     """The work was cancelled by the user."""
+
+
+class RemoteError(RsEditError):
+    """A job server (`rs-edit augment --server`) could not be reached, or failed or lost a job."""

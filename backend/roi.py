@@ -82,23 +82,23 @@ def roi_from_geojson(source: str | os.PathLike | dict, info: RasterInfo) -> Roi:
         raster_crs = ProjCRS.from_user_input(info.crs.to_wkt())
     except ProjCRSError as exc:
         raise CrsError(f"the raster's CRS is unknown to PROJ: {info.crs.to_wkt()[:200]}") from exc
-    projected = _reproject(geometry, crs, raster_crs)
-    pixels = affinity.affine_transform(projected, _shapely_affine(~info.transform))
-    return _clip_to_raster(pixels, info)
+    projected = reproject(geometry, crs, raster_crs)
+    pixels = affinity.affine_transform(projected, shapely_affine(~info.transform))
+    return clip_to_raster(pixels, info)
 
 
 def read_geojson(source: str | os.PathLike | dict) -> tuple[BaseGeometry, ProjCRS]:
     """Parse GeoJSON into one valid polygonal geometry and its CRS (EPSG:4326 unless stated)."""
-    obj = _load_json(source)
+    obj = load_json(source)
     if not isinstance(obj, dict) or "type" not in obj:
         raise RoiError("ROI is not GeoJSON: expected an object with a 'type' member")
-    crs = _geojson_crs(obj)
+    crs = geojson_crs(obj)
     found: list[str] = []
-    polygons = [g for g in _geometries(obj, found) if g.geom_type in _POLYGONAL]
+    polygons = [g for g in geometries(obj, found) if g.geom_type in _POLYGONAL]
     if not polygons:
         kinds = ", ".join(sorted(set(found))) or "no geometry"
         raise RoiError(f"GeoJSON ROI has no polygons (found: {kinds})")
-    geometry = _polygonal(shapely.make_valid(shapely.union_all(polygons)))
+    geometry = polygonal(shapely.make_valid(shapely.union_all(polygons)))
     if geometry.is_empty:
         raise RoiError("GeoJSON ROI polygons are empty (zero area)")
     if crs.is_geographic:
@@ -111,7 +111,7 @@ def read_geojson(source: str | os.PathLike | dict) -> tuple[BaseGeometry, ProjCR
     return geometry, crs
 
 
-def _load_json(source: str | os.PathLike | dict):
+def load_json(source: str | os.PathLike | dict):
     if isinstance(source, dict):
         return source
     text = str(source)
@@ -129,7 +129,7 @@ def _load_json(source: str | os.PathLike | dict):
         raise RoiError(f"ROI is not valid JSON: {exc}") from exc
 
 
-def _geojson_crs(obj: dict) -> ProjCRS:
+def geojson_crs(obj: dict) -> ProjCRS:
     """RFC 7946 has no 'crs' member (EPSG:4326); the 2008 spec's named CRS is still common."""
     member = obj.get("crs")
     if member is None:
@@ -144,7 +144,7 @@ def _geojson_crs(obj: dict) -> ProjCRS:
         raise CrsError(f"unknown CRS in GeoJSON ROI: {json.dumps(member)[:200]}") from exc
 
 
-def _geometries(obj, found: list[str]):
+def geometries(obj, found: list[str]):
     """Yield shapely geometries from any GeoJSON object; record every geometry type seen."""
     if not isinstance(obj, dict):
         raise RoiError("GeoJSON ROI is malformed: expected objects inside it")
@@ -154,13 +154,13 @@ def _geometries(obj, found: list[str]):
         if not isinstance(feats, list):
             raise RoiError("GeoJSON FeatureCollection has no 'features' list")
         for feature in feats:
-            yield from _geometries(feature, found)
+            yield from geometries(feature, found)
     elif kind == "Feature":
         if obj.get("geometry") is not None:
-            yield from _geometries(obj["geometry"], found)
+            yield from geometries(obj["geometry"], found)
     elif kind == "GeometryCollection":
         for geom in obj.get("geometries") or []:
-            yield from _geometries(geom, found)
+            yield from geometries(geom, found)
     elif kind in ("Point", "MultiPoint", "LineString", "MultiLineString", *_POLYGONAL):
         found.append(kind)
         try:
@@ -171,7 +171,7 @@ def _geometries(obj, found: list[str]):
         raise RoiError(f"unknown GeoJSON type: {str(kind)[:60]!r}")
 
 
-def _polygonal(geometry: BaseGeometry) -> BaseGeometry:
+def polygonal(geometry: BaseGeometry) -> BaseGeometry:
     """Keep the polygonal parts of a (repaired) geometry."""
     if geometry.geom_type in _POLYGONAL:
         return geometry
@@ -179,7 +179,7 @@ def _polygonal(geometry: BaseGeometry) -> BaseGeometry:
     return shapely.union_all(parts) if parts else shapely.Polygon()
 
 
-def _reproject(geometry: BaseGeometry, src: ProjCRS, dst: ProjCRS) -> BaseGeometry:
+def reproject(geometry: BaseGeometry, src: ProjCRS, dst: ProjCRS) -> BaseGeometry:
     if src == dst:
         return geometry
     # Densify first so straight edges follow the curvature of the projection.
@@ -193,14 +193,14 @@ def _reproject(geometry: BaseGeometry, src: ProjCRS, dst: ProjCRS) -> BaseGeomet
     )
     if not np.isfinite(shapely.get_coordinates(projected)).all():
         raise RoiError(f"ROI cannot be transformed from {src.name} to the raster's {dst.name}")
-    return _polygonal(shapely.make_valid(projected))
+    return polygonal(shapely.make_valid(projected))
 
 
-def _shapely_affine(t: Affine) -> list[float]:
+def shapely_affine(t: Affine) -> list[float]:
     return [t.a, t.b, t.d, t.e, t.c, t.f]
 
 
-def _clip_to_raster(pixels: BaseGeometry, info: RasterInfo) -> Roi:
+def clip_to_raster(pixels: BaseGeometry, info: RasterInfo) -> Roi:
     frame = box(0, 0, info.width, info.height)
     inside = pixels.intersection(frame)
     if inside.is_empty or inside.area == 0:

@@ -180,10 +180,14 @@ def _level_distances(
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"channel counts differ: {a.shape[1]} vs {b.shape[1]}")
     levels = min(levels, _max_levels(patch, a, b))
-    out = [_colour_distance(a, b)]
-    bands = zip(_laplacian(a, levels), _laplacian(b, levels), strict=True)
-    for k, (band_a, band_b) in enumerate(bands):
-        out.append(_band_distance(band_a, band_b, patch, projections, max_patches, seed + 1000 * k))
+    # float32 even inside a caller's autocast region (bf16 projections would blur the sorts).
+    with torch.autocast(a.device.type, enabled=False):
+        out = [_colour_distance(a, b)]
+        bands = zip(_laplacian(a, levels), _laplacian(b, levels), strict=True)
+        for k, (band_a, band_b) in enumerate(bands):
+            out.append(
+                _band_distance(band_a, band_b, patch, projections, max_patches, seed + 1000 * k)
+            )
     return out
 
 

@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyogrio.raw
 import pytest
 import rasterio
+import shapely
 from PIL import Image
 from rasterio import features
 from shapely.geometry import box, mapping
@@ -21,8 +23,9 @@ from backend import cli
 from backend.augment import (
     MANIFEST_KEYS,
     AugmentOptions,
-    gpkg_blob,
+    Feature,
     load_manifest,
+    plan_chips,
     prompt_slugs,
     read_polygons,
     run_augment,
@@ -185,32 +188,30 @@ def test_prompt_field_and_map(inputs, tmp_path, fake_editor):
 
 
 def test_geopackage_layer(inputs, tmp_path):
-    import sqlite3
-
-    _, _, polys = inputs
+    raster, _, polys = inputs
     path = tmp_path / "p.gpkg"
-    con = sqlite3.connect(path)
-    con.executescript(
-        "CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT, srs_id INTEGER PRIMARY KEY, "
-        "organization TEXT, organization_coordsys_id INTEGER, definition TEXT);"
-        "CREATE TABLE gpkg_contents (table_name TEXT PRIMARY KEY, data_type TEXT);"
-        "CREATE TABLE gpkg_geometry_columns (table_name TEXT, column_name TEXT, srs_id INTEGER);"
-        "CREATE TABLE damage (fid INTEGER PRIMARY KEY, geom BLOB, level TEXT);"
-        "INSERT INTO gpkg_spatial_ref_sys VALUES ('utm', 32633, 'EPSG', 32633, 'x');"
-        "INSERT INTO gpkg_contents VALUES ('damage', 'features');"
-        "INSERT INTO gpkg_geometry_columns VALUES ('damage', 'geom', 32633);"
-    )
-    con.executemany(
-        "INSERT INTO damage VALUES (?, ?, ?)",
-        [(i + 10, gpkg_blob(p, 32633), "major") for i, p in enumerate(polys)],
-    )
-    con.commit()
-    con.close()
+    for layer, fids in (("roads", [1]), ("damage", [10, 11, 12])):
+        pyogrio.raw.write(
+            path,
+            np.array([shapely.to_wkb(p) for p in polys[: len(fids)]], dtype=object),
+            [np.array(fids), np.array(["major"] * len(fids), dtype=object)],
+            ["fid", "level"],  # a field named like the FID column sets the feature ids
+            layer=layer,
+            geometry_type="Polygon",
+            crs="EPSG:32633",
+            append=path.exists(),
+        )
     feats, crs = read_polygons(path, "damage")
     assert [f.id for f in feats] == ["10", "11", "12"] and crs.to_epsg() == 32633
+    assert isinstance(feats[0], Feature)
     assert feats[1].geometry.equals(polys[1]) and feats[0].properties["level"] == "major"
-    with pytest.raises(RoiError, match="no layer"):
-        read_polygons(path, "roads")
+    with pytest.raises(RoiError, match="no layer 'rivers'"):
+        read_polygons(path, "rivers")
+    with pytest.raises(RoiError, match="several layers"):
+        plan_chips(raster, path, options())
+    chips = plan_chips(raster, path, options(layer="damage"))
+    assert [c.feature.id for c in chips] == ["10", "11", "12"]
+    assert (chips[1].window.col_off, chips[1].window.row_off) == (26, 24)
 
 
 def test_prompt_slugs_are_distinct():
