@@ -28,7 +28,9 @@ class Preset:
     max_pixels: int | None = None  # the published code caps its input at 50,000 pixels
     compile: bool = False  # torch.compile the network (pays off on long GPU runs)
     # How a step picks its scale: "timesteps" (proportional to the timesteps trained there, as
-    # published: the coarsest scale dominates) or "uniform" (fine scales get their share).
+    # published: the coarsest scale dominates), "uniform" (fine scales get their share), or
+    # "coarse-half" (half the steps at the coarsest scale, a full DDPM that sets layout and
+    # colour; the finer scales, which train a few timesteps each, share the other half).
     scale_weighting: str = "timesteps"
     # What the network predicts: "noise" everywhere (published), "clean" (the sharp image) at
     # the scales above the coarsest, or "clean-all". Measured on short CPU budgets: predicting

@@ -70,10 +70,13 @@ class Trainer:
     @property
     def scale_weights(self) -> list[float]:
         """Probability of each scale being trained in a step."""
+        n = self.spec.n_scales
         if self.preset.scale_weighting == "timesteps":
             raw = [float(t) for t in self.diffusion.t_max]
+        elif self.preset.scale_weighting == "coarse-half" and n > 1:
+            raw = [float(n - 1)] + [1.0] * (n - 1)  # half at the coarsest, half shared
         else:
-            raw = [1.0] * self.spec.n_scales
+            raw = [1.0] * n
         return [w / sum(raw) for w in raw]
 
     def step(self, scale: int | None = None) -> float:

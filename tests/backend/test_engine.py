@@ -204,3 +204,19 @@ def test_clean_target_at_fine_scales_trains_samples_and_round_trips(tmp_path):
 def test_unknown_fine_target_is_refused():
     with pytest.raises(ValueError, match="fine_target"):
         MultiScaleDiffusion(10, [0.0, 0.1], fine_target="velocity")
+
+
+@pytest.mark.parametrize("weighting", ["timesteps", "uniform", "coarse-half"])
+def test_scale_weightings(weighting):
+    image = scene_tile(96)
+    preset = dataclasses.replace(PRESETS["tiny"], scale_weighting=weighting)
+    trainer = Trainer(image, preset, device=torch.device("cpu"), seed=0)
+    w = trainer.scale_weights
+    assert len(w) == trainer.spec.n_scales > 2 and sum(w) == pytest.approx(1.0)
+    t_max = trainer.diffusion.t_max
+    expected = {
+        "timesteps": [t / sum(t_max) for t in t_max],
+        "uniform": [1 / len(w)] * len(w),
+        "coarse-half": [0.5] + [0.5 / (len(w) - 1)] * (len(w) - 1),
+    }[weighting]
+    assert w == pytest.approx(expected)
