@@ -25,6 +25,7 @@ class Preset:
     lr_schedule: str = "multistep"  # "multistep" (halve at milestones) or "cosine"
     milestones: tuple[int, ...] = (20_000, 40_000, 70_000, 80_000, 90_000, 110_000)
     ema_decay: float = 0.995
+    grad_clip: float | None = None  # clip the gradient norm (the published code does not)
     max_pixels: int | None = None  # the published code caps its input at 50,000 pixels
     compile: bool = False  # torch.compile the network (pays off on long GPU runs)
     # How a step picks its scale: "timesteps" (proportional to the timesteps trained there, as

@@ -91,6 +91,8 @@ class Trainer:
         with autocast(self.device, self.bf16):
             loss = self.diffusion.loss(self.forward_net, clean, blurry, s, self.generator)
         loss.backward()
+        if self.preset.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.preset.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update_parameters(self.net)
