@@ -56,6 +56,7 @@ def run_bench(
     eval_every: int | None = None,
     baseline: bool = False,
     log=print,
+    png: str | Path | None = None,
 ) -> dict:
     preset = get_preset(preset_name)
     device = pick_device(device_name)
@@ -103,6 +104,8 @@ def run_bench(
         samples = _samples(trainer)
         levels = swd_levels(samples, source)
     swd = patch_swd(samples, source)
+    if png is not None:
+        samples_png(source, samples, png)
     per_scale = _per_scale_seconds(trainer, device)  # trains a few more steps: evaluate first
     weights = trainer.scale_weights
     result = {
@@ -178,3 +181,17 @@ def peak_rss_mb() -> float:
 
 def print_result(result: dict) -> None:
     print(json.dumps(result, sort_keys=True))
+
+
+def samples_png(source: torch.Tensor, samples: torch.Tensor, path: str | Path) -> Path:
+    """The source and the evaluated samples side by side (first three bands, model range)."""
+    from PIL import Image
+
+    panels = [source.float().cpu()] + [x.float().cpu() for x in samples]
+    strip = torch.cat([p[:3] if p.shape[0] >= 3 else p[:1].expand(3, -1, -1) for p in panels], -1)
+    rgb = ((strip.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(rgb).save(tmp)
+    tmp.replace(path)
+    return path

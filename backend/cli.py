@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the network the published way (NCHW, fp32) for comparison",
     )
+    bench.add_argument("--png", default=None, help="write the source and the samples here")
     return parser
 
 
@@ -427,6 +428,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             seed=args.seed,
             baseline=args.baseline,
             log=log,
+            png=args.png,
         )
     )
     return EXIT_OK

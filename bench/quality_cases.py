@@ -13,23 +13,13 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from backend.bench import load_tile
+from backend.engine.pyramid import gaussian_blur
 from backend.engine.quality import level_names, swd_levels, swd_ratio
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagery"
 DEFAULT_IMAGES = [f"keras-rs-retrieval__{n}.tif" for n in ("forest03", "river11", "harbor00")]
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = int(3 * sigma + 0.5)
-    k = torch.exp(-(torch.arange(-r, r + 1.0) ** 2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[0]
-    x = F.pad(x[None], (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]
 
 
 def cases(src: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -43,8 +33,8 @@ def cases(src: torch.Tensor) -> dict[str, torch.Tensor]:
         "rolled (37, 53) px": src.roll((37, 53), (1, 2)),
         "pixel noise, std 0.05": (src + 0.05 * torch.randn(src.shape, generator=g)).clamp(-1, 1),
         "pixel noise, std 0.1": (src + 0.1 * torch.randn(src.shape, generator=g)).clamp(-1, 1),
-        "blurred, sigma 0.8 px": gaussian_blur(src, 0.8),
-        "blurred, sigma 1.5 px": gaussian_blur(src, 1.5),
+        "blurred, sigma 0.8 px": gaussian_blur(src[None], 0.8)[0],
+        "blurred, sigma 1.5 px": gaussian_blur(src[None], 1.5)[0],
         "colour cast +0.15 (band 1)": (src + tint).clamp(-1, 1),
         "70 % contrast": mean + 0.7 * (src - mean),
         "iid noise, source colours": (mean + std * torch.randn(src.shape, generator=g)).clamp(

@@ -26,6 +26,9 @@ class Preset:
     milestones: tuple[int, ...] = (20_000, 40_000, 70_000, 80_000, 90_000, 110_000)
     ema_decay: float = 0.995
     grad_clip: float | None = None  # clip the gradient norm (the published code does not)
+    # Fine scales: blur their blurry training input by a random sigma up to this (px), so that
+    # they learn to sharpen generated inputs, which are smoother than the true ones (0: off).
+    blur_augment: float = 0.0
     max_pixels: int | None = None  # the published code caps its input at 50,000 pixels
     compile: bool = False  # torch.compile the network (pays off on long GPU runs)
     # How a step picks its scale: "timesteps" (proportional to the timesteps trained there, as
@@ -86,6 +89,7 @@ PRESETS: dict[str, Preset] = {
             # its steps are the cheapest, so it gets most of them, as published.
             scale_weighting="timesteps",
             grad_clip=1.0,
+            blur_augment=1.5,
             fine_target="clean-all",
             ema_decay=0.99,
             guide_steps=60,

@@ -76,3 +76,15 @@ def blurry_inputs(pyramid: list[torch.Tensor]) -> list[torch.Tensor | None]:
     return [None] + [
         upsample(pyramid[s - 1], pyramid[s].shape[-2:]) for s in range(1, len(pyramid))
     ]
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with reflect padding (sigma in pixels)."""
+    r = max(1, int(3 * sigma + 0.5))
+    r = min(r, x.shape[-1] - 1, x.shape[-2] - 1)  # reflect padding needs r < side
+    k = torch.exp(-(torch.arange(-r, r + 1.0, device=x.device) ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    y = F.pad(x, (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

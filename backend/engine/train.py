@@ -18,7 +18,7 @@ from .diffusion import MultiScaleDiffusion
 from .model import TileModel, tile_hash
 from .network import Denoiser
 from .presets import Preset
-from .pyramid import blurry_inputs, build_pyramid, lanczos_resize, pyramid_spec
+from .pyramid import blurry_inputs, build_pyramid, gaussian_blur, lanczos_resize, pyramid_spec
 
 
 class Trainer:
@@ -135,7 +135,25 @@ class Trainer:
                 blurry = torch.cat(
                     [blurry[..., r : r + ch, c : c + cw] for r, c in zip(rows, cols, strict=True)]
                 )
+        if blurry is not None and self.preset.blur_augment > 0:
+            blurry = self._blur_augment(blurry)
         return self.layout(clean), None if blurry is None else self.layout(blurry)
+
+    def _blur_augment(self, blurry: torch.Tensor) -> torch.Tensor:
+        """Blur each blurry input by a random sigma in [0, preset.blur_augment] px.
+
+        The fine scales train on the true coarser image, but at sampling they get a generated
+        one, which is smoother: seeing blurrier inputs teaches them to sharpen more
+        (conditioning augmentation, as in cascaded diffusion models). Measured: `fast` on a
+        128 px tile, SWD ratio 1.93 without, 1.13 with sigma up to 1.5 px.
+        """
+        sigmas = torch.rand(blurry.shape[0], generator=self.generator, device=self.device)
+        out = []
+        for x, sigma in zip(
+            blurry.split(1), (sigmas * self.preset.blur_augment).tolist(), strict=True
+        ):
+            out.append(gaussian_blur(x.contiguous(), sigma) if sigma > 0.2 else x)  # 0.2: no-op
+        return torch.cat(out)
 
     def model(self, *, scaling: dict | None = None) -> TileModel:
         """The trained model with EMA weights (a copy; training may go on)."""

@@ -21,10 +21,14 @@ CONTRACT_FIELDS = {"sec_per_step", "steps", "seconds", "swd", "swd_self", "peak_
 def test_bench_prints_one_json_object_last(tmp_path, capsys):
     image = tmp_path / "scene.tif"
     write_scene(make_scene(64, seed=2), image)
-    code = main(
-        ["bench", "--image", str(image), "--preset", "tiny", "--device", "cpu", "--steps", "4"]
-    )
+    png = tmp_path / "samples.png"
+    args = ["bench", "--image", str(image), "--preset", "tiny", "--device", "cpu", "--steps", "4"]
+    code = main([*args, "--png", str(png)])
     assert code == 0
+    from PIL import Image
+
+    with Image.open(png) as strip:  # the source and the 2 evaluated samples side by side
+        assert strip.size == (64 * 3, 64) and strip.mode == "RGB"
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
     assert set(result) >= CONTRACT_FIELDS

@@ -220,3 +220,45 @@ def test_scale_weightings(weighting):
         "coarse-half": [0.5] + [0.5 / (len(w) - 1)] * (len(w) - 1),
     }[weighting]
     assert w == pytest.approx(expected)
+
+
+def test_blur_augment_blurs_fine_scale_inputs_only():
+    image = scene_tile(96)
+    plain = Trainer(image, PRESETS["tiny"], device=torch.device("cpu"), seed=3)
+    augmented = Trainer(
+        image,
+        dataclasses.replace(PRESETS["tiny"], blur_augment=1.5, crop=None, batch=16),
+        device=torch.device("cpu"),
+        seed=3,
+    )
+    assert augmented._batch(0)[1] is None  # the coarsest scale has no blurry input
+    fine = plain.spec.n_scales - 1
+    _, blurry = augmented._batch(fine)
+    truth = plain.blurry[fine].expand_as(blurry)
+
+    def detail(x):  # energy of the finest differences: lower means blurrier
+        return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean(dim=(1, 2, 3))
+
+    assert blurry.shape == truth.shape
+    changed = (blurry != truth).flatten(1).any(dim=1)
+    assert changed.sum() >= 8  # sigmas are drawn per item; below 0.2 px an item is kept
+    assert (detail(blurry)[changed] < detail(truth)[changed]).all()
+    assert (detail(blurry)[~changed] == detail(truth)[~changed]).all()
+    again = Trainer(
+        image,
+        dataclasses.replace(PRESETS["tiny"], blur_augment=1.5, crop=None, batch=16),
+        device=torch.device("cpu"),
+        seed=3,
+    )
+    again._batch(0)
+    assert torch.equal(again._batch(fine)[1], blurry)  # seeded: the same sigmas
+
+
+def test_gaussian_blur_keeps_shape_and_mean():
+    from backend.engine.pyramid import gaussian_blur
+
+    x = torch.from_numpy(scene_tile(32))[None]
+    y = gaussian_blur(x, 1.0)
+    assert y.shape == x.shape
+    assert y.mean().item() == pytest.approx(x.mean().item(), abs=1e-2)
+    assert y.std() < x.std()
