@@ -11,9 +11,9 @@ halves that way).
 
 Raw distances have no natural unit, so `swd_levels` expresses each level in the unit of the
 source's own half-to-half distance at that level, and `swd_ratio` sums them up as a quadratic
-mean (measured on 128 px crops of real tiles: flips and rolls of the source 0.35-0.57; the source
-with pixel noise of std 0.1, blurred with sigma 1.5 px, at 70 % contrast, or iid noise of its
-colours 2.1, 2.7, 1.7 and 3.9 on the forest tile).
+mean. `python -m bench.quality_cases` on 128 px crops of real tiles: flips and rolls of the
+source 0.35-0.57; on the forest tile, the source with pixel noise of std 0.1, blurred with sigma
+1.5 px, at 70 % contrast, or iid noise of its colours 2.1, 2.7, 1.7 and 3.9.
 `diversity` catches the other failure of single-image models: returning (shifted) copies.
 
 No learned weights are involved, so the measures are cheap, deterministic and run anywhere.

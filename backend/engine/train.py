@@ -144,8 +144,8 @@ class Trainer:
 
         The fine scales train on the true coarser image, but at sampling they get a generated
         one, which is smoother: seeing blurrier inputs teaches them to sharpen more
-        (conditioning augmentation, as in cascaded diffusion models). Measured: `fast` on a
-        128 px tile, SWD ratio 1.93 without, 1.13 with sigma up to 1.5 px.
+        (conditioning augmentation, as in cascaded diffusion models). `bench/scale_diagnosis.py`,
+        `fast` on a 128 px tile: SWD ratio 1.93 without, 1.13 with sigma up to 1.5 px.
         """
         sigmas = torch.rand(blurry.shape[0], generator=self.generator, device=self.device)
         out = []
