@@ -67,9 +67,9 @@ def fake_editor(monkeypatch):
     monkeypatch.setattr(editor, "TextEditor", FakeEditor)
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory) -> tuple[Path, Path, list]:
-    folder = tmp_path_factory.mktemp("augment")
+def write_inputs(folder: Path) -> tuple[Path, Path, list, list[dict]]:
+    """The 96 px scene, a GeoJSON of the BOXES (ids 1-3, a `damage` attribute) in FOLDER, the
+    shapely boxes and the GeoJSON features."""
     scene = make_scene(96, seed=3)
     raster = folder / "scene.tif"
     write_scene(scene, raster)
@@ -84,6 +84,12 @@ def inputs(tmp_path_factory) -> tuple[Path, Path, list]:
     ]
     geojson = folder / "polygons.geojson"
     geojson.write_text(json.dumps(collection(feats)))
+    return raster, geojson, polys, feats
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> tuple[Path, Path, list]:
+    raster, geojson, polys, _ = write_inputs(tmp_path_factory.mktemp("augment"))
     return raster, geojson, polys
 
 

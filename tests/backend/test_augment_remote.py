@@ -21,14 +21,12 @@ import rasterio
 from rasterio import features
 from service_helpers import ThreadServer, mask_tif, rgb_tile
 from service_helpers import wait as wait_job
-from shapely.geometry import box, mapping
-from test_augment import FakeEditor, collection
+from test_augment import FakeEditor, collection, write_inputs
 
 from backend import cli
 from backend.augment import MANIFEST_KEYS, AugmentOptions, run_augment
 from backend.augment_remote import JOBS_FILE, EditRequest, JobClient, RemoteOptions, remote_edit
 from backend.errors import CancelledError, InputError, ParameterError, RemoteError
-from backend.scene import make_scene, write_scene
 from backend.service.config import ServiceConfig
 
 pytestmark = [
@@ -36,7 +34,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:CLIP 'tiny-random' has RANDOM weights"),
 ]
 
-BOXES = [(5, 5, 20, 18), (40, 40, 60, 55), (70, 75, 90, 92)]
 TOKEN = "a-test-token-of-sufficient-length"
 POLL_S = 0.02
 
@@ -50,22 +47,10 @@ def fake_editor(monkeypatch):
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """(raster, polygons of all BOXES, polygons of the second box only, shapely boxes)."""
+    """(raster, polygons of all of test_augment's BOXES, of the second box only, shapely boxes)."""
     folder = tmp_path_factory.mktemp("augment-remote")
-    scene = make_scene(96, seed=3)
-    raster = folder / "scene.tif"
-    write_scene(scene, raster)
-    t = scene.transform
-    polys = [
-        box(t.c + c0 * t.a, t.f + r1 * t.e, t.c + c1 * t.a, t.f + r0 * t.e)
-        for c0, r0, c1, r1 in BOXES
-    ]
-    feats = [
-        {"type": "Feature", "id": i, "properties": {}, "geometry": mapping(p)}
-        for i, p in enumerate(polys, start=1)
-    ]
-    every, one = folder / "all.geojson", folder / "one.geojson"
-    every.write_text(json.dumps(collection(feats)))
+    raster, every, polys, feats = write_inputs(folder)
+    one = folder / "one.geojson"
     one.write_text(json.dumps(collection(feats[1:2])))
     return raster, every, one, polys
 
