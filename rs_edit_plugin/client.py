@@ -214,6 +214,13 @@ class BackendClient:
     def _request(self, path: str, accept: str = "application/json") -> QNetworkRequest:
         request = QNetworkRequest(QUrl(self.base_url + path))
         request.setRawHeader(b"Accept", accept.encode())
+        # Every answer is live state (health, job status, a fresh result): QGIS's disk cache
+        # would otherwise replay an old answer, e.g. from an earlier server on the same port.
+        request.setAttribute(
+            QNetworkRequest.Attribute.CacheLoadControlAttribute,
+            QNetworkRequest.CacheLoadControl.AlwaysNetwork,
+        )
+        request.setAttribute(QNetworkRequest.Attribute.CacheSaveControlAttribute, False)
         if self._token:
             request.setRawHeader(b"Authorization", b"Bearer " + self._token.encode())
         # Per-request timeout where Qt has it (5.15); QGIS's global timeout applies as well.
@@ -231,19 +238,7 @@ class BackendClient:
         request = self._request(path, **kw)
         if content_type:
             request.setHeader(QNetworkRequest.KnownHeaders.ContentTypeHeader, content_type)
-        nam = QgsNetworkAccessManager.instance()
-        if method == "GET":
-            reply = nam.blockingGet(request, "", True, self.feedback)
-            status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
-            error, error_string = reply.error(), reply.errorString()
-            content = bytes(reply.content())
-        elif method == "POST":
-            reply = nam.blockingPost(request, data, "", True, self.feedback)
-            status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
-            error, error_string = reply.error(), reply.errorString()
-            content = bytes(reply.content())
-        else:
-            status, error, error_string, content = self._send_custom(nam, method, request, data)
+        status, error, error_string, content = self._exchange(method, request, data)
         if self.feedback is not None and self.feedback.isCanceled():
             raise CancelledError("cancelled")
         if status is None:
@@ -255,20 +250,32 @@ class BackendClient:
             )
         return int(status), content
 
-    def _send_custom(self, nam, method: str, request: QNetworkRequest, data: bytes):
-        """Methods without a blocking helper in QGIS (DELETE): a local event loop."""
+    def _exchange(self, method: str, request: QNetworkRequest, data: bytes):
+        """Run one request in a local event loop: (status, error, error string, content).
+
+        Not QGIS's blockingGet/blockingPost: they force the disk cache on, and Qt then serves
+        an old cached body for an error answer. The timeout is for inactivity: any upload or
+        download progress restarts it, so a large tile on a slow link is not cut off."""
+        nam = QgsNetworkAccessManager.instance()
         reply = nam.sendCustomRequest(request, method.encode(), data or None)
         loop = QEventLoop()
         reply.finished.connect(loop.quit)
-        if self.feedback is not None:
-            self.feedback.canceled.connect(reply.abort)
         timer = QTimer()
         timer.setSingleShot(True)
         timer.timeout.connect(reply.abort)
+        restart = lambda *_: timer.start(self.timeout_ms)  # noqa: E731
+        reply.uploadProgress.connect(restart)
+        reply.downloadProgress.connect(restart)
+        if self.feedback is not None:
+            self.feedback.canceled.connect(reply.abort)
         timer.start(self.timeout_ms)
-        if not reply.isFinished():
-            loop.exec_()
-        timer.stop()
+        try:
+            if not reply.isFinished():
+                loop.exec_()
+        finally:
+            timer.stop()
+            if self.feedback is not None:
+                self.feedback.canceled.disconnect(reply.abort)
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         answer = (status, reply.error(), reply.errorString(), bytes(reply.readAll()))
         reply.deleteLater()

@@ -180,3 +180,26 @@ def test_empty_url_falls_back_to_default(dock):
     dock.url_edit.setText("   ")
     assert dock.save_url() == settings.DEFAULT_BACKEND_URL
     assert dock.url_edit.text() == settings.DEFAULT_BACKEND_URL
+
+
+def test_answers_are_never_served_from_the_network_cache():
+    """A new server on a port where another answered before must be asked afresh: QGIS's
+    disk cache must not replay the old answer (health, job status, results)."""
+    first, url = serve(FakeBackend)
+    port = first.server_address[1]
+    try:
+        assert check_health(url).ok
+    finally:
+        first.shutdown()
+        first.server_close()
+    handler = type("Handler", (FakeBackend,), {"status": 500, "body": b"{}"})
+    second = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=second.serve_forever, daemon=True)
+    thread.start()
+    try:
+        health = check_health(url)
+    finally:
+        second.shutdown()
+        second.server_close()
+    assert not health.ok
+    assert "answered HTTP 500" in health.message
