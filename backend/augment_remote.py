@@ -7,6 +7,8 @@ The client side of the job API (`JobClient`, `remote_edit`) and the pool that ke
 `OUTDIR/.jobs.json` records the server job of every sample in flight, so a rerun after an
 interruption re-attaches to a job that is still queued, running or done instead of paying for it
 twice; a job the server no longer knows, or one that failed or was cancelled, is submitted again.
+A server that restarts while jobs are in flight is waited for, and the jobs it interrupted
+(`"retryable": true` in their status) are submitted again.
 On Ctrl-C (or `CancelledError` from the caller) the jobs in flight are cancelled on the server.
 """
 
@@ -33,6 +35,8 @@ REATTACH = frozenset({"queued", "running", "succeeded"})  # a rerun waits for th
 REPORT_KEYS = ("prompts", "clip", "clip_random", "clip_similarity_edits")
 MAX_PARALLEL = 64
 QUEUE_FULL_WAIT_S = 900.0  # how long a submission keeps retrying while the server's queue is full
+RECONNECT_WAIT_S = 120.0  # how long a wait keeps polling a server that went away (a restart)
+RESUBMITS = 2  # how often a job that a server restart interrupted is submitted again
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -155,9 +159,19 @@ class JobClient:
         return self._json(r, f"the status of job {job_id}")
 
     def wait(self, job_id: str, poll_s: float = 1.0) -> dict:
-        """Poll until the job is succeeded, failed or cancelled."""
+        """Poll until the job is succeeded, failed or cancelled. A server that cannot be
+        reached is polled on for RECONNECT_WAIT_S: it may be restarting."""
+        down_since = None
         while True:
-            job = self.job(job_id)
+            try:
+                job = self.job(job_id)
+            except UnreachableError:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > RECONNECT_WAIT_S:
+                    raise
+                self._sleep(max(poll_s, 0.5))
+                continue
+            down_since = None
             if job is None:
                 raise RemoteError(f"job {job_id} vanished from the rs-edit server at {self.url}")
             if job["status"] in FINAL:
@@ -201,7 +215,7 @@ class JobClient:
         try:
             yield
         except httpx.ConnectError as exc:
-            raise RemoteError(
+            raise UnreachableError(
                 f"cannot reach the rs-edit server at {self.url} ({_reason(exc)}): is "
                 "`rs-edit serve` running there?"
             ) from None
@@ -241,6 +255,10 @@ class JobClient:
             raise CancelledError("stopped")
 
 
+class UnreachableError(RemoteError):
+    """No connection to the server at all (down, or restarting)."""
+
+
 def _server_message(r: httpx.Response) -> str:
     """The message of the server's `{"error": {"code", "message"}}` body, else its text."""
     try:
@@ -270,18 +288,28 @@ def remote_edit(
     job_id: str | None = None,
     on_submit=None,
     poll_s: float = 1.0,
+    log=lambda line: None,
 ) -> dict:
     """The edit of `request` made by the server into `post`; returns the job's report.
 
     With `job_id`, waits for that job instead of submitting; `on_submit(job_id)` is called as
-    soon as a new job exists (to record it before waiting).
+    soon as a new job exists (to record it before waiting). A job that a server restart
+    interrupted (`retryable`) is submitted again, up to RESUBMITS times; `log` says so.
     """
-    if job_id is None:
-        job_id = client.submit(request)
-        if on_submit is not None:
-            on_submit(job_id)
-    job = client.wait(job_id, poll_s)
     where = f"the rs-edit server at {client.url}"
+    for attempt in range(RESUBMITS + 1):
+        if job_id is None:
+            job_id = client.submit(request)
+            if on_submit is not None:
+                on_submit(job_id)
+        job = client.wait(job_id, poll_s)
+        if not (job["status"] == "failed" and job.get("retryable")) or attempt == RESUBMITS:
+            break
+        log(
+            f"{post.stem}: job {job_id} was interrupted on {where} ({job.get('message')}), "
+            "submitting again"
+        )
+        job_id = None
     if job["status"] == "failed":
         raise RemoteError(f"job {job_id} for {post.stem} failed on {where}: {job.get('message')}")
     if job["status"] == "cancelled":
@@ -451,6 +479,7 @@ class RemoteEdits:
                 job_id=self._reattach(client, sample.name, request),
                 on_submit=lambda job_id: self.ledger.put(sample.name, self.url, job_id),
                 poll_s=self.remote.poll_s,
+                log=self.log,
             )
 
     def _reattach(self, client: JobClient, name: str, request: EditRequest) -> str | None:

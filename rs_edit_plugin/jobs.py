@@ -22,6 +22,8 @@ from qgis.core import (
 from . import area, roi, settings
 from .client import BackendClient, BackendError, CancelledError
 
+RESUBMITS = 2  # how often a job that a backend restart interrupted is submitted again
+
 
 class JobError(Exception):
     """A job cannot be started or failed; the message is ready for the user."""
@@ -39,6 +41,7 @@ class EditRequest:
     roi_wkb: list = field(default_factory=list)  # ROI polygons in the tile's CRS; []: whole tile
     layer_id: str = ""
     poll_interval_s: float = 1.0
+    reconnect_s: float = 120.0  # how long polling goes on while the backend is unreachable
     token: str = field(default="", repr=False)  # never in repr or logs
     transform_context: object = None
     work_dir: Path | None = None  # where the tile and mask go; default <results>/inputs
@@ -219,6 +222,7 @@ def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list
     job = client.submit(request.tile_path, request.fields, request.mask_path)
     job_id = str(job["id"])
     update("queued", 5, job)
+    resubmits, down_since = 0, None
     try:
         while True:
             status = str(job.get("status", ""))
@@ -226,15 +230,32 @@ def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list
                 backend_progress = float(job.get("progress") or 0)
             except (TypeError, ValueError):
                 backend_progress = 0.0
-            update(status or "queued", 5 + 0.9 * max(0.0, min(100.0, backend_progress)), job)
+            progress = 5 + 0.9 * max(0.0, min(100.0, backend_progress))
+            update(status or "queued", progress, job)
             if status == "succeeded":
                 break
+            if status == "failed" and job.get("retryable") and resubmits < RESUBMITS:
+                # A backend restart interrupted it: the same request is good to send again.
+                resubmits += 1
+                update("uploading", 3, {**job, "message": "backend restarted: submitting again"})
+                job = client.submit(request.tile_path, request.fields, request.mask_path)
+                job_id = str(job["id"])
+                continue
             if status == "failed":
                 raise BackendError(_job_message(job) or "the backend reported a failed job")
             if status == "cancelled":
                 raise CancelledError("the job was cancelled on the backend")
             _sleep(request.poll_interval_s, feedback)
-            job = client.status(job_id)
+            try:
+                job = client.status(job_id)
+                down_since = None
+            except BackendError as exc:
+                # No HTTP answer at all: the backend may be restarting; keep polling a while.
+                down_since = down_since or time.monotonic()
+                if exc.status is not None or time.monotonic() - down_since > request.reconnect_s:
+                    raise
+                waiting = f"waiting for the backend to come back ({exc})"
+                update(status or "queued", progress, {**job, "message": waiting})
 
         outputs = []
         paths = client.result_paths(job, request.variants)

@@ -126,6 +126,8 @@ class Job:
         if self.status == SUCCEEDED:
             body["report"] = self.report
             body["results"] = self.result_paths()
+        if self.status == FAILED:  # not the job's fault: the same request may simply be sent again
+            body["retryable"] = self.message in (INTERRUPTED_MESSAGE, SHUTDOWN_MESSAGE)
         return body
 
     def result_paths(self) -> list[str]:

@@ -34,11 +34,12 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 class ThreadServer:
     """The real app served by uvicorn in a thread, on 127.0.0.1 and a free port."""
 
-    def __init__(self, data_dir: Path, config=None, edit_fn=None):
+    def __init__(self, data_dir: Path, config=None, edit_fn=None, port: int = 0):
         self.app = create_app(data_dir, config=config, edit_fn=edit_fn)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvicorn does
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart's port
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(

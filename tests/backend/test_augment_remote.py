@@ -304,6 +304,7 @@ def test_failed_or_cancelled_job_is_an_error(inputs, tmp_path):
             run_augment(raster, one, out, options(variants=1), remote=remote(srv))
         (job,) = server_jobs(srv).values()
         assert job["id"] in str(caught.value) and srv.url in str(caught.value)
+        assert job["retryable"] is False  # the input's fault: sending it again cannot help
         assert json.loads((out / JOBS_FILE).read_text())["jobs"]  # kept for a rerun
 
         logged = []
@@ -313,6 +314,54 @@ def test_failed_or_cancelled_job_is_an_error(inputs, tmp_path):
         assert len(server_jobs(srv)) == 2
         assert any(f"job {job['id']} is failed, submitting again" in line for line in logged)
     assert not (out / "post").exists() and not (out / "manifest.jsonl").read_text()
+
+
+def test_server_restart_is_waited_for_and_interrupted_jobs_resubmitted(
+    inputs, tmp_path, fake_editor
+):
+    """The server stops while the job runs (it is marked failed, retryable) and comes back on the
+    same port and data directory: the run reconnects, submits the sample again and finishes."""
+    from backend.edit import run_edit
+
+    raster, _, one, _ = inputs
+    running = threading.Event()
+
+    def endless_edit(*args, progress, **kw):
+        running.set()
+        while True:  # until the shutdown cancels it through progress()
+            progress("train", 0, 1, None)
+            time.sleep(0.02)
+
+    data, out, logged, outcome = tmp_path / "data", tmp_path / "out", [], {}
+    config = ServiceConfig(device="cpu", workers=1)
+
+    def augment(url):
+        try:
+            opts = options(variants=1)
+            outcome["result"] = run_augment(
+                raster, one, out, opts, remote=RemoteOptions(url, poll_s=POLL_S), log=logged.append
+            )
+        except Exception as exc:  # reported by the assertions below
+            outcome["error"] = exc
+
+    with ThreadServer(data, config, edit_fn=endless_edit) as first:
+        port, url = first.port, first.url
+        runner = threading.Thread(target=augment, args=(url,), daemon=True)
+        runner.start()
+        assert running.wait(60), "the first job never started"
+        (interrupted,) = server_jobs(first)
+    time.sleep(0.3)  # the run polls a server that is down
+    with ThreadServer(data, config, edit_fn=run_edit, port=port) as second:
+        runner.join(120)
+        assert not runner.is_alive()
+        jobs = server_jobs(second)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].made == 1 and len(manifest(out)) == 1
+    assert jobs[interrupted]["status"] == "failed" and jobs[interrupted]["retryable"] is True
+    (again,) = [j for i, j in jobs.items() if i != interrupted]
+    assert again["status"] == "succeeded" and "retryable" not in again
+    assert any(f"job {interrupted} was interrupted" in line for line in logged), logged
+    assert not (out / JOBS_FILE).exists()
 
 
 def test_full_queue_is_waited_for(inputs, tmp_path, fake_editor, monkeypatch):

@@ -44,6 +44,7 @@ def test_restart_after_kill_9_loses_nothing(tmp_path: Path):
 
             job = c.get(f"/v1/jobs/{interrupted['id']}").json()
             assert job["status"] == "failed" and job["message"] == INTERRUPTED_MESSAGE
+            assert job["retryable"] is True  # clients may send the same request again
             assert c.get(f"/v1/jobs/{interrupted['id']}/result").status_code == 409
             folder = data / "jobs" / interrupted["id"]
             assert sorted(p.name for p in folder.iterdir()) == ["input.tif"]

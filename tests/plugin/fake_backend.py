@@ -12,6 +12,7 @@ import email.policy
 import itertools
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,6 +20,7 @@ import numpy as np
 from osgeo import gdal
 
 PRESETS = ("tiny", "fast", "balanced", "quality")
+INTERRUPTED = "interrupted by a server restart; resubmit"
 _vsimem = itertools.count()
 
 
@@ -80,6 +82,7 @@ class Job:
         self.polls_to_finish = polls_to_finish
         self.status = "queued"
         self.cancelled = False
+        self.interrupted = False
 
     def advance(self, behaviour):
         """One poll: queued -> running -> succeeded (or what the behaviour says)."""
@@ -91,7 +94,10 @@ class Job:
         if behaviour.get("hang"):
             return
         if self.polls >= self.polls_to_finish:
-            if behaviour.get("fail_with"):
+            if behaviour.get("interrupt_jobs", 0) > 0:  # as after a restart of rs-edit serve
+                behaviour["interrupt_jobs"] -= 1
+                self.status, self.interrupted = "failed", True
+            elif behaviour.get("fail_with"):
                 self.status = "failed"
             else:
                 self.status = "succeeded"
@@ -100,7 +106,7 @@ class Job:
         progress = {"queued": 0, "running": 50, "succeeded": 100}.get(self.status, 0)
         message = ""
         if self.status == "failed":
-            message = behaviour["fail_with"]
+            message = INTERRUPTED if self.interrupted else behaviour["fail_with"]
         body = {
             "id": self.id,
             "status": self.status,
@@ -108,6 +114,8 @@ class Job:
             "stage": {"running": "training", "succeeded": "done"}.get(self.status, self.status),
             "message": message,
         }
+        if self.status == "failed":
+            body["retryable"] = self.interrupted
         variants = int(self.fields.get("variants", 1))
         if self.status == "succeeded" and variants > 1:  # as rs-edit serve lists them
             base = f"/v1/jobs/{self.id}/result"
@@ -117,7 +125,9 @@ class Job:
 
 class FakeBackend:
     """Start with `FakeBackend().start()`; `url`, `jobs`, `requests` and `behaviour` are there
-    for the tests (behaviour keys: hang, fail_with, submit_error, polls_to_finish, token)."""
+    for the tests (behaviour keys: hang, fail_with, submit_error, polls_to_finish, token,
+    interrupt_jobs: that many jobs fail as if a restart interrupted them, drop_polls: that many
+    status polls get no HTTP answer)."""
 
     def __init__(self):
         self.jobs: dict[str, Job] = {}
@@ -196,7 +206,15 @@ class FakeBackend:
                     self._send(200, edited_geotiff(job.image, job.mask, variant), "image/tiff")
                     return
                 with backend.lock:
-                    job.advance(backend.behaviour)
+                    down = backend.behaviour.get("drop_polls", 0) > 0
+                    if down:
+                        backend.behaviour["drop_polls"] -= 1
+                    else:
+                        job.advance(backend.behaviour)
+                if down:  # no HTTP answer at all, as from a backend that is restarting
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 self._send(200, job.as_json(backend.behaviour))
 
             def do_DELETE(self):

@@ -220,6 +220,40 @@ def test_failed_job_shows_the_backends_message(fake_backend, scene, project, man
     assert project.layerTreeRoot().findGroup(results.GROUP_NAME) is None
 
 
+def test_job_interrupted_by_a_backend_restart_is_submitted_again(
+    fake_backend, scene, project, manager
+):
+    layer, _data = scene
+    fake_backend.behaviour["interrupt_jobs"] = 1
+    record = manager.start(make_request(layer, project))
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded", record.message
+    first, second = fake_backend.jobs.values()
+    assert (first.status, first.interrupted, second.status) == ("failed", True, "succeeded")
+    assert record.job_id == second.id and second.fields == first.fields
+
+
+@pytest.mark.parametrize(
+    ("dropped", "reconnect_s", "state"), [(12, 120.0, "succeeded"), (10**6, 0.5, "failed")]
+)
+def test_backend_gone_for_a_moment_is_waited_for(
+    fake_backend, scene, project, manager, dropped, reconnect_s, state
+):
+    """Status polls that get no HTTP answer (a restart) are retried for `reconnect_s`."""
+    layer, _data = scene
+    fake_backend.behaviour["drop_polls"] = dropped
+    request = make_request(layer, project)
+    request.reconnect_s = reconnect_s
+    record = manager.start(request)
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == state, record.message
+    polls = [p for m, p, _ in fake_backend.requests if m == "GET" and p.startswith("/v1/jobs/")]
+    if state == "failed":
+        assert "not reachable" in record.message and len(polls) >= 2
+    else:
+        assert len(fake_backend.jobs) == 1 and len(polls) >= dropped + 3
+
+
 def test_unreachable_backend_is_reported(scene, project, manager, qgis_iface):
     layer, _data = scene
     with socket.socket() as sock:
