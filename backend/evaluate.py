@@ -194,8 +194,7 @@ def check_same_grid(before: RasterInfo, after: RasterInfo) -> None:
             f"edited raster {name} has CRS {_crs_text(after)} but the input has "
             f"{_crs_text(before)}: not on the input's grid"
         )
-    pixel = max(abs(before.transform.a), abs(before.transform.e))
-    if not after.transform.almost_equals(before.transform, precision=pixel * 1e-6):
+    if not before.same_transform(after):
         raise InputError(
             f"edited raster {name} has geotransform {tuple(after.transform)[:6]} but the input "
             f"has {tuple(before.transform)[:6]}: not on the input's grid"

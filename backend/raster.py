@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -88,6 +89,13 @@ class RasterInfo:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.height, self.width)
+
+    def same_transform(self, other: RasterInfo) -> bool:
+        """Whether `other`'s geotransform is this one's, to a millionth of a pixel (rotated
+        grids included: the pixel size is the length of a column and of a row step)."""
+        t = self.transform
+        pixel = max(math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+        return other.transform.almost_equals(t, precision=pixel * 1e-6)
 
 
 @dataclass

@@ -248,8 +248,7 @@ def check_same_grid(mask: RasterInfo, image: RasterInfo) -> None:
                 f"ROI mask CRS ({mask.crs.to_string()}) differs from the image's "
                 f"({image.crs.to_string()}): the mask must be on the image's grid"
             )
-        pixel = max(abs(image.transform.a), abs(image.transform.e))
-        if not mask.transform.almost_equals(image.transform, precision=pixel * 1e-6):
+        if not image.same_transform(mask):
             raise GridMismatchError(
                 "ROI mask geotransform differs from the image's: the mask must be on the "
                 f"image's grid (mask {tuple(mask.transform)[:6]}, image "

@@ -9,7 +9,7 @@ import pytest
 from conftest import ORIGIN, random_data, write_raster
 from pyproj import Transformer
 from rasterio import features
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 from shapely.geometry import Polygon, box, mapping
 
@@ -190,6 +190,20 @@ def test_mask_on_another_grid(rgb_tif, tmp_path, kwargs):
     path = write_raster(tmp_path / "mask.tif", np.ones(shape, dtype="uint8"), **kwargs)
     with pytest.raises(GridMismatchError, match="grid"):
         roi_from_mask(path, inspect_raster(rgb_tif))
+
+
+def test_mask_on_a_rotated_grid(tmp_path):
+    """A grid rotated by 90 degrees has a = e = 0: the tolerance comes from the pixel's size, so
+    the same grid is accepted and one shifted by a tenth of a pixel is not."""
+    rotated = Affine(0.0, 10.0, ORIGIN[0], 10.0, 0.0, ORIGIN[1])
+    image = write_raster(tmp_path / "image.tif", random_data("uint8", 3), transform=rotated)
+    data = np.ones((1, 48, 64), dtype="uint8")
+    same = write_raster(tmp_path / "same.tif", data, transform=rotated)
+    assert roi_from_mask(same, inspect_raster(image)).bbox.width == 64
+    shifted = Affine(0.0, 10.0, ORIGIN[0] + 1.0, 10.0, 0.0, ORIGIN[1])
+    moved = write_raster(tmp_path / "moved.tif", data, transform=shifted)
+    with pytest.raises(GridMismatchError, match="geotransform"):
+        roi_from_mask(moved, inspect_raster(image))
 
 
 def test_empty_mask(rgb_tif, tmp_path):
