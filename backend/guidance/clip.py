@@ -6,7 +6,8 @@ A CLIP is named by a spec (`--clip`):
   makes the whole pipeline testable offline; its guidance means nothing (we say so loudly).
 - `RemoteCLIP-RN50`, `RemoteCLIP-ViT-B-32`, `RemoteCLIP-ViT-L-14`: remote-sensing CLIPs. Their
   weights file `RemoteCLIP-<arch>.pt` is looked up in `$RS_EDIT_CLIP_DIR`, then in
-  `~/.cache/rs-edit/clip`, then in the Hugging Face cache, then downloaded (unless offline).
+  `clip/` of rs-edit's cache folder (`$RS_EDIT_CACHE_DIR`, default `~/.cache/rs-edit`), then in
+  the Hugging Face cache, then downloaded (unless offline).
 - `ARCH=PATH`: any open_clip architecture with a local checkpoint, or a bare `PATH` whose file name
   ends in the architecture (`RemoteCLIP-ViT-B-32.pt`).
 
@@ -30,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ParameterError
+from ..paths import cache_root
 
 TINY_RANDOM = "tiny-random"
 REMOTECLIP_MODELS = ("RemoteCLIP-RN50", "RemoteCLIP-ViT-B-32", "RemoteCLIP-ViT-L-14")
@@ -166,7 +168,8 @@ def check_clip_spec(spec: str) -> str:
 
 
 def default_clip_dir() -> Path:
-    return Path.home() / ".cache" / "rs-edit" / "clip"
+    """`clip/` in rs-edit's cache folder (RS_EDIT_CACHE_DIR, else ~/.cache/rs-edit)."""
+    return cache_root() / "clip"
 
 
 def _weights_dirs(cache_dir: str | os.PathLike | None) -> list[Path]:

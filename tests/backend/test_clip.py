@@ -196,6 +196,17 @@ def test_remoteclip_lookup_order(tmp_path, monkeypatch):
     )
 
 
+def test_remoteclip_default_folder_follows_the_cache_root(tmp_path, monkeypatch):
+    """Without a cache_dir argument the weights are looked for in RS_EDIT_CACHE_DIR/clip."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(CLIP_DIR_ENV, raising=False)
+    monkeypatch.setenv("RS_EDIT_CACHE_DIR", str(tmp_path / "root"))
+    folder = tmp_path / "root" / "clip"
+    folder.mkdir(parents=True)
+    (folder / "RemoteCLIP-RN50.pt").write_bytes(b"w")
+    assert resolve_remoteclip_weights("RemoteCLIP-RN50") == folder / "RemoteCLIP-RN50.pt"
+
+
 def test_remoteclip_from_hf_cache_never_goes_online_when_offline(tmp_path, monkeypatch):
     import huggingface_hub
 
