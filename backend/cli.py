@@ -7,15 +7,24 @@ Exit codes: 0 success, 1 internal failure, 2 bad input (one line on stderr, no t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
 from .bands import parse_band_list
 from .engine.presets import DEFAULT_PRESET, PRESETS
-from .errors import CancelledError, InputError, NotAvailableError, ParameterError, RsEditError
+from .errors import (
+    CancelledError,
+    InputError,
+    NotAvailableError,
+    ParameterError,
+    RandomClipWarning,
+    RsEditError,
+)
 from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP
 
@@ -207,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args) or EXIT_OK
+        with _one_line_warnings(quiet=getattr(args, "quiet", False)):
+            return _COMMANDS[args.command](args) or EXIT_OK
     except InputError as exc:
         return _fail(EXIT_BAD_INPUT, f"error: {exc}")
     except NotAvailableError as exc:
@@ -223,6 +233,25 @@ def main(argv: list[str] | None = None) -> int:
             EXIT_FAILURE,
             f"internal error: {type(exc).__name__}: {exc} (set RS_EDIT_DEBUG=1 for a traceback)",
         )
+
+
+@contextlib.contextmanager
+def _one_line_warnings(quiet: bool):
+    """Python warnings as one line each on stderr, each message once, without the file and source
+    line Python adds. Without --quiet the random-CLIP warning is already in the log."""
+    said = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in said:
+            said.add(text)
+            print(f"rs-edit: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        if not quiet:
+            warnings.simplefilter("ignore", RandomClipWarning)
+        yield
 
 
 def _fail(code: int, line: str) -> int:

@@ -44,3 +44,7 @@ class CancelledError(RsEditError):
 
 class RemoteError(RsEditError):
     """A job server (`rs-edit augment --server`) could not be reached, or failed or lost a job."""
+
+
+class RandomClipWarning(UserWarning):
+    """Guidance comes from a CLIP with random weights (`tiny-random`): edits ignore the prompt."""

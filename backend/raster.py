@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,18 @@ from rasterio.windows import Window
 
 from .errors import InputError, RasterError
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+SUPPORTED_DTYPES = (
+    "uint8",
+    "int8",
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "uint64",
+    "int64",
+    "float32",
+    "float64",
+)
 # Lossless TIFF compressions we can re-use for the output; anything lossy (JPEG, WEBP, LERC with
 # error) would change pixels outside the ROI, so it becomes DEFLATE.
 LOSSLESS_COMPRESSIONS = {"deflate", "lzw", "zstd", "packbits", "lzma", "none"}
@@ -68,6 +80,7 @@ class RasterInfo:
     colorinterp: tuple[ColorInterp, ...]
     descriptions: tuple[str | None, ...]
     has_dataset_mask: bool
+    gcp_count: int = 0  # ground control points (georeferenced by them alone: no geotransform)
 
     @property
     def georeferenced(self) -> bool:
@@ -110,10 +123,12 @@ class Tile:
 
 @contextlib.contextmanager
 def gdal_env() -> Iterator[None]:
-    """GDAL settings for everything we do: bounded cache, no sidecar files, and no warning for
-    plain images (having no georeferencing is a supported case, reported where it matters)."""
+    """GDAL settings for everything we do: bounded cache and no warning for plain images (having
+    no georeferencing is a supported case, reported where it matters). Sidecar `.aux.xml` files
+    are read, as GDAL and QGIS read them: a CRS, nodata or band names kept there are the
+    input's own; `write_result` puts them inside the output."""
     with (
-        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO", CPL_DEBUG=False),
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, CPL_DEBUG=False),
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -164,6 +179,7 @@ def _info_from_dataset(path: str, src) -> RasterInfo:
         colorinterp=tuple(src.colorinterp),
         descriptions=tuple(src.descriptions),
         has_dataset_mask=has_dataset_mask,
+        gcp_count=len(src.gcps[0]),
     )
 
 
@@ -171,7 +187,8 @@ def _check_complete(src, path: str) -> None:
     """Detect truncated files without reading every pixel.
 
     For TIFF, every block's offset + byte count must lie inside the file. Other formats are small
-    in practice (PNG, JPEG): read them once, bounded in size.
+    in practice (PNG, JPEG): decode them once, bounded in size, through GDAL's copy, which reports
+    a decoder's failure (a plain read of a truncated PNG returns zeros without an error).
     """
     if src.driver == "GTiff":
         size = os.path.getsize(path)
@@ -191,7 +208,17 @@ def _check_complete(src, path: str) -> None:
             if src.interleaving is not None and src.interleaving.name == "pixel":
                 break  # pixel-interleaved: all bands share the blocks of band 1
     elif src.width * src.height * src.count * np.dtype(src.dtypes[0]).itemsize <= _HEAVY_READ_LIMIT:
-        src.read()
+        scratch = f"/vsimem/rs-edit-check-{os.getpid()}-{threading.get_ident()}.tif"
+        try:
+            rasterio.shutil.copy(src, scratch, driver="GTiff")
+        except (RasterioError, SystemError) as exc:  # rasterio: SystemError for GDAL failures
+            detail = f": {_gdal_message(exc)}" if isinstance(exc, RasterioError) else ""
+            raise RasterError(
+                f"raster is truncated or corrupt (GDAL cannot decode all of it{detail}): {path}"
+            ) from exc
+        finally:
+            with contextlib.suppress(RasterioError, SystemError):
+                rasterio.shutil.delete(scratch)
 
 
 def _block_grid(src, bidx: int) -> tuple[int, int]:
@@ -273,7 +300,9 @@ def write_result(
                     # Byte copy: no decompression of the whole scene, metadata identical.
                     shutil.copyfile(info.path, tmp)
                 else:
-                    rasterio.shutil.copy(src, tmp, driver="GTiff", **options)
+                    # From the file alone: what its sidecar says is re-applied below, filtered.
+                    with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+                        rasterio.shutil.copy(info.path, tmp, driver="GTiff", **options)
                 with rasterio.open(tmp, "r+") as dst:
                     _copy_metadata(src, dst)
                     dst.write(data, window=window)
@@ -284,13 +313,23 @@ def write_result(
                 os.replace(cog_tmp, tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, output)
-    except RasterioError as exc:
+        # A sidecar left by an earlier file at OUTPUT (QGIS writes statistics there) would be
+        # read as this file's metadata: it goes with the file it described.
+        with contextlib.suppress(FileNotFoundError):
+            _sidecar(output).unlink()
+    except (RasterioError, SystemError) as exc:  # rasterio: SystemError for GDAL failures
         raise RasterError(f"cannot write {output}: {_gdal_message(exc)}") from exc
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
     finally:
-        for leftover in (tmp, cog_tmp):
+        for leftover in (tmp, cog_tmp, _sidecar(tmp), _sidecar(cog_tmp)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
     return output
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".aux.xml")
 
 
 def _can_copy_bytes(src) -> bool:
@@ -310,6 +349,8 @@ def _can_copy_bytes(src) -> bool:
 def check_output_path(info: RasterInfo, output: Path) -> None:
     if not output.parent.is_dir():
         raise InputError(f"output folder does not exist: {output.parent}")
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise InputError(f"output folder is not writable: {output.parent}")
     if output.exists() and output.resolve() == Path(info.path).resolve():
         raise InputError(f"output would overwrite the input raster: {output}")
     if output.is_dir():
@@ -358,7 +399,12 @@ def _cog_options(options: dict) -> dict:
 
 
 def _copy_metadata(src, dst) -> None:
-    """Re-apply every metadata item explicitly: CreateCopy does not carry all of them everywhere."""
+    """Re-apply every metadata item explicitly: CreateCopy does not carry all of them everywhere,
+    and a byte copy does not carry what the input keeps in a `.aux.xml` sidecar."""
+    if src.crs is not None and dst.crs != src.crs:
+        dst.crs = src.crs
+    if not src.transform.is_identity and dst.transform != src.transform:
+        dst.transform = src.transform
     dst.colorinterp = src.colorinterp
     if src.nodata is not None:
         dst.nodata = src.nodata
@@ -368,7 +414,8 @@ def _copy_metadata(src, dst) -> None:
             dst.set_band_description(bidx, src.descriptions[bidx - 1])
         if src.units[bidx - 1]:
             dst.set_band_unit(bidx, src.units[bidx - 1])
-        band_tags = src.tags(bidx)
+        # The input's statistics (often in its sidecar) do not describe the edited pixels.
+        band_tags = {k: v for k, v in src.tags(bidx).items() if not k.startswith("STATISTICS_")}
         if band_tags:
             dst.update_tags(bidx, **band_tags)
     if any(s != 1.0 for s in src.scales):

@@ -23,6 +23,7 @@ from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 from shapely import affinity
+from shapely.errors import GEOSException
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
@@ -73,6 +74,12 @@ def whole_image(info: RasterInfo) -> Roi:
 def roi_from_geojson(source: str | os.PathLike | dict, info: RasterInfo) -> Roi:
     """Polygons from GeoJSON (a path, GeoJSON text or a parsed object) in any CRS."""
     geometry, crs = read_geojson(source)
+    if not info.georeferenced and info.gcp_count:
+        raise CrsError(
+            f"raster {Path(info.path).name} is georeferenced by {info.gcp_count} ground control "
+            "points only, without a geotransform, so a GeoJSON ROI cannot be placed on it "
+            "exactly: warp it first (gdalwarp), or give the ROI as a pixel mask raster"
+        )
     if not info.georeferenced:
         raise CrsError(
             f"raster {Path(info.path).name} has no georeferencing, so a GeoJSON ROI cannot be "
@@ -94,7 +101,10 @@ def read_geojson(source: str | os.PathLike | dict) -> tuple[BaseGeometry, ProjCR
         raise RoiError("ROI is not GeoJSON: expected an object with a 'type' member")
     crs = geojson_crs(obj)
     found: list[str] = []
-    polygons = [g for g in geometries(obj, found) if g.geom_type in _POLYGONAL]
+    try:
+        polygons = [g for g in geometries(obj, found) if g.geom_type in _POLYGONAL]
+    except RecursionError as exc:
+        raise RoiError("ROI is not usable GeoJSON: it is nested too deeply") from exc
     if not polygons:
         kinds = ", ".join(sorted(set(found))) or "no geometry"
         raise RoiError(f"GeoJSON ROI has no polygons (found: {kinds})")
@@ -124,9 +134,16 @@ def load_json(source: str | os.PathLike | dict):
         except (OSError, UnicodeDecodeError) as exc:
             raise RoiError(f"cannot read ROI file {path}: {exc}") from exc
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_a_json_number)
     except json.JSONDecodeError as exc:
         raise RoiError(f"ROI is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise RoiError("ROI is not usable JSON: it is nested too deeply") from exc
+
+
+def _not_a_json_number(token: str):
+    """Python's json reads NaN and Infinity; JSON (and so GeoJSON) has no such numbers."""
+    raise RoiError(f"ROI is not valid JSON: {token} is not a JSON number")
 
 
 def geojson_crs(obj: dict) -> ProjCRS:
@@ -136,6 +153,7 @@ def geojson_crs(obj: dict) -> ProjCRS:
         return WGS84
     try:
         props = member.get("properties", {}) if isinstance(member, dict) else {}
+        props = props if isinstance(props, dict) else {}
         name = props.get("name") or (f"EPSG:{props['code']}" if "code" in props else None)
         if not name:
             raise CrsError(f"GeoJSON 'crs' member has no name: {json.dumps(member)[:200]}")
@@ -159,16 +177,37 @@ def geometries(obj, found: list[str]):
         if obj.get("geometry") is not None:
             yield from geometries(obj["geometry"], found)
     elif kind == "GeometryCollection":
-        for geom in obj.get("geometries") or []:
+        members = obj.get("geometries")
+        if not isinstance(members, list):
+            raise RoiError("GeoJSON GeometryCollection has no 'geometries' list")
+        for geom in members:
             yield from geometries(geom, found)
     elif kind in ("Point", "MultiPoint", "LineString", "MultiLineString", *_POLYGONAL):
         found.append(kind)
         try:
-            yield shape(obj)
-        except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            geometry = shape(obj)
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError, GEOSException) as exc:
             raise RoiError(f"GeoJSON {kind} has invalid coordinates: {exc}") from exc
+        if not np.isfinite(shapely.get_coordinates(geometry)).all():
+            raise RoiError(f"GeoJSON {kind} has coordinates that are not finite numbers")
+        if kind in _POLYGONAL:
+            _check_rings(kind, obj["coordinates"])
+        yield geometry
     else:
         raise RoiError(f"unknown GeoJSON type: {str(kind)[:60]!r}")
+
+
+def _check_rings(kind: str, coordinates) -> None:
+    """RFC 7946: a ring has at least four positions and ends where it starts (shapely would
+    quietly close an open one)."""
+    polygons = coordinates if kind == "MultiPolygon" else [coordinates]
+    for polygon in polygons:
+        for ring in polygon:
+            if len(ring) and (len(ring) < 4 or list(ring[0]) != list(ring[-1])):
+                raise RoiError(
+                    f"GeoJSON {kind} has a ring that is not closed: a ring needs at least 4 "
+                    "positions, the last one equal to the first (RFC 7946)"
+                )
 
 
 def polygonal(geometry: BaseGeometry) -> BaseGeometry:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import ParameterError
+from ..errors import ParameterError, RandomClipWarning
 from ..paths import cache_root
 
 TINY_RANDOM = "tiny-random"
@@ -57,10 +57,6 @@ RANDOM_CLIP_MESSAGE = (
 )
 
 Log = Callable[[str], None]
-
-
-class RandomClipWarning(UserWarning):
-    """Guidance comes from a CLIP with random weights."""
 
 
 # ---------------------------------------------------------------------------------------------

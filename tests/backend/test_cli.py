@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -415,6 +416,79 @@ def test_subprocess_roi_outside_image(tmp_path, env):
     assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
     assert_one_clear_line(proc.stderr, "outside")
     assert snapshot(out_dir) == set()
+
+
+def test_subprocess_truncated_png(env):
+    """A plain read of a cut PNG gives zeros without an error: it is still refused up front."""
+    import rasterio
+
+    image, out_dir = env
+    output = out_dir / "o.tif"
+    png = image.parent / "cut.png"
+    data = random_data("uint8", 3)
+    with rasterio.open(png, "w", driver="PNG", width=64, height=48, count=3, dtype="uint8") as d:
+        d.write(data)
+    png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    proc = run_cli(*edit_args(png, output))
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+    assert_one_clear_line(proc.stderr, "truncated or corrupt", "cut.png")
+    assert snapshot(out_dir) == set()
+
+
+def test_subprocess_unwritable_output_folder_is_refused_before_any_work(tmp_path):
+    """As an ordinary user (root writes anywhere: it drops to nobody with setpriv)."""
+    import shutil
+    import stat
+
+    drop = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot test an unwritable folder")
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    # Somewhere an unprivileged user can reach (pytest's tmp_path may be private to root).
+    base = Path(tempfile.mkdtemp(prefix="rs-edit-ro-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        image = write_raster(base / "in.tif", random_data("uint8", 3), colorinterp=RGB)
+        image.chmod(0o644)
+        locked = base / "locked"
+        locked.mkdir()
+        locked.chmod(
+            stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+        )
+        env = {k: v for k, v in os.environ.items() if k != "RS_EDIT_DEBUG"}
+        env["PYTHONPATH"] = str(REPO_ROOT)
+        env["RS_EDIT_CACHE_DIR"] = str(base / "cache")
+        env["HOME"] = str(base)
+        proc = subprocess.run(
+            [*drop, sys.executable, "-m", "backend.cli", *edit_args(image, locked / "o.tif")],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+        assert_one_clear_line(proc.stderr, "not writable", str(locked))
+        assert list(locked.iterdir()) == []
+    finally:
+        base.chmod(0o755)
+        (base / "locked").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "verbose"])
+def test_subprocess_random_clip_warning_is_one_line(env, quiet):
+    image, out_dir = env
+    output = out_dir / "o.tif"
+    proc = run_cli(*edit_args(image, output, *(["--quiet"] if quiet else [])))
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if "RANDOM weights" in line]
+    assert len(said) == 1, proc.stderr
+    assert said[0].startswith("rs-edit: ") and "MEANINGLESS" in said[0]
+    assert ".py:" not in proc.stderr and "load_clip(" not in proc.stderr  # no Python source
+    if quiet:
+        assert proc.stderr.splitlines() == said
 
 
 def test_subprocess_version():

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
+import rasterio.crs
 from conftest import random_data, write_raster
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
@@ -15,7 +16,7 @@ from backend.edit import EditOptions, edit_raster, identity_editor, prepare
 from backend.errors import RasterError
 from backend.raster import RESULT_TAG, inspect_raster, read_tile, write_result
 
-DTYPES = ["uint8", "uint16", "int16", "float32", "float64"]
+DTYPES = ["uint8", "int8", "uint16", "int16", "int32", "uint64", "float32", "float64"]
 BAND_LAYOUTS = {
     1: [ColorInterp.gray],
     3: [ColorInterp.red, ColorInterp.green, ColorInterp.blue],
@@ -174,6 +175,60 @@ def test_png_without_georeferencing(tmp_path):
     with rasterio.open(out) as dst:
         assert dst.driver == "GTiff" and dst.crs is None
         assert np.array_equal(dst.read(), data)
+
+
+def test_truncated_png_is_detected_at_inspection(tmp_path):
+    """A plain read of a cut PNG returns zeros without an error; decoding it must not pass."""
+    png = tmp_path / "cut.png"
+    data = random_data("uint8", 3, 96, 96)
+    with rasterio.open(png, "w", driver="PNG", width=96, height=96, count=3, dtype="uint8") as d:
+        d.write(data)
+    inspect_raster(png)  # whole: fine
+    png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    with pytest.raises(RasterError, match="truncated or corrupt.*cut.png"):
+        inspect_raster(png)
+
+
+SIDECAR = """<PAMDataset>
+  <SRS>EPSG:32633</SRS>
+  <GeoTransform>500000, 10, 0, 5000000, 0, -10</GeoTransform>
+  <PAMRasterBand band="1">
+    <Description>red</Description>
+    <NoDataValue>0</NoDataValue>
+    <Metadata><MDI key="STATISTICS_MEAN">99</MDI><MDI key="sensor">x</MDI></Metadata>
+  </PAMRasterBand>
+  <PAMRasterBand band="2"><Description>green</Description><NoDataValue>0</NoDataValue>
+  </PAMRasterBand>
+  <PAMRasterBand band="3"><Description>blue</Description><NoDataValue>0</NoDataValue>
+  </PAMRasterBand>
+</PAMDataset>
+"""
+
+
+@pytest.mark.parametrize("compress", [None, "jpeg"], ids=["byte-copy", "re-encoded"])
+def test_metadata_kept_in_a_sidecar_goes_into_the_output(tmp_path, compress):
+    """GDAL and QGIS read a .aux.xml next to a raster as its own: the edit keeps that CRS,
+    geotransform, nodata and band names, inside the output file (no sidecar of its own), and
+    drops the input's statistics, which do not describe the edited pixels."""
+    data = random_data("uint8", 3)
+    data[:, :4, :4] = 0
+    extra = {"compress": compress} if compress else {}
+    src = write_raster(tmp_path / "in.tif", data, crs=None, **extra)
+    (tmp_path / "in.tif.aux.xml").write_text(SIDECAR)
+    info = inspect_raster(src)
+    assert info.crs == rasterio.crs.CRS.from_epsg(32633) and info.nodata == 0
+    assert info.descriptions == ("red", "green", "blue")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "out.tif.aux.xml").write_text(SIDECAR.replace("32633", "4326"))  # a stale one
+    out = edit_raster(prepare(src, EditOptions(prompt="x")), out_dir / "out.tif")
+    assert sorted(p.name for p in out_dir.iterdir()) == ["out.tif"]
+    with rasterio.open(out) as dst:
+        assert dst.crs == info.crs and dst.transform == info.transform
+        assert dst.nodata == 0 and dst.descriptions == info.descriptions
+        assert dst.tags(1) == {"sensor": "x"}
+        if compress is None:
+            assert np.array_equal(dst.read(), data)
 
 
 def test_failed_write_leaves_nothing(tmp_path):

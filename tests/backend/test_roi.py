@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import rasterio
 from conftest import ORIGIN, random_data, write_raster
 from pyproj import Transformer
 from rasterio import features
@@ -136,10 +137,22 @@ def test_bare_polygon_and_geojson_text_and_file(rgb_tif, tmp_path):
             "[500100,5499900],[500000,5500000]]]}",
             "not longitude/latitude",
         ),
+        ('{"type": "Polygon", "coordinates": [[[NaN,1],[2,2],[3,1],[NaN,1]]]}', "NaN is not"),
+        ('{"type": "Polygon", "coordinates": [[[1,1],[Infinity,1],[2,2],[1,1]]]}', "Infinity"),
+        ('{"type": "Polygon", "coordinates": [[[1,1],[2,1],[2,2],[1,2]]]}', "not closed"),
+        ('{"type": "MultiPolygon", "coordinates": [[[[1,1],[2,1],[1,1]]]]}', "not closed"),
+        ('{"type": "GeometryCollection", "geometries": 5}', "'geometries' list"),
+        (
+            '{"type": "Polygon", "crs": {"type": "name", "properties": 5}, "coordinates": []}',
+            "name",
+        ),
+        ('{"type": "GeometryCollection", "geometries": [' * 3000 + "]}" * 3000, "too deeply"),
+        ('{"type": "GeometryCollection", "geometries": [' * 900 + "]}" * 900, "too deeply"),
     ],
+    ids=lambda v: v[:40] if isinstance(v, str) else None,
 )
 def test_bad_geojson(doc, message):
-    with pytest.raises(RoiError, match=message):
+    with pytest.raises((RoiError, CrsError), match=message):
         read_geojson(doc)
 
 
@@ -162,6 +175,34 @@ def test_geojson_on_raster_without_georeferencing(tmp_path):
     plain = write_raster(tmp_path / "plain.tif", random_data("uint8", 3), crs=None)
     with pytest.raises(CrsError, match="no georeferencing"):
         roi_from_geojson(wgs84_polygon([(1, 1), (5, 1), (5, 5)]), inspect_raster(plain))
+
+
+def test_geojson_on_raster_with_ground_control_points_only(tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    data = random_data("uint8", 3)
+    path = tmp_path / "gcps.tif"
+    gcps = [
+        GroundControlPoint(0, 0, ORIGIN[0], ORIGIN[1]),
+        GroundControlPoint(48, 64, *utm(64, 48)),
+    ]
+    gcps.append(GroundControlPoint(0, 64, *utm(64, 0)))
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=48,
+        count=3,
+        dtype="uint8",
+        gcps=gcps,
+        crs="EPSG:32633",
+    ) as dst:
+        dst.write(data)
+    info = inspect_raster(path)
+    assert info.gcp_count == 3 and not info.georeferenced
+    with pytest.raises(CrsError, match="3 ground control points only.*gdalwarp"):
+        roi_from_geojson(wgs84_polygon([(1, 1), (5, 1), (5, 5)]), inspect_raster(path))
 
 
 def test_mask_raster_on_same_grid(rgb_tif, tmp_path):
