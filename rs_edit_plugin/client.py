@@ -9,13 +9,15 @@ instance per thread) or, for the tiny health check, for a short moment on the ma
 
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from qgis.core import QgsFeedback, QgsNetworkAccessManager
-from qgis.PyQt.QtCore import QEventLoop, QObject, QTimer, QUrl, pyqtSignal
+from qgis.PyQt.QtCore import QEventLoop, QObject, QTimer, QUrl, pyqtSignal, pyqtSlot
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
+_HAS_TRANSFER_TIMEOUT = hasattr(QNetworkRequest, "setTransferTimeout")
 HEALTH_PATH = "/v1/health"
 JOBS_PATH = "/v1/jobs"
 HEALTH_TIMEOUT_MS = 3000
@@ -214,8 +216,7 @@ class BackendClient:
     def _request(self, path: str, accept: str = "application/json") -> QNetworkRequest:
         request = QNetworkRequest(QUrl(self.base_url + path))
         request.setRawHeader(b"Accept", accept.encode())
-        # Every answer is live state (health, job status, a fresh result): QGIS's disk cache
-        # would otherwise replay an old answer, e.g. from an earlier server on the same port.
+        # Live state (health, job status): never from a cache (see `_send` for the blocking calls).
         request.setAttribute(
             QNetworkRequest.Attribute.CacheLoadControlAttribute,
             QNetworkRequest.CacheLoadControl.AlwaysNetwork,
@@ -223,8 +224,8 @@ class BackendClient:
         request.setAttribute(QNetworkRequest.Attribute.CacheSaveControlAttribute, False)
         if self._token:
             request.setRawHeader(b"Authorization", b"Bearer " + self._token.encode())
-        # Per-request timeout where Qt has it (5.15); QGIS's global timeout applies as well.
-        if hasattr(request, "setTransferTimeout"):
+        # Per-request inactivity timeout where Qt has it (5.15); QGIS's global one applies too.
+        if _HAS_TRANSFER_TIMEOUT:
             request.setTransferTimeout(self.timeout_ms)
         return request
 
@@ -238,7 +239,22 @@ class BackendClient:
         request = self._request(path, **kw)
         if content_type:
             request.setHeader(QNetworkRequest.KnownHeaders.ContentTypeHeader, content_type)
-        status, error, error_string, content = self._exchange(method, request, data)
+        nam = QgsNetworkAccessManager.instance()
+        if nam.cache() is not None:
+            # Every answer is live state. QGIS's blocking calls save answers in its disk cache,
+            # and Qt then serves an old cached body for a later error answer at the same URL
+            # (an earlier server on the same port): no entry may be there when we ask.
+            nam.cache().remove(request.url())
+        if method in ("GET", "POST"):  # a QgsNetworkReplyContent: no live QObject in Python
+            if method == "GET":
+                reply = nam.blockingGet(request, "", True, self.feedback)
+            else:
+                reply = nam.blockingPost(request, data, "", True, self.feedback)
+            status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
+            error, error_string = reply.error(), reply.errorString()
+            content = bytes(reply.content())
+        else:
+            status, error, error_string, content = self._exchange(method, request, data)
         if self.feedback is not None and self.feedback.isCanceled():
             raise CancelledError("cancelled")
         if status is None:
@@ -251,31 +267,28 @@ class BackendClient:
         return int(status), content
 
     def _exchange(self, method: str, request: QNetworkRequest, data: bytes):
-        """Run one request in a local event loop: (status, error, error string, content).
+        """Methods without a blocking helper in QGIS 3.22 (DELETE): a local event loop.
 
-        Not QGIS's blockingGet/blockingPost: they force the disk cache on, and Qt then serves
-        an old cached body for an error answer. The timeout is for inactivity: any upload or
-        download progress restarts it, so a large tile on a slow link is not cut off."""
+        (status, error, error string, content). The loop wakes every 100 ms to look at the
+        feedback (it lives on the main thread) and the deadline. No Python callable is connected
+        to the reply: PyQt would keep its wrapper alive past the reply, and a later reply at the
+        same address could get that dead wrapper."""
         nam = QgsNetworkAccessManager.instance()
         reply = nam.sendCustomRequest(request, method.encode(), data or None)
+        deadline = time.monotonic() + self.timeout_ms / 1000
         loop = QEventLoop()
         reply.finished.connect(loop.quit)
-        timer = QTimer()
-        timer.setSingleShot(True)
-        timer.timeout.connect(reply.abort)
-        restart = lambda *_: timer.start(self.timeout_ms)  # noqa: E731
-        reply.uploadProgress.connect(restart)
-        reply.downloadProgress.connect(restart)
-        if self.feedback is not None:
-            self.feedback.canceled.connect(reply.abort)
-        timer.start(self.timeout_ms)
+        tick = QTimer()
+        tick.timeout.connect(loop.quit)
+        tick.start(100)
         try:
-            if not reply.isFinished():
+            while not reply.isFinished():
                 loop.exec_()
+                cancelled = self.feedback is not None and self.feedback.isCanceled()
+                if (cancelled or time.monotonic() > deadline) and not reply.isFinished():
+                    reply.abort()  # finishes the reply (OperationCanceledError)
         finally:
-            timer.stop()
-            if self.feedback is not None:
-                self.feedback.canceled.disconnect(reply.abort)
+            tick.stop()
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         answer = (status, reply.error(), reply.errorString(), bytes(reply.readAll()))
         reply.deleteLater()
@@ -365,6 +378,7 @@ class HealthMonitor(QObject):
         self._url_getter = url_getter
         self._token_getter = token_getter
         self._reply = None
+        self._base_url = ""
         self.last = None
         self.timer = QTimer(self)
         self.timer.setInterval(interval_ms)
@@ -390,14 +404,19 @@ class HealthMonitor(QObject):
         client = BackendClient(base_url, self._token_getter(), timeout_ms=HEALTH_TIMEOUT_MS)
         request = client._request(HEALTH_PATH)
         reply = QgsNetworkAccessManager.instance().get(request)
-        self._reply = reply
+        self._reply, self._base_url = reply, base_url
         timer = QTimer(reply)
         timer.setSingleShot(True)
         timer.timeout.connect(reply.abort)
         timer.start(HEALTH_TIMEOUT_MS)
-        reply.finished.connect(lambda: self._finished(reply, base_url))
+        # A decorated slot, not a lambda holding the reply (see BackendClient._exchange).
+        reply.finished.connect(self._finished)
 
-    def _finished(self, reply, base_url):
+    @pyqtSlot()
+    def _finished(self):
+        reply, base_url = self._reply, self._base_url
+        if reply is None:
+            return
         self._reply = None
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         content = bytes(reply.readAll())
