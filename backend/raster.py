@@ -186,10 +186,13 @@ def _info_from_dataset(path: str, src) -> RasterInfo:
 def _check_complete(src, path: str) -> None:
     """Detect truncated files without reading every pixel.
 
-    For TIFF, every block's offset + byte count must lie inside the file. Other formats are small
-    in practice (PNG, JPEG): decode them once, bounded in size, through GDAL's copy, which reports
-    a decoder's failure (a plain read of a truncated PNG returns zeros without an error).
+    For TIFF, every block's offset + byte count must lie inside the file, and a TIFF of bounded
+    size is decoded once (a block of corrupt compressed data fits in the file). Other formats
+    are small in practice (PNG, JPEG): decoded once, bounded in size, through GDAL's copy, which
+    reports a decoder's failure (a plain read of a truncated PNG returns zeros without an error).
     """
+    small = src.width * src.height * src.count * np.dtype(src.dtypes[0]).itemsize
+    small = small <= _HEAVY_READ_LIMIT
     if src.driver == "GTiff":
         size = os.path.getsize(path)
         for bidx in range(1, src.count + 1):
@@ -207,7 +210,9 @@ def _check_complete(src, path: str) -> None:
                         )
             if src.interleaving is not None and src.interleaving.name == "pixel":
                 break  # pixel-interleaved: all bands share the blocks of band 1
-    elif src.width * src.height * src.count * np.dtype(src.dtypes[0]).itemsize <= _HEAVY_READ_LIMIT:
+        if small:
+            src.read()  # a block that does not decode raises (RasterioError)
+    elif small:
         scratch = f"/vsimem/rs-edit-check-{os.getpid()}-{threading.get_ident()}.tif"
         try:
             rasterio.shutil.copy(src, scratch, driver="GTiff")
@@ -425,6 +430,9 @@ def _copy_metadata(src, dst) -> None:
 
 
 def _gdal_message(exc: Exception) -> str:
-    """The first line of GDAL's message, without the path noise rasterio sometimes adds."""
+    """The first line of GDAL's message, without the path noise rasterio sometimes adds (and
+    GDAL's own error where rasterio only says "see previous exception")."""
+    if "previous exception" in str(exc) and exc.__cause__ is not None:
+        exc = exc.__cause__
     text = str(exc).strip().splitlines()
     return text[0] if text else exc.__class__.__name__

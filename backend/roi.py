@@ -18,6 +18,7 @@ import shapely
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from pyproj.exceptions import CRSError as ProjCRSError
+from pyproj.exceptions import ProjError
 from rasterio import features
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
@@ -201,13 +202,16 @@ def _check_rings(kind: str, coordinates) -> None:
     """RFC 7946: a ring has at least four positions and ends where it starts (shapely would
     quietly close an open one)."""
     polygons = coordinates if kind == "MultiPolygon" else [coordinates]
-    for polygon in polygons:
-        for ring in polygon:
-            if len(ring) and (len(ring) < 4 or list(ring[0]) != list(ring[-1])):
-                raise RoiError(
-                    f"GeoJSON {kind} has a ring that is not closed: a ring needs at least 4 "
-                    "positions, the last one equal to the first (RFC 7946)"
-                )
+    try:
+        for polygon in polygons:
+            for ring in polygon:
+                if len(ring) and (len(ring) < 4 or list(ring[0]) != list(ring[-1])):
+                    raise RoiError(
+                        f"GeoJSON {kind} has a ring that is not closed: a ring needs at least 4 "
+                        "positions, the last one equal to the first (RFC 7946)"
+                    )
+    except TypeError as exc:  # null or a number where a list belongs (shapely reads it as empty)
+        raise RoiError(f"GeoJSON {kind} has invalid coordinates: {exc}") from exc
 
 
 def polygonal(geometry: BaseGeometry) -> BaseGeometry:
@@ -222,17 +226,23 @@ def reproject(geometry: BaseGeometry, src: ProjCRS, dst: ProjCRS) -> BaseGeometr
     if src == dst:
         return geometry
     # Densify first so straight edges follow the curvature of the projection.
-    minx, miny, maxx, maxy = geometry.bounds
-    step = max(maxx - minx, maxy - miny) / 64.0
-    if step > 0:
-        geometry = shapely.segmentize(geometry, step)
-    transformer = Transformer.from_crs(src, dst, always_xy=True)
-    projected = shapely.transform(
-        geometry, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
-    )
-    if not np.isfinite(shapely.get_coordinates(projected)).all():
-        raise RoiError(f"ROI cannot be transformed from {src.name} to the raster's {dst.name}")
-    return polygonal(shapely.make_valid(projected))
+    cannot = f"ROI cannot be transformed from {src.name} to the raster's {dst.name}"
+    try:
+        transformer = Transformer.from_crs(src, dst, always_xy=True)
+        minx, miny, maxx, maxy = geometry.bounds
+        step = max(maxx - minx, maxy - miny) / 64.0
+        if step > 0:
+            geometry = shapely.segmentize(geometry, step)
+        projected = shapely.transform(
+            geometry, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+        )
+        if not np.isfinite(shapely.get_coordinates(projected)).all():
+            raise RoiError(cannot)
+        return polygonal(shapely.make_valid(projected))
+    except ProjError as exc:  # e.g. no transformation between another body's CRS and Earth's
+        raise CrsError(f"{cannot}: {' '.join(str(exc).split())[:200]}") from exc
+    except GEOSException as exc:  # e.g. coordinates too large to work with
+        raise RoiError(f"{cannot}: {exc}") from exc
 
 
 def shapely_affine(t: Affine) -> list[float]:
@@ -275,24 +285,24 @@ def roi_from_mask(mask_path: str | os.PathLike, info: RasterInfo) -> Roi:
 
 
 def check_same_grid(mask: RasterInfo, image: RasterInfo) -> None:
-    """Same size, and where both are georeferenced, same CRS and geotransform."""
+    """Same size, and the same CRS and geotransform wherever both rasters declare one."""
     if (mask.width, mask.height) != (image.width, image.height):
         raise GridMismatchError(
             f"ROI mask is {mask.width}x{mask.height} pixels but the image is "
             f"{image.width}x{image.height}: the mask must be on the image's grid"
         )
-    if mask.georeferenced and image.georeferenced:
-        if mask.crs != image.crs:
-            raise GridMismatchError(
-                f"ROI mask CRS ({mask.crs.to_string()}) differs from the image's "
-                f"({image.crs.to_string()}): the mask must be on the image's grid"
-            )
-        if not image.same_transform(mask):
-            raise GridMismatchError(
-                "ROI mask geotransform differs from the image's: the mask must be on the "
-                f"image's grid (mask {tuple(mask.transform)[:6]}, image "
-                f"{tuple(image.transform)[:6]})"
-            )
+    # What both declare must agree; a mask without a CRS or a geotransform is a pixel grid.
+    if mask.crs is not None and image.crs is not None and mask.crs != image.crs:
+        raise GridMismatchError(
+            f"ROI mask CRS ({mask.crs.to_string()}) differs from the image's "
+            f"({image.crs.to_string()}): the mask must be on the image's grid"
+        )
+    both_placed = not mask.transform.is_identity and not image.transform.is_identity
+    if both_placed and not image.same_transform(mask):
+        raise GridMismatchError(
+            "ROI mask geotransform differs from the image's: the mask must be on the "
+            f"image's grid (mask {tuple(mask.transform)[:6]}, image {tuple(image.transform)[:6]})"
+        )
 
 
 def _mask_bbox(mask: RasterInfo) -> Window | None:

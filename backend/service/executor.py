@@ -349,13 +349,22 @@ class JobRunner:
                 self.store.finish(job.id, CANCELLED, CANCELLED_MESSAGE)
             log.info("job %s: cancelled", job.id)
         except InputError as exc:
-            self.store.finish(job.id, FAILED, str(exc))
+            self.store.finish(job.id, FAILED, _public(str(exc), job_dir))
             log.info("job %s: failed on its input: %s", job.id, redact(str(exc)))
         except Exception as exc:
             log.error("job %s: internal error", job.id, exc_info=exc)
-            self.store.finish(job.id, FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            self.store.finish(job.id, FAILED, _public(message, job_dir))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _public(message: str, job_dir: Path) -> str:
+    """A failed job's message for clients: the job's files by their form field names, never
+    the server's folders (as at submission)."""
+    for name, field in (("input.tif", "image"), ("mask.tif", "mask")):
+        message = message.replace(str(job_dir / name), field)
+    return message.replace(str(job_dir), "the job's folder")
 
 
 def publish(outputs: list[Path], job_dir: Path) -> list[str]:

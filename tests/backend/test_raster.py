@@ -177,6 +177,19 @@ def test_png_without_georeferencing(tmp_path):
         assert np.array_equal(dst.read(), data)
 
 
+def test_corrupt_compressed_block_is_detected_at_inspection(tmp_path):
+    """Every block lies inside the file, but one does not decode: refused up front."""
+    src = write_raster(tmp_path / "c.tif", random_data("uint8", 1), compress="deflate")
+    with rasterio.open(src) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    raw = bytearray(src.read_bytes())
+    raw[offset : offset + size] = b"\xff" * size
+    src.write_bytes(bytes(raw))
+    with pytest.raises(RasterError, match="cannot read raster .*c.tif: .*IReadBlock failed"):
+        inspect_raster(src)
+
+
 def test_truncated_png_is_detected_at_inspection(tmp_path):
     """A plain read of a cut PNG returns zeros without an error; decoding it must not pass."""
     png = tmp_path / "cut.png"

@@ -146,6 +146,9 @@ def test_bare_polygon_and_geojson_text_and_file(rgb_tif, tmp_path):
             '{"type": "Polygon", "crs": {"type": "name", "properties": 5}, "coordinates": []}',
             "name",
         ),
+        ('{"type": "Polygon", "coordinates": [null]}', "invalid coordinates"),
+        ('{"type": "Polygon", "coordinates": [[null, null, null, null]]}', "invalid coordinates"),
+        ('{"type": "MultiPolygon", "coordinates": [null]}', "invalid coordinates"),
         ('{"type": "GeometryCollection", "geometries": [' * 3000 + "]}" * 3000, "too deeply"),
         ('{"type": "GeometryCollection", "geometries": [' * 900 + "]}" * 900, "too deeply"),
     ],
@@ -154,6 +157,26 @@ def test_bare_polygon_and_geojson_text_and_file(rgb_tif, tmp_path):
 def test_bad_geojson(doc, message):
     with pytest.raises((RoiError, CrsError), match=message):
         read_geojson(doc)
+
+
+def test_roi_that_cannot_be_transformed_to_the_raster(rgb_tif):
+    """A CRS of another planet has no transformation to Earth's; coordinates too large to
+    densify: both are bad input, not internal errors."""
+    info = inspect_raster(rgb_tif)
+    moon = {
+        "type": "Polygon",
+        "crs": {"type": "name", "properties": {"name": "IAU_2015:30100"}},
+        "coordinates": [[[13, 36], [13.001, 36], [13.001, 36.001], [13, 36]]],
+    }
+    with pytest.raises(CrsError, match="cannot be transformed"):
+        roi_from_geojson(moon, info)
+    huge = {
+        "type": "Polygon",
+        "crs": {"type": "name", "properties": {"name": "EPSG:3857"}},
+        "coordinates": [[[0, 0], [1e308, 0], [1e308, 1e308], [0, 0]]],
+    }
+    with pytest.raises(RoiError, match="cannot be transformed"):
+        roi_from_geojson(huge, info)
 
 
 def test_unknown_crs_member():
@@ -231,6 +254,23 @@ def test_mask_on_another_grid(rgb_tif, tmp_path, kwargs):
     path = write_raster(tmp_path / "mask.tif", np.ones(shape, dtype="uint8"), **kwargs)
     with pytest.raises(GridMismatchError, match="grid"):
         roi_from_mask(path, inspect_raster(rgb_tif))
+
+
+def test_mask_grids_without_crs(tmp_path):
+    """Geotransforms are compared whenever both rasters have one, CRS or not; a mask that is a
+    plain pixel grid (no geotransform) is taken as the image's."""
+    data = np.ones((1, 48, 64), dtype="uint8")
+    here = from_origin(1000, 2000, 1, 1)
+    image = write_raster(tmp_path / "image.tif", random_data("uint8", 3), crs=None, transform=here)
+    same = write_raster(tmp_path / "same.tif", data, crs=None, transform=here)
+    assert roi_from_mask(same, inspect_raster(image)).bbox.width == 64
+    plain = write_raster(tmp_path / "plain.tif", data, crs=None)
+    assert roi_from_mask(plain, inspect_raster(image)).bbox.width == 64
+    there = write_raster(
+        tmp_path / "there.tif", data, crs=None, transform=from_origin(5000, 9000, 3, 3)
+    )
+    with pytest.raises(GridMismatchError, match="geotransform"):
+        roi_from_mask(there, inspect_raster(image))
 
 
 def test_mask_on_a_rotated_grid(tmp_path):

@@ -9,6 +9,7 @@ token and the body limit. The real edit is in test_service_real.py.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -90,6 +91,22 @@ def test_variants_are_served_separately(tmp_path: Path, tile: Path):
         assert c.get(f"{base}?variant=2").headers["content-disposition"].endswith('_v2.tif"')
         r = c.get(f"{base}?variant=3")
         assert r.status_code == 404 and "2 result(s)" in r.json()["error"]["message"]
+
+
+def test_failed_job_message_names_no_server_folder(tmp_path: Path, tile: Path):
+    from backend.errors import RasterError
+
+    def unreadable(input_path, output, options, **kw):
+        raise RasterError(f"cannot read pixels of {input_path}: TIFFReadEncodedStrip() failed")
+
+    data = tmp_path / "data"
+    with ThreadServer(data, edit_fn=unreadable) as srv, srv.client() as c:
+        job = submit(c, tile, clip="tiny-random").json()
+        done = wait(c, job["id"], ("failed",))
+        listed = c.get("/v1/jobs").json()["jobs"]
+    assert done["message"] == "cannot read pixels of image: TIFFReadEncodedStrip() failed"
+    assert done["retryable"] is False
+    assert str(data) not in json.dumps(listed)
 
 
 def test_cancel_running_and_queued(tmp_path: Path, tile: Path):
