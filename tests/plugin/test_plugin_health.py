@@ -45,11 +45,21 @@ class FakeBackend(BaseHTTPRequestHandler):
         pass
 
 
-def serve(handler):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve(handler, port=0):
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def ask(handler, port=0):
+    """(check_health's answer, port) from a server with this handler, stopped afterwards."""
+    server, url = serve(handler, port)
+    try:
+        return check_health(url), server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -158,13 +168,7 @@ def test_silent_server_times_out_quickly():
     ],
 )
 def test_wrong_answers_are_reported(status, body, expected):
-    handler = type("Handler", (FakeBackend,), {"status": status, "body": body})
-    server, url = serve(handler)
-    try:
-        health = check_health(url)
-    finally:
-        server.shutdown()
-        server.server_close()
+    health, _ = ask(type("Handler", (FakeBackend,), {"status": status, "body": body}))
     assert not health.ok
     assert expected in health.message
 
@@ -185,21 +189,8 @@ def test_empty_url_falls_back_to_default(dock):
 def test_answers_are_never_served_from_the_network_cache():
     """A new server on a port where another answered before must be asked afresh: QGIS's
     disk cache must not replay the old answer (health, job status, results)."""
-    first, url = serve(FakeBackend)
-    port = first.server_address[1]
-    try:
-        assert check_health(url).ok
-    finally:
-        first.shutdown()
-        first.server_close()
-    handler = type("Handler", (FakeBackend,), {"status": 500, "body": b"{}"})
-    second = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=second.serve_forever, daemon=True)
-    thread.start()
-    try:
-        health = check_health(url)
-    finally:
-        second.shutdown()
-        second.server_close()
+    health, port = ask(FakeBackend)
+    assert health.ok
+    health, _ = ask(type("Handler", (FakeBackend,), {"status": 500, "body": b"{}"}), port)
     assert not health.ok
     assert "answered HTTP 500" in health.message
