@@ -221,6 +221,32 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _no_download_reason() -> str:
+    """Why nothing can be downloaded now ("" when the Hub can be tried)."""
+    if _offline():
+        return "offline (HF_HUB_OFFLINE)"
+    if not _hub_reachable():
+        return "huggingface.co is not reachable"
+    return ""
+
+
+def check_remoteclip_obtainable(name: str, cache_dir: str | os.PathLike | None = None) -> None:
+    """ParameterError now, without downloading, if `name`'s weights are neither on this machine
+    nor downloadable (what the job API checks at submission)."""
+    if find_local_weights(name, cache_dir) is None:
+        why = _no_download_reason()
+        if why:
+            raise _weights_missing(name, cache_dir, why)
+
+
+def _weights_missing(name: str, cache_dir, why: str) -> ParameterError:
+    return ParameterError(
+        f"CLIP weights {name}.pt not found ({why}): download it from "
+        f"https://huggingface.co/{REMOTECLIP_REPO} into {_weights_dirs(cache_dir)[-1]} "
+        f"(or set {CLIP_DIR_ENV} to the folder holding it)"
+    )
+
+
 def resolve_remoteclip_weights(
     name: str, cache_dir: str | os.PathLike | None = None, log: Log | None = None
 ) -> Path:
@@ -231,13 +257,8 @@ def resolve_remoteclip_weights(
     found = find_local_weights(name, cache_dir)
     if found is not None:
         return found
-    folder = _weights_dirs(cache_dir)[-1]
-    why = ""
-    if _offline():
-        why = "offline (HF_HUB_OFFLINE)"
-    elif not _hub_reachable():
-        why = "huggingface.co is not reachable"
-    else:
+    why = _no_download_reason()
+    if not why:
         from huggingface_hub import hf_hub_download
 
         if log:
@@ -246,11 +267,7 @@ def resolve_remoteclip_weights(
             return Path(hf_hub_download(REMOTECLIP_REPO, filename))
         except Exception as exc:  # network, auth, disk: all end in the same advice
             why = f"download failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-    raise ParameterError(
-        f"CLIP weights {filename} not found ({why}): download it from "
-        f"https://huggingface.co/{REMOTECLIP_REPO} into {folder} "
-        f"(or set {CLIP_DIR_ENV} to the folder holding it)"
-    )
+    raise _weights_missing(name, cache_dir, why)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,6 +119,8 @@ class Service:
         limits = self.config.limits
         self._check_queue()
         options = submit.build_options(limits=limits, **form["options"])
+        if self.config.executor == "local":  # Ray workers may hold weights this machine lacks
+            submit.check_clip_weights(options.clip)
         roi = None
         if form["roi"] is not None:
             roi = submit.parse_roi(form["roi"], limits, repair=form["repair_roi"])

@@ -23,7 +23,7 @@ from shapely.validation import explain_validity
 from ..bands import parse_band_list, rgb_bands
 from ..edit import MAX_WINDOW_PIXELS, EditOptions, context_window
 from ..errors import CrsError, InputError, ParameterError, RasterError, RoiError
-from ..guidance.clip import REMOTECLIP_MODELS, TINY_RANDOM
+from ..guidance.clip import REMOTECLIP_MODELS, TINY_RANDOM, check_remoteclip_obtainable
 from ..raster import gdal_env, inspect_raster
 from ..roi import roi_from_geojson, roi_from_mask, whole_image
 from .config import Limits
@@ -36,6 +36,20 @@ _CRS_NAME = re.compile(
     r"(urn:ogc:def:crs:)?[A-Za-z][A-Za-z0-9_.-]{0,30}:{1,2}[A-Za-z0-9_.:-]{1,40}"
 )
 _MAX_GEOJSON_DEPTH = 32
+
+
+def check_clip_weights(clip: str) -> None:
+    """A RemoteCLIP whose weights are neither here nor downloadable: refused now (400), not a
+    job that fails later. The message names the file; never the server's folder."""
+    if clip not in REMOTECLIP_MODELS:
+        return
+    try:
+        check_remoteclip_obtainable(clip)
+    except ParameterError:
+        raise ParameterError(
+            f"CLIP weights {clip}.pt are not on this server and cannot be downloaded now: "
+            "ask its operator to install them, or choose another CLIP model"
+        ) from None
 
 
 def build_options(

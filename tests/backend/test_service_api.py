@@ -93,6 +93,28 @@ def test_variants_are_served_separately(tmp_path: Path, tile: Path):
         assert r.status_code == 404 and "2 result(s)" in r.json()["error"]["message"]
 
 
+def test_remoteclip_weights_missing_is_refused_at_submission(tmp_path, tile, monkeypatch):
+    from backend.guidance.clip import find_local_weights
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RS_EDIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RS_EDIT_CLIP_DIR", raising=False)
+    if find_local_weights("RemoteCLIP-RN50") is not None:
+        pytest.skip("this machine has RemoteCLIP-RN50 weights in its Hugging Face cache")
+    data = tmp_path / "data"
+    with ThreadServer(data, edit_fn=standin(1)) as srv, srv.client() as c:
+        r = submit(c, tile, clip="RemoteCLIP-RN50")
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert "RemoteCLIP-RN50.pt are not on this server" in message
+        assert str(tmp_path) not in message
+        assert c.get("/v1/jobs").json()["jobs"] == []  # no job was made
+        weights = tmp_path / "cache" / "clip" / "RemoteCLIP-RN50.pt"
+        weights.parent.mkdir(parents=True)
+        weights.write_bytes(b"present")  # found: accepted (the stand-in never loads it)
+        assert submit(c, tile, clip="RemoteCLIP-RN50").status_code == 201
+
+
 def test_failed_job_message_names_no_server_folder(tmp_path: Path, tile: Path):
     from backend.errors import RasterError
 
