@@ -220,7 +220,9 @@ class JobClient:
                 "`rs-edit serve` running there?"
             ) from None
         except httpx.TransportError as exc:
-            raise RemoteError(
+            # A connection dropped without an answer is a server going down: worth waiting for.
+            dropped = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError)
+            raise (UnreachableError if dropped else RemoteError)(
                 f"the rs-edit server at {self.url} did not answer properly "
                 f"({type(exc).__name__}: {_reason(exc)})"
             ) from None
@@ -256,7 +258,7 @@ class JobClient:
 
 
 class UnreachableError(RemoteError):
-    """No connection to the server at all (down, or restarting)."""
+    """No answer from the server at all: it is down, restarting, or dropped the connection."""
 
 
 def _server_message(r: httpx.Response) -> str:
