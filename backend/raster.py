@@ -186,8 +186,8 @@ def _info_from_dataset(path: str, src) -> RasterInfo:
 def _check_complete(src, path: str) -> None:
     """Detect truncated files without reading every pixel.
 
-    For TIFF, every block's offset + byte count must lie inside the file, and a TIFF of bounded
-    size is decoded once (a block of corrupt compressed data fits in the file). Other formats
+    For TIFF, every block's offset + byte count must lie inside the file, and a compressed TIFF
+    of bounded size is decoded once (a block of corrupt compressed data fits in the file). Other formats
     are small in practice (PNG, JPEG): decoded once, bounded in size, through GDAL's copy, which
     reports a decoder's failure (a plain read of a truncated PNG returns zeros without an error).
     """
@@ -210,8 +210,8 @@ def _check_complete(src, path: str) -> None:
                         )
             if src.interleaving is not None and src.interleaving.name == "pixel":
                 break  # pixel-interleaved: all bands share the blocks of band 1
-        if small:
-            src.read()  # a block that does not decode raises (RasterioError)
+        if small and src.compression is not None:
+            src.read()  # a compressed block that does not decode raises (RasterioError)
     elif small:
         scratch = f"/vsimem/rs-edit-check-{os.getpid()}-{threading.get_ident()}.tif"
         try:
