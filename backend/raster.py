@@ -187,9 +187,10 @@ def _check_complete(src, path: str) -> None:
     """Detect truncated files without reading every pixel.
 
     For TIFF, every block's offset + byte count must lie inside the file, and a compressed TIFF
-    of bounded size is decoded once (a block of corrupt compressed data fits in the file). Other formats
-    are small in practice (PNG, JPEG): decoded once, bounded in size, through GDAL's copy, which
-    reports a decoder's failure (a plain read of a truncated PNG returns zeros without an error).
+    of bounded size is decoded once (a block of corrupt compressed data fits in the file).
+    Other formats are small in practice (PNG, JPEG): decoded once, bounded in size, through
+    GDAL's copy, which reports a decoder's failure (a plain read of a truncated PNG returns
+    zeros without an error).
     """
     small = src.width * src.height * src.count * np.dtype(src.dtypes[0]).itemsize
     small = small <= _HEAVY_READ_LIMIT
