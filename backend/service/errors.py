@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -162,3 +163,9 @@ def redact(text: str) -> str:
     for secret in secrets:
         text = text.replace(secret, "[redacted]")
     return text
+
+
+def name_field(message: str, path, field: str) -> str:
+    """Replace a server path (and the file's own name) by the form field's name: clients see
+    `image` or `mask`, never the server's folders."""
+    return message.replace(str(path), field).replace(Path(path).name, field)

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..errors import CancelledError, InputError
 from . import worker
 from .config import ServiceConfig
-from .errors import redact
+from .errors import name_field, redact
 from .jobs import (
     CANCELLED,
     CANCELLED_MESSAGE,
@@ -363,7 +363,7 @@ def _public(message: str, job_dir: Path) -> str:
     """A failed job's message for clients: the job's files by their form field names, never
     the server's folders (as at submission)."""
     for name, field in (("input.tif", "image"), ("mask.tif", "mask")):
-        message = message.replace(str(job_dir / name), field)
+        message = name_field(message, job_dir / name, field)
     return message.replace(str(job_dir), "the job's folder")
 
 

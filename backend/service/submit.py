@@ -27,7 +27,7 @@ from ..guidance.clip import REMOTECLIP_MODELS, TINY_RANDOM, check_remoteclip_obt
 from ..raster import gdal_env, inspect_raster
 from ..roi import roi_from_geojson, roi_from_mask, whole_image
 from .config import Limits
-from .errors import LimitError
+from .errors import LimitError, name_field
 
 SERVICE_CLIP_MODELS = (TINY_RANDOM, *REMOTECLIP_MODELS)
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -110,7 +110,7 @@ def check_geotiff_header(path: Path, field: str, limits: Limits) -> None:
         with gdal_env(), rasterio.open(path, driver="GTiff") as src:
             width, height, count = src.width, src.height, src.count
     except RasterioError as exc:
-        message = _clean(str(exc), path, field)
+        message = name_field(str(exc), path, field)
         raise RasterError(
             f"{field} cannot be read as a GeoTIFF (truncated or corrupt?): {message}"
         ) from None
@@ -219,9 +219,9 @@ def validate_inputs(
     except RecursionError:
         raise RoiError("roi is not usable GeoJSON: nested too deeply") from None
     except InputError as exc:
-        message = _clean(str(exc), image, "image")
+        message = name_field(str(exc), image, "image")
         if mask is not None:
-            message = _clean(message, mask, "mask")
+            message = name_field(message, mask, "mask")
         raise type(exc)(message) from None
     return {
         "width": info.width,
@@ -234,8 +234,3 @@ def validate_inputs(
         + [int(region.bbox.width), int(region.bbox.height)],
         "roi_clipped": bool(getattr(region, "clipped", False)),
     }
-
-
-def _clean(message: str, path: Path, field: str) -> str:
-    """Replace a server path (and the file's own name) by the form field's name."""
-    return message.replace(str(path), field).replace(Path(path).name, field)

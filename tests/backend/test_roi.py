@@ -159,24 +159,24 @@ def test_bad_geojson(doc, message):
         read_geojson(doc)
 
 
-def test_roi_that_cannot_be_transformed_to_the_raster(rgb_tif):
+@pytest.mark.parametrize(
+    ("crs", "coordinates", "error"),
+    [
+        ("IAU_2015:30100", [[[13, 36], [13.001, 36], [13.001, 36.001], [13, 36]]], CrsError),
+        ("EPSG:3857", [[[0, 0], [1e308, 0], [1e308, 1e308], [0, 0]]], RoiError),
+    ],
+    ids=["moon-crs", "huge-coordinates"],
+)
+def test_roi_that_cannot_be_transformed_to_the_raster(rgb_tif, crs, coordinates, error):
     """A CRS of another planet has no transformation to Earth's; coordinates too large to
     densify: both are bad input, not internal errors."""
-    info = inspect_raster(rgb_tif)
-    moon = {
+    roi = {
         "type": "Polygon",
-        "crs": {"type": "name", "properties": {"name": "IAU_2015:30100"}},
-        "coordinates": [[[13, 36], [13.001, 36], [13.001, 36.001], [13, 36]]],
+        "crs": {"type": "name", "properties": {"name": crs}},
+        "coordinates": coordinates,
     }
-    with pytest.raises(CrsError, match="cannot be transformed"):
-        roi_from_geojson(moon, info)
-    huge = {
-        "type": "Polygon",
-        "crs": {"type": "name", "properties": {"name": "EPSG:3857"}},
-        "coordinates": [[[0, 0], [1e308, 0], [1e308, 1e308], [0, 0]]],
-    }
-    with pytest.raises(RoiError, match="cannot be transformed"):
-        roi_from_geojson(huge, info)
+    with pytest.raises(error, match="cannot be transformed"):
+        roi_from_geojson(roi, inspect_raster(rgb_tif))
 
 
 def test_unknown_crs_member():
