@@ -19,7 +19,7 @@ import torch
 
 from .bands import BandScaling
 from .engine.device import pick_device
-from .engine.presets import get_preset
+from .engine.presets import resolve_preset
 from .engine.quality import combine_levels, level_names, patch_swd, self_swd, swd_levels
 from .engine.train import Trainer
 from .errors import ParameterError
@@ -58,8 +58,8 @@ def run_bench(
     log=print,
     png: str | Path | None = None,
 ) -> dict:
-    preset = get_preset(preset_name)
     device = pick_device(device_name)
+    preset, _ = resolve_preset(preset_name, device.type)
     image = load_tile(image_path, size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

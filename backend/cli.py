@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .bands import parse_band_list
-from .engine.presets import DEFAULT_PRESET, PRESETS
+from .engine.presets import DEFAULT_PRESET, PRESET_NAMES
 from .errors import (
     CancelledError,
     InputError,
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = edit.add_mutually_exclusive_group()
     where.add_argument("--roi", help="GeoJSON polygons (any CRS; RFC 7946 = EPSG:4326)")
     where.add_argument("--mask", help="mask raster on the input's grid, non-zero = edit")
-    edit.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of: {', '.join(PRESETS)}")
+    edit.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of: {', '.join(PRESET_NAMES)}")
     edit.add_argument("--seed", type=int, default=None, help="random seed for reproducible edits")
     edit.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     edit.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model name or checkpoint path")
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     aug.add_argument("--variants", type=int, default=1, help="edits per polygon and prompt")
     aug.add_argument("--chip", type=int, default=128, help="chip size in pixels (default 128)")
-    aug.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of: {', '.join(PRESETS)}")
+    aug.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of: {', '.join(PRESET_NAMES)}")
     aug.add_argument("--clip", default=DEFAULT_CLIP, help="CLIP model name or checkpoint path")
     aug.add_argument("--seed", type=int, default=0, help="variant k uses SEED + k - 1")
     aug.add_argument("--rgb-bands", help="1-based bands CLIP and the PNGs see as RGB")

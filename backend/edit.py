@@ -2,8 +2,9 @@
 
 `prepare` does everything that can fail on bad input (so callers can validate before queuing
 work); `edit_raster` runs an editor on the prepared tile and writes the result atomically.
-An editor maps the tile's model-space image to an edited one; the diffusion engine plugs in
-here. Until then `identity_editor` exercises the whole raster path.
+An editor maps the tile's model-space image to an edited one; `identity_editor` exercises the
+whole raster path without a model. `run_edit` edits polygons that lie far apart in windows of
+their own (`prepare_windows`) and writes them into one output raster.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from rasterio.windows import Window
 from . import __version__
 from .bands import BandScaling, rgb_bands
 from .composite import composite, roi_alpha
-from .engine.presets import DEFAULT_PRESET, get_preset
+from .engine.presets import AUTO, DEFAULT_PRESET, check_preset_name, get_preset
 from .errors import ParameterError
 from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
 from .paths import cache_root
-from .progress import ProgressCallback, no_progress
+from .progress import ProgressCallback, no_progress, share
 from .raster import RasterInfo, inspect_raster, read_tile, write_result
 from .roi import Roi, roi_from_geojson, roi_from_mask, whole_image
 
@@ -60,7 +61,7 @@ class EditOptions:
             raise ParameterError("prompt is empty")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ParameterError(f"prompt is too long ({len(prompt)} > {MAX_PROMPT_CHARS} chars)")
-        if get_preset(self.preset).max_pixels:
+        if check_preset_name(self.preset) != AUTO and get_preset(self.preset).max_pixels:
             raise ParameterError(
                 f"preset {self.preset!r} reproduces the published training for benchmarks "
                 "(rs-edit bench); edit with tiny, fast, balanced or quality"
@@ -122,6 +123,25 @@ def prepare(
     mask_path: str | os.PathLike | None = None,
 ) -> PreparedTile:
     """Validate the inputs, read the window around the ROI and map it to the model's range."""
+    options, info, roi = _resolve(input_path, options, roi_geojson, mask_path)
+    return _read(info, roi, options)
+
+
+def prepare_windows(
+    input_path: str | os.PathLike,
+    options: EditOptions,
+    *,
+    roi_geojson: str | os.PathLike | dict | None = None,
+    mask_path: str | os.PathLike | None = None,
+) -> list[PreparedTile]:
+    """As `prepare`, with one tile per group of polygons whose context windows do not touch
+    (building footprints across a town: each is learned and edited in its own window)."""
+    options, info, roi = _resolve(input_path, options, roi_geojson, mask_path)
+    context = options.context_px + options.dilate_px
+    return [_read(info, part, options) for part in roi.clusters(2 * context)]
+
+
+def _resolve(input_path, options: EditOptions, roi_geojson, mask_path):
     options = options.validate()
     info = inspect_raster(input_path)
     if roi_geojson is not None and mask_path is not None:
@@ -132,8 +152,11 @@ def prepare(
         roi = roi_from_mask(mask_path, info)
     else:
         roi = whole_image(info)
-    rgb = rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
+    return options, info, roi
 
+
+def _read(info: RasterInfo, roi: Roi, options: EditOptions) -> PreparedTile:
+    rgb = rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
     window = context_window(roi.bbox, info, options.context_px + options.dilate_px)
     if window.width * window.height > MAX_WINDOW_PIXELS:
         raise ParameterError(
@@ -191,26 +214,41 @@ def write_edit(
     extra_settings: dict | None = None,
 ) -> Path:
     """Composite one edited model-space image inside the ROI and write `output` atomically."""
-    expected = tile.model_image.shape
-    if edited.shape != expected:
-        raise RuntimeError(f"editor returned shape {edited.shape}, expected {expected}")
-    result = composite(
-        tile.data,
-        edited,
-        scaling=tile.scaling,
-        alpha=tile.alpha,
-        valid=tile.valid,
-        data_bands=tile.info.data_bands,
-        nodata=tile.info.nodata,
-    )
+    return write_edits([tile], output, [edited], progress=progress, extra_settings=extra_settings)
+
+
+def write_edits(
+    tiles: Sequence[PreparedTile],
+    output: str | os.PathLike,
+    edits: Sequence[np.ndarray],
+    *,
+    progress: ProgressCallback = no_progress,
+    extra_settings: dict | None = None,
+) -> Path:
+    """Composite each tile's edit inside its ROI and write them all into one `output`."""
+    pieces = []
+    for tile, edited in zip(tiles, edits, strict=True):
+        expected = tile.model_image.shape
+        if edited.shape != expected:
+            raise RuntimeError(f"editor returned shape {edited.shape}, expected {expected}")
+        result = composite(
+            tile.data,
+            edited,
+            scaling=tile.scaling,
+            alpha=tile.alpha,
+            valid=tile.valid,
+            data_bands=tile.info.data_bands,
+            nodata=tile.info.nodata,
+        )
+        pieces.append((tile.window, result))
+    first = tiles[0]
     progress("write", 0, 1, None)
     path = write_result(
-        tile.info,
+        first.info,
         output,
-        tile.window,
-        result,
-        settings=result_settings(tile.options, extra_settings),
-        cog=tile.options.cog,
+        pieces,
+        settings=result_settings(first.options, extra_settings),
+        cog=first.options.cog,
     )
     progress("write", 1, 1, None)
     return path
@@ -267,14 +305,36 @@ def run_edit(
     from .raster import check_output_path
 
     options = options.validate()
-    tile = prepare(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path)
+    tiles = prepare_windows(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path)
     paths = variant_paths(output, options.variants)
     for path in paths:
-        check_output_path(tile.info, path)
+        check_output_path(tiles[0].info, path)
+    if len(tiles) > 1:
+        log(f"the ROI's polygons lie far apart: editing them in {len(tiles)} windows")
     editor = TextEditor(options, device=device, cache_dir=cache_dir, log=log)
-    edits = editor.edit(tile, progress)
+    per_tile, reports = [], []
+    for i, tile in enumerate(tiles):
+        per_tile.append(editor.edit(tile, share(progress, i, len(tiles))))
+        reports.append(editor.report)
+    report = {
+        **reports[0],
+        "windows": [_window_dict(t.window) for t in tiles],
+        "model_cached": all(r["model_cached"] for r in reports),
+        "seconds": {k: round(sum(r["seconds"].get(k, 0) for r in reports), 2)
+                    for k in reports[0]["seconds"]},
+    }  # fmt: skip
     written = []
-    for i, (path, edited) in enumerate(zip(paths, edits, strict=True)):
-        extra = {**editor.report, "variant": i + 1}
-        written.append(write_edit(tile, path, edited, progress=progress, extra_settings=extra))
-    return EditResult(outputs=written, report=editor.report)
+    for v, path in enumerate(paths):
+        edits = [variants[v] for variants in per_tile]
+        extra = {**report, "variant": v + 1}
+        written.append(write_edits(tiles, path, edits, progress=progress, extra_settings=extra))
+    return EditResult(outputs=written, report=report)
+
+
+def _window_dict(window: Window) -> dict:
+    return {
+        "col_off": int(window.col_off),
+        "row_off": int(window.row_off),
+        "width": int(window.width),
+        "height": int(window.height),
+    }

@@ -18,6 +18,18 @@ def no_progress(stage: str, step: int, total: int, loss: float | None = None) ->
     """The default callback: report nothing, never cancel."""
 
 
+def share(progress: ProgressCallback, index: int, count: int) -> ProgressCallback:
+    """The callback for part `index` of `count` equal parts of one job (variants, windows):
+    each stage's steps run on from the parts before, so progress never goes back."""
+    if count == 1:
+        return progress
+
+    def callback(stage: str, step: int, total: int, loss: float | None = None) -> None:
+        progress(stage, index * total + step, count * total, loss)
+
+    return callback
+
+
 def tqdm_progress(enabled: bool = True) -> tuple[ProgressCallback, Callable[[], None]]:
     """A callback that shows one tqdm bar per stage on stderr, and a function to close it."""
     from tqdm import tqdm

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,21 +278,22 @@ def nodata_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray:
 def write_result(
     info: RasterInfo,
     output: str | os.PathLike,
-    window: Window,
-    data: np.ndarray,
+    pieces: Sequence[tuple[Window, np.ndarray]],
     *,
     settings: dict | None = None,
     cog: bool = False,
 ) -> Path:
-    """Write the input raster with `window` replaced by `data` (all bands, native dtype).
+    """Write the input raster with each (window, data) piece put in place (all bands, native
+    dtype; the windows must not overlap).
 
     The file appears at `output` only when it is complete (temporary file + rename).
     """
     output = Path(output)
-    if data.shape != (info.count, int(window.height), int(window.width)):
-        raise ValueError(f"data shape {data.shape} does not match the window {window}")
-    if data.dtype != np.dtype(info.dtype):
-        raise ValueError(f"data dtype {data.dtype} differs from the raster's {info.dtype}")
+    for window, data in pieces:
+        if data.shape != (info.count, int(window.height), int(window.width)):
+            raise ValueError(f"data shape {data.shape} does not match the window {window}")
+        if data.dtype != np.dtype(info.dtype):
+            raise ValueError(f"data dtype {data.dtype} differs from the raster's {info.dtype}")
     check_output_path(info, output)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
@@ -311,7 +312,8 @@ def write_result(
                         rasterio.shutil.copy(info.path, tmp, driver="GTiff", **options)
                 with rasterio.open(tmp, "r+") as dst:
                     _copy_metadata(src, dst)
-                    dst.write(data, window=window)
+                    for window, data in pieces:
+                        dst.write(data, window=window)
                     if settings is not None:
                         dst.update_tags(**{RESULT_TAG: json.dumps(settings, sort_keys=True)})
             if cog:

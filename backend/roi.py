@@ -65,6 +65,50 @@ class Roi:
             ).astype(bool)
         return mask
 
+    def clusters(self, gap_px: int) -> list[Roi]:
+        """The ROI split into groups of polygons lying more than `gap_px` apart (bounding box to
+        bounding box), largest first, so that far-apart polygons are edited in windows of their
+        own: the cost then grows with the ROI's area, not with the distance between its parts.
+        A mask raster ROI stays one group."""
+        if self.pixels is None:
+            return [self]
+        parts = [g for g in getattr(self.pixels, "geoms", [self.pixels]) if g.area > 0]
+        if len(parts) < 2:
+            return [self]
+        groups = _group_boxes([p.bounds for p in parts], gap_px)
+        if len(groups) == 1:
+            return [self]
+        out = []
+        for members in groups:
+            geometry = shapely.union_all([parts[i] for i in members])
+            col0, row0, col1, row1 = geometry.bounds
+            c0, r0 = max(0, math.floor(col0)), max(0, math.floor(row0))
+            c1 = min(self.bbox.col_off + self.bbox.width, math.ceil(col1))
+            r1 = min(self.bbox.row_off + self.bbox.height, math.ceil(row1))
+            bbox = Window(c0, r0, c1 - c0, r1 - r0)
+            out.append(Roi(bbox=bbox, pixels=geometry, clipped=self.clipped))
+        return sorted(out, key=lambda r: -r.pixels.area)
+
+
+def _group_boxes(boxes: list[tuple[float, float, float, float]], gap: float) -> list[list[int]]:
+    """Indices of boxes (x0, y0, x1, y1) grouped so that the groups' bounding boxes, grown by
+    gap / 2 on every side, do not overlap (windows of `gap / 2` context never share a pixel)."""
+    grow = gap / 2
+    rects = [box(x0 - grow, y0 - grow, x1 + grow, y1 + grow) for x0, y0, x1, y1 in boxes]
+    while True:  # merging can make a box that reaches a third one: repeat until stable
+        merged = shapely.union_all(rects)
+        pieces = [box(*g.bounds) for g in getattr(merged, "geoms", [merged])]
+        if sorted(p.bounds for p in pieces) == sorted(r.bounds for r in rects):
+            break
+        rects = pieces
+    tree = shapely.STRtree(rects)
+    groups: dict[int, list[int]] = {}
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        centre = shapely.Point((x0 + x1) / 2, (y0 + y1) / 2)
+        owner = int(tree.query(centre, predicate="intersects")[0])
+        groups.setdefault(owner, []).append(i)
+    return list(groups.values())
+
 
 def whole_image(info: RasterInfo) -> Roi:
     return Roi(

@@ -21,8 +21,9 @@ RESULTS_DIR_KEY = PREFIX + "results_dir"  # empty: next to the project
 PROJECT_RESULTS_SUBDIR = "rs_edit_results"
 UNSAVED_PROJECT_RESULTS_DIR = Path.home() / "rs-edit-results"
 
-PRESETS = ("tiny", "fast", "balanced", "quality")
-DEFAULT_PRESET = "balanced"
+# "auto": the backend picks the best preset for its device (fast on a CPU, balanced on a GPU).
+PRESETS = ("auto", "tiny", "fast", "balanced", "quality")
+DEFAULT_PRESET = "auto"
 CLIP_MODELS = ("RemoteCLIP-ViT-B-32", "RemoteCLIP-RN50", "RemoteCLIP-ViT-L-14", "tiny-random")
 DEFAULT_CLIP = "RemoteCLIP-ViT-B-32"
 LLM_OPTIONS = ("none", "openai")

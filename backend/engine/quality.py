@@ -28,8 +28,11 @@ import torch.nn.functional as F
 __all__ = [
     "combine_levels",
     "diversity",
+    "largest_copy",
     "level_names",
     "patch_swd",
+    "roi_swd_levels",
+    "seam_ratio",
     "self_swd",
     "swd_levels",
     "swd_ratio",
@@ -291,3 +294,229 @@ def diversity(
         "mean_pairwise_l1": pairwise,
         "copy_fraction": copies / n,
     }
+
+
+# --- realism of an edited region ------------------------------------------------------------
+
+
+def _positions(region: torch.Tensor, patch: int) -> torch.Tensor:
+    """Flat top-left positions of the patches lying wholly in `region` ((1, 1, H, W) bool)."""
+    inside = -F.max_pool2d(-region.float(), patch, stride=1)  # min pool: all pixels in region
+    return torch.nonzero(inside.flatten() > 0.5).flatten()
+
+
+def _patches_at(x: torch.Tensor, flat: torch.Tensor, patch: int) -> torch.Tensor:
+    """Patch descriptors (M, C*patch*patch) of a (1, C, H, W) image at flat positions."""
+    w = x.shape[-1] - patch + 1
+    y0, x0 = flat // w, flat % w
+    offs = torch.arange(patch)
+    hwc = x[0].permute(1, 2, 0)
+    patches = hwc[(y0[:, None] + offs)[:, :, None], (x0[:, None] + offs)[:, None, :]]
+    return patches.reshape(len(flat), -1)
+
+
+def _subsample(flat: torch.Tensor, max_patches: int, seed: int) -> torch.Tensor:
+    if len(flat) <= max_patches:
+        return flat
+    gen = torch.Generator().manual_seed(seed)
+    return flat[torch.randperm(len(flat), generator=gen)[:max_patches]]
+
+
+def _region_distance(pa, pb, channels, patch, projections, seed) -> float:
+    """Sliced W1 between two patch sets, normalised per channel as `_band_distance` does."""
+    var, mean = torch.var_mean(torch.cat([pa, pb]).view(-1, channels), dim=0)
+    mean, std = mean.repeat(patch * patch), var.sqrt().clamp_min(1e-6).repeat(patch * patch)
+    pa, pb = (pa - mean) / std, (pb - mean) / std
+    gen = torch.Generator().manual_seed(seed + 1)
+    dirs = torch.randn(pa.shape[1], projections, generator=gen)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    return _w1_rows(dirs.T @ pa.T, dirs.T @ pb.T)
+
+
+def _region_levels(a, b, region, levels, patch, projections, max_patches, seed) -> list[float]:
+    """Colour and per-level distances between the patches of `a` wholly inside `region` and
+    the patches of `b` wholly outside it (NaN at a level where either side has too few)."""
+    inside, outside = region[0, 0], ~region[0, 0]
+    out = [_w1_rows(a[0][:, inside], b[0][:, outside])]
+    bands = zip(_laplacian(a, levels), _laplacian(b, levels), strict=True)
+    for k, (band_a, band_b) in enumerate(bands):
+        frac = F.adaptive_avg_pool2d(region.float(), band_a.shape[-2:])
+        pos_in = _positions(frac > 0.999, patch)
+        pos_out = _positions(frac < 0.001, patch)
+        if len(pos_in) < 16 or len(pos_out) < 16:
+            out.append(float("nan"))
+            continue
+        pa = _patches_at(band_a, _subsample(pos_in, max_patches, seed + k), patch)
+        pb = _patches_at(band_b, _subsample(pos_out, max_patches, seed + 7 * k + 1), patch)
+        out.append(_region_distance(pa, pb, a.shape[1], patch, projections, seed + 1000 * k))
+    return out
+
+
+def _shifted_regions(region: torch.Tensor, grid: int = 3) -> list[torch.Tensor]:
+    """The region moved to a grid x grid spread of places where its bounding box fits."""
+    rows = torch.nonzero(region[0, 0].any(1)).flatten()
+    cols = torch.nonzero(region[0, 0].any(0)).flatten()
+    h, w = region.shape[-2:]
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    box = region[..., r0:r1, c0:c1]
+    out = []
+    for i in range(grid):
+        for j in range(grid):
+            y = round(i * (h - (r1 - r0)) / max(grid - 1, 1))
+            x = round(j * (w - (c1 - c0)) / max(grid - 1, 1))
+            moved = torch.zeros_like(region)
+            moved[..., y : y + r1 - r0, x : x + c1 - c0] = box
+            out.append(moved)
+    return out
+
+
+@torch.no_grad()
+def roi_swd_levels(
+    edited: torch.Tensor,
+    source: torch.Tensor,
+    roi: torch.Tensor,
+    *,
+    patch: int = 7,
+    levels: int = 4,
+    projections: int = 128,
+    max_patches: int = 4096,
+    seed: int = 0,
+) -> list[float]:
+    """How far the ROI of `edited` is from the rest of `source`, per level (see `level_names`),
+    in the unit of the source's own regions of the ROI's shape.
+
+    `edited`, `source`: (C, H, W) on the CPU; `roi`: (H, W) bool. At each Laplacian level the
+    patches lying wholly inside the ROI (of the edit) are compared with those lying wholly
+    outside it (of the source); the colour level compares pixels. The unit is the same distance
+    for the source itself, averaged over the ROI's shape moved to 9 places of the tile: 1 means
+    "as different from its surroundings as a region of this shape in the tile typically is".
+    (A half-to-half unit, as `swd_levels` uses, is too small here: a compact region has fewer,
+    more alike patches than a half, and the unedited input scored up to 4.5 in it.) Blur,
+    noise, flat colour or a colour cast inside the ROI raise it.
+    """
+    a, b = _as_batch(edited).cpu(), _as_batch(source).cpu()
+    region = torch.as_tensor(roi, dtype=torch.bool).cpu()[None, None]
+    if not region.any():
+        raise ValueError("the ROI is empty")
+    levels = min(levels, _max_levels(patch, b))
+    args = (levels, patch, projections, max_patches, seed)
+    num = _region_levels(a, b, region, *args)
+    refs = [_region_levels(b, b, moved, *args) for moved in _shifted_regions(region)]
+    unit = torch.tensor(refs).nanmean(0).tolist()
+    return [n / max(u, 1e-12) for n, u in zip(num, unit, strict=True)]
+
+
+def _gradient_energy(x: torch.Tensor) -> torch.Tensor:
+    """Per pixel squared gradient (forward differences, summed over channels), (H, W)."""
+    x = _as_batch(x)[0]
+    gy = torch.zeros_like(x)
+    gx = torch.zeros_like(x)
+    gy[:, :-1] = x[:, 1:] - x[:, :-1]
+    gx[:, :, :-1] = x[:, :, 1:] - x[:, :, :-1]
+    return (gx * gx + gy * gy).sum(0)
+
+
+def seam_band(roi: torch.Tensor, width: int) -> torch.Tensor:
+    """(H, W) bool: pixels within `width` px of the ROI's boundary, on either side."""
+    m = torch.as_tensor(roi, dtype=torch.float32)[None, None]
+    k = 2 * width + 1
+    grown = F.max_pool2d(m, k, stride=1, padding=width)
+    shrunk = -F.max_pool2d(-m, k, stride=1, padding=width)
+    return ((grown > 0.5) & (shrunk < 0.5))[0, 0]
+
+
+@torch.no_grad()
+def seam_ratio(
+    edited: torch.Tensor, source: torch.Tensor, roi: torch.Tensor, *, width: int = 3
+) -> float:
+    """Gradient energy in a band along the ROI's boundary, edit / input.
+
+    About 1: the boundary is as busy as the input's there. Well above 1: a visible edge (a
+    seam); well below 1: a blurred band. Pixels at the image border are not part of the band.
+    """
+    band = seam_band(roi, width)
+    band[0], band[-1], band[:, 0], band[:, -1] = False, False, False, False
+    if not band.any():
+        return float("nan")
+    e_edit = _gradient_energy(edited.float())[band].mean()
+    e_src = _gradient_energy(source.float())[band].mean()
+    return float(e_edit / e_src.clamp_min(1e-12))
+
+
+def _window_hashes(values: np.ndarray, block: int) -> np.ndarray:
+    """Polynomial hash (uint64, wrapping) of every block x block window of (H, W) uint64."""
+    r_row, r_col = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
+    h, w = values.shape
+    rows = np.zeros((h, w - block + 1), dtype=np.uint64)
+    power = np.uint64(1)
+    with np.errstate(over="ignore"):
+        for c in range(block):
+            rows += values[:, c : c + w - block + 1] * power
+            power = power * r_col
+        out = np.zeros((h - block + 1, w - block + 1), dtype=np.uint64)
+        power = np.uint64(1)
+        for r in range(block):
+            out += rows[r : r + h - block + 1] * power
+            power = power * r_row
+    return out
+
+
+def _pixel_codes(image: np.ndarray) -> np.ndarray:
+    """One well-mixed uint64 per pixel of (C, H, W) data: equal pixels get equal codes."""
+    codes = np.zeros(image.shape[1:], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for band in image:
+            v = np.ascontiguousarray(band).astype(np.float64).view(np.uint64)
+            codes = _mix(codes ^ v)
+    return codes
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: spreads every input bit over all 64 (integers stored as
+    float64 have all-zero low bits, which a polynomial hash mod 2**64 would lose)."""
+    z = (z + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _has_copy(edit_codes, src_codes, roi: np.ndarray, block: int) -> bool:
+    h_edit = _window_hashes(edit_codes, block)
+    h_src = _window_hashes(src_codes, block)
+    # A window lies wholly in the ROI when its count of ROI pixels is block * block.
+    counts = np.lib.stride_tricks.sliding_window_view(roi, (block, block)).sum(axis=(2, 3))
+    inside = counts == block * block
+    if not inside.any():
+        return False
+    ys, xs = np.nonzero(inside)
+    wanted = h_edit[ys, xs]
+    order = np.argsort(h_src, axis=None)
+    flat_src = h_src.ravel()[order]
+    hit = np.searchsorted(flat_src, wanted)
+    hit = np.clip(hit, 0, len(flat_src) - 1)
+    found = flat_src[hit] == wanted
+    for i in np.nonzero(found)[0]:
+        # Every source window with this hash; a match at the window's own place is an
+        # unchanged block, not a copy from elsewhere.
+        lo = hit[i]
+        while lo < len(flat_src) and flat_src[lo] == wanted[i]:
+            sy, sx = np.unravel_index(order[lo], h_src.shape)
+            if (sy, sx) != (ys[i], xs[i]):
+                return True
+            lo += 1
+    return False
+
+
+def largest_copy(edited: np.ndarray, source: np.ndarray, roi: np.ndarray) -> int:
+    """Side of the largest square block inside the ROI of `edited` (C, H, W, raster values)
+    that appears verbatim somewhere else in `source` (0: none, not even one pixel)."""
+    roi = np.asarray(roi, dtype=bool)
+    edit_codes, src_codes = _pixel_codes(edited), _pixel_codes(source)
+    lo, hi = 0, int(min(roi.shape))
+    while lo < hi:  # the largest block with a copy; having one is monotone in the size
+        mid = (lo + hi + 1) // 2
+        if _has_copy(edit_codes, src_codes, roi, mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

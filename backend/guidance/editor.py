@@ -19,7 +19,9 @@ import torch
 
 from ..engine.device import pick_device
 from ..engine.model import TileModel, tile_hash
-from ..engine.presets import get_preset
+from ..engine.patches import coarse_size, refine, resize
+from ..engine.presets import resolve_preset
+from ..engine.pyramid import lanczos_resize
 from ..engine.train import train_tile
 from ..progress import ProgressCallback
 from .clip import load_clip
@@ -27,7 +29,7 @@ from .finetune import ClipObjective, build_scene, finetune, sample_edits, sampli
 from .prompts import PromptEnsemble, expand_prompt
 from .reference import load_reference, mixed_target
 
-MODEL_CACHE_FORMAT = "tile-model-v1"  # part of the cache key: bump when training changes
+MODEL_CACHE_FORMAT = "tile-model-v2"  # part of the cache key: bump when training changes
 
 
 class TextEditor:
@@ -42,10 +44,11 @@ class TextEditor:
         log: Callable[[str], None] = lambda line: None,
     ):
         self.options = options
-        self.preset = get_preset(options.preset)
         self.device = pick_device(device)
+        self.preset, why = resolve_preset(options.preset, self.device.type)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.log = log
+        log(why)
         self.report: dict = {}
 
     def edit(self, tile, progress: ProgressCallback) -> list[np.ndarray]:
@@ -72,11 +75,16 @@ class TextEditor:
             )
         seconds["clip"] = time.perf_counter() - started
 
+        # With patch detail the diffusion model learns (and the guidance acts on) the tile at a
+        # coarse size only; the scales above it are assembled from the tile's own patches.
+        image = tile.model_image
+        if preset.detail == "patches":
+            image = lanczos_resize(image, coarse_size(*image.shape[1:], preset.coarse_side))
         mark = time.perf_counter()
-        model, cached = self._tile_model(tile.model_image, seed, progress)
+        model, cached = self._tile_model(image, seed, progress)
         seconds["train"] = time.perf_counter() - mark
 
-        scene = build_scene(model, tile.model_image, tile.alpha, tile.rgb)
+        scene = build_scene(model, image, tile.alpha, tile.rgb)
         objective = ClipObjective(clip, target, scene, preset.guide_views, seed)
         mark = time.perf_counter()
         guide = None
@@ -100,9 +108,17 @@ class TextEditor:
         seeds = [seed + 1 + i for i in range(opts.variants)]
         edits = sample_edits(model, scene, seeds, guide=guide, progress=progress)
         seconds["sample"] = time.perf_counter() - mark
+        if preset.detail == "patches":
+            mark = time.perf_counter()
+            edits = self._add_detail(tile, edits, seeds, progress)
+            seconds["detail"] = time.perf_counter() - mark
 
         before = objective.similarity(scene.known[-1])
-        after = [objective.similarity(torch.from_numpy(e)[None].to(model.device)) for e in edits]
+        size = tuple(scene.known[-1].shape[-2:])
+        after = [
+            objective.similarity(resize(torch.from_numpy(e)[None], size).to(model.device))
+            for e in edits
+        ]
         self.report = {
             "seed": seed,
             "device": str(self.device),
@@ -111,6 +127,7 @@ class TextEditor:
             "prompt_source": ensemble.source,
             "prompt_note": ensemble.note,
             "prompts": list(ensemble.prompts),
+            "preset": preset.name,
             "guidance": opts.guidance,
             "reference": opts.reference,
             "reference_weight": opts.reference_weight if opts.reference else None,
@@ -120,6 +137,30 @@ class TextEditor:
             "clip_similarity_edits": [round(a, 4) for a in after],
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
         }
+        return edits
+
+    def _add_detail(self, tile, coarse_edits, seeds, progress) -> list[np.ndarray]:
+        """Each coarse edit at the tile's size, its detail assembled from the tile's patches."""
+        image = torch.from_numpy(tile.model_image)[None]
+        mask = torch.from_numpy(tile.alpha > 0)[None, None]
+        invalid = torch.from_numpy(~tile.valid)[None, None]
+        n = len(coarse_edits)
+        edits = []
+        for i, coarse in enumerate(coarse_edits):
+
+            def report(_stage, step, total, loss=None, _i=i):
+                progress("detail", _i * total + step, n * total, loss)
+
+            full = refine(
+                torch.from_numpy(coarse)[None],
+                image,
+                mask,
+                self.preset.patches,
+                invalid=invalid,
+                seed=seeds[i],
+                progress=report,
+            )
+            edits.append(full[0].numpy())
         return edits
 
     def _tile_model(self, image: np.ndarray, seed: int, progress) -> tuple[TileModel, bool]:

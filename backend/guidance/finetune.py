@@ -190,13 +190,14 @@ def sample_edits(
     progress: ProgressCallback = no_progress,
     on_sample: Callable[[int, torch.Tensor], None] | None = None,
 ) -> list[np.ndarray]:
-    """One edit per seed: the ROI regenerated through every scale, fitted to its context."""
+    """One edit per seed: the ROI regenerated through every scale, fitted to its context.
+
+    Progress is one "sample" stage over all variants (it never goes back between them)."""
     edits = []
     for i, seed in enumerate(seeds):
-        stage = "sample" if len(seeds) == 1 else f"sample {i + 1}/{len(seeds)}"
 
-        def report(_stage, step, total, loss=None, _name=stage):
-            progress(_name, step, total, loss)
+        def report(_stage, step, total, loss=None, _i=i):
+            progress("sample", _i * total + step, len(seeds) * total, loss)
 
         image = model.sample(1, seed=seed, progress=report, inpaint=scene.inpaint, guide=guide)
         if on_sample is not None:

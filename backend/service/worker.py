@@ -34,7 +34,8 @@ STAGE_BANDS: dict[str, tuple[float, float]] = {
     "guide": (70.0, 90.0),
     "finetune": (70.0, 90.0),
     "edit": (90.0, 97.0),
-    "sample": (90.0, 97.0),
+    "sample": (90.0, 93.0),
+    "detail": (93.0, 97.0),
     "write": (97.0, 99.0),
 }
 _DEFAULT_BAND = (3.0, 95.0)

@@ -262,3 +262,49 @@ def test_gaussian_blur_keeps_shape_and_mean():
     assert y.shape == x.shape
     assert y.mean().item() == pytest.approx(x.mean().item(), abs=1e-2)
     assert y.std() < x.std()
+
+
+def test_auto_preset_resolves_by_device():
+    from backend.engine.presets import AUTO, DEFAULT_PRESET, PRESET_NAMES, resolve_preset
+
+    assert AUTO == "auto" and DEFAULT_PRESET == "auto"
+    assert PRESET_NAMES[0] == "auto" and set(PRESET_NAMES) == {"auto", *PRESETS}
+    assert "auto" not in PRESETS  # not a preset of its own: a choice among them
+    for device, expected in [("cpu", "fast"), ("cuda", "balanced")]:
+        preset, why = resolve_preset("auto", device)
+        assert preset is PRESETS[expected], device
+        assert "auto" in why and expected in why, why
+    # A named preset is returned as asked, whatever the device.
+    for name in PRESETS:
+        for device in ("cpu", "cuda"):
+            preset, why = resolve_preset(name, device)
+            assert preset is PRESETS[name] and name in why and "auto" not in why
+    # The chosen presets assemble detail from patches on a coarse model (what makes them fast).
+    for name in ("fast", "balanced"):
+        assert PRESETS[name].detail == "patches" and PRESETS[name].coarse_side >= 48
+
+
+def test_unknown_presets_are_refused_listing_auto():
+    from backend.engine.presets import check_preset_name, resolve_preset
+
+    assert check_preset_name("auto") == "auto" and check_preset_name("fast") == "fast"
+    for call in (
+        lambda: check_preset_name("turbo"),
+        lambda: resolve_preset("turbo", "cpu"),
+        lambda: get_preset("turbo"),
+    ):
+        with pytest.raises(ParameterError, match="turbo") as info:
+            call()
+        assert "auto" in str(info.value) and "balanced" in str(info.value)
+
+
+def test_edit_options_accept_auto_and_refuse_unknown_presets():
+    from backend.edit import EditOptions
+
+    assert EditOptions(prompt="x").preset == "auto"
+    assert EditOptions(prompt="x", preset="auto").validate().preset == "auto"
+    assert EditOptions(prompt="x", preset="fast").validate().preset == "fast"
+    with pytest.raises(ParameterError, match="auto"):
+        EditOptions(prompt="x", preset="turbo").validate()
+    with pytest.raises(ParameterError, match="bench"):
+        EditOptions(prompt="x", preset="reference").validate()

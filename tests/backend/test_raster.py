@@ -128,7 +128,7 @@ def test_window_is_replaced_and_rest_kept(tmp_path):
     info = inspect_raster(src)
     window = Window(30, 40, 25, 17)
     patch = np.full((2, 17, 25), 7, dtype="uint16")
-    out = write_result(info, tmp_path / "out.tif", window, patch, settings={"k": 1})
+    out = write_result(info, tmp_path / "out.tif", [(window, patch)], settings={"k": 1})
     with rasterio.open(out) as dst:
         got = dst.read()
         assert dst.profile["tiled"] and dst.profile["blockxsize"] == 32
@@ -249,7 +249,7 @@ def test_failed_write_leaves_nothing(tmp_path):
     info = inspect_raster(src)
     bad = np.zeros((1, 5, 5), dtype="float32")  # wrong dtype: refused before anything is written
     with pytest.raises(ValueError):
-        write_result(info, tmp_path / "out.tif", Window(0, 0, 5, 5), bad)
+        write_result(info, tmp_path / "out.tif", [(Window(0, 0, 5, 5), bad)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
 
 
@@ -297,9 +297,8 @@ def test_overviews_force_a_re_encode_so_none_go_stale(tmp_path):
     with rasterio.open(src, "r+") as dst:
         dst.build_overviews([2, 4])
     info = inspect_raster(src)
-    out = write_result(
-        info, tmp_path / "out.tif", Window(0, 0, 16, 16), np.zeros((1, 16, 16), dtype="uint8")
-    )
+    piece = (Window(0, 0, 16, 16), np.zeros((1, 16, 16), dtype="uint8"))
+    out = write_result(info, tmp_path / "out.tif", [piece])
     with rasterio.open(out) as dst:
         assert dst.overviews(1) == []  # re-encoded: no stale overview can show the old pixels
         assert (dst.read(1, window=Window(0, 0, 16, 16)) == 0).all()

@@ -19,7 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 from osgeo import gdal
 
-PRESETS = ("tiny", "fast", "balanced", "quality")
+PRESETS = ("auto", "tiny", "fast", "balanced", "quality")
+DEFAULT_PRESET = "auto"
 INTERRUPTED = "interrupted by a server restart; resubmit"
 _vsimem = itertools.count()
 
@@ -275,7 +276,7 @@ class FakeBackend:
                     return "the image file is missing"
                 if not fields.get("prompt", "").strip():
                     return "prompt is empty"
-                if fields.get("preset", "balanced") not in PRESETS:
+                if fields.get("preset", DEFAULT_PRESET) not in PRESETS:
                     return f"unknown preset {fields['preset']!r}"
                 image, image_name = _open_bytes(files["image"])
                 if image is None:

@@ -61,6 +61,16 @@ def test_band_choice_for_multiband_layers(dock):
     assert widget.rgb_bands() == [4, 3, 2]
 
 
+def test_preset_defaults_to_auto(dock):
+    # "auto" lets the backend pick the preset for its device (fast on a CPU, balanced on a GPU).
+    widget, _layer, _to_web = dock
+    combo = widget.preset_combo
+    offered = [combo.itemText(i) for i in range(combo.count())]
+    assert offered == list(settings.PRESETS) and offered[0] == "auto"
+    assert {"tiny", "fast", "balanced", "quality"} <= set(offered)
+    assert settings.DEFAULT_PRESET == "auto" and combo.currentText() == "auto"
+
+
 def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_iface):
     widget, layer, to_web = dock
     draw_square(widget, to_web)

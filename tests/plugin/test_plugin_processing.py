@@ -14,6 +14,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from rs_edit_plugin import settings
 from rs_edit_plugin.processing_provider import RsEditProvider
 
 
@@ -59,7 +60,7 @@ def test_algorithm_runs_headless(provider, inputs, fake_backend, tmp_path):
             "EXTENT": extent,
             "ROI": roi,
             "PROMPT": "a flooded field",
-            "PRESET": 0,  # tiny
+            "PRESET": settings.PRESETS.index("tiny"),
             "SEED": 3,
             "CLIP": "tiny-random",
             "OUTPUT": str(output),
@@ -89,11 +90,31 @@ def test_whole_layer_without_extent_or_roi_and_other_format(
     output = tmp_path / "edited.img"  # another GDAL format: converted from the GeoTIFF
     processing.run(
         "rsedit:editraster",
-        {"INPUT": layer, "PROMPT": "snow", "PRESET": 1, "OUTPUT": str(output)},
+        {
+            "INPUT": layer,
+            "PROMPT": "snow",
+            "PRESET": settings.PRESETS.index("fast"),
+            "OUTPUT": str(output),
+        },
     )
     edited, gt, _wkt = read(output)
     np.testing.assert_array_equal(edited, 255 - data)
     assert gt == (ORIGIN[0], RES, 0.0, ORIGIN[1], 0.0, -RES)
+
+
+def test_preset_defaults_to_auto(provider, inputs, fake_backend, tmp_path):
+    import processing
+
+    algorithm = provider.algorithm("editraster")
+    parameter = algorithm.parameterDefinition("PRESET")
+    assert parameter.options()[parameter.defaultValue()] == "auto"
+    layer, _roi, _data = inputs
+    processing.run(
+        "rsedit:editraster",
+        {"INPUT": layer, "PROMPT": "snow", "OUTPUT": str(tmp_path / "edited.tif")},
+    )
+    job = next(iter(fake_backend.jobs.values()))
+    assert job.fields["preset"] == "auto"
 
 
 def test_backend_errors_become_processing_errors(provider, inputs, fake_backend, tmp_path):

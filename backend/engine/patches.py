@@ -1,0 +1,254 @@
+"""Fine scales from the tile's own patches: nearest-neighbour completion, coarse to fine.
+
+A diffusion model is cheap to train and to guide at a coarse scale (about 64 px), where it sets
+the layout and colour of the ROI; it is expensive, and blurry on a short budget, at the fine
+scales. There, this module assembles the ROI from real patches of the tile instead (GPNN, Granot
+et al. 2022; image completion, Wexler et al. 2007):
+
+- at each scale from the coarse result up to the full size, the current guess is upsampled;
+- every patch of the guess that touches the ROI is replaced by its nearest patch among the
+  tile's patches outside the ROI, and overlapping patches are averaged ("voting");
+- in the first pass at a scale the guess is blurry (upsampled), so it is matched against the
+  source's equally blurry patches while the sharp patches at the same places are pasted (this is
+  what makes the result sharp); later passes match sharp against sharp;
+- pixels outside the ROI are the tile's own at every step, so patches that straddle the ROI's
+  edge are matched to what surrounds it: the seam is made of patches that fit on both sides.
+
+The same projection at the coarse scale is the realism guard: whatever the guidance did to the
+coarse layout, each output patch at every scale is one the tile contains (or an average of a few).
+Nearest neighbours are found by chunked matrix products (no index structure: exact and fast
+enough on a CPU for the window sizes an edit uses).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..progress import ProgressCallback, no_progress
+
+STAGE = "detail"  # progress stage name of the patch refinement
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    patch: int = 7  # patch side (odd)
+    factor: float = 4 / 3  # size ratio between successive scales
+    passes: int = 2  # nearest-neighbour passes per scale
+    coarse_passes: int = 2  # passes at the coarse scale itself (the realism guard); 0: none
+    # Noise (std, model range) added to the coarse guess before its first pass: breaks up the
+    # smooth layouts that a briefly trained model makes into structure the tile has (GPNN).
+    coarse_noise: float = 0.3
+    # Spatial weight of a pasted patch's pixels in the vote: a Gaussian of this std (px) around
+    # the patch centre (0: the plain mean of overlapping patches, which blurs where neighbouring
+    # patches come from different places; small: each pixel mostly from its own patch's centre).
+    vote_sigma: float = 0.4
+    # GPNN's completeness weight: distances are divided by (completeness + the key's smallest
+    # distance to any query), so a source patch that many queries prefer costs more and the
+    # ROI draws on the tile's whole variety instead of collapsing onto its commonest (mean)
+    # patches. 0: plain nearest neighbours.
+    completeness: float = 0.01
+    completeness_scales: int = 99  # how many scales, coarsest first, use it (the rest: plain)
+    max_keys: int = 24_000  # source patches searched per scale (a regular subsample beyond)
+    chunk: int = 256  # queries per distance block (small blocks stay in the CPU's cache)
+
+
+def scale_sizes(
+    coarse: tuple[int, int], fine: tuple[int, int], factor: float
+) -> list[tuple[int, int]]:
+    """Sizes from the coarse size (first) to the fine size (last), about `factor` apart."""
+    ratio = max(fine[0] / coarse[0], fine[1] / coarse[1])
+    n = max(1, math.ceil(math.log(max(ratio, 1.0)) / math.log(factor))) if ratio > 1 else 0
+    sizes = [coarse]
+    for k in range(1, n):
+        f = k / n
+        sizes.append(
+            (
+                round(coarse[0] * (fine[0] / coarse[0]) ** f),
+                round(coarse[1] * (fine[1] / coarse[1]) ** f),
+            )
+        )
+    if fine != coarse:
+        sizes.append(fine)
+    return sizes
+
+
+def coarse_size(height: int, width: int, side: int) -> tuple[int, int]:
+    """The size whose short side is `side` (the tile's own size when it is not larger)."""
+    short = min(height, width)
+    if short <= side:
+        return height, width
+    return max(1, round(height * side / short)), max(1, round(width * side / short))
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize of (N, C, H, W): a downscale that does not alias."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=down)
+
+
+def mask_at(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1, 1, h, w) boolean: the pixels at `size` that any ROI pixel of `mask` falls in."""
+    return F.adaptive_max_pool2d(mask.float(), size) > 0
+
+
+def _patch_touches(mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Per patch position (top-left, (H-p+1)*(W-p+1)), whether the patch overlaps `mask`."""
+    hit = F.max_pool2d(mask.float(), patch, stride=1)
+    return hit.flatten() > 0
+
+
+def _nearest(
+    queries: torch.Tensor, keys: torch.Tensor, chunk: int, completeness: float = 0.0
+) -> torch.Tensor:
+    """Index of the nearest key (rows of keys, (K, D)) for every query row (Q, D)."""
+    key_norms = (keys * keys).sum(1)
+    query_norms = (queries * queries).sum(1)
+
+    def distances(i: int) -> torch.Tensor:  # squared distances of a chunk of queries, >= 0
+        q = queries[i : i + chunk]
+        d = torch.addmm(key_norms[None], q, keys.T, beta=1.0, alpha=-2.0)
+        return (d + query_norms[i : i + chunk, None]).clamp_min(0) / q.shape[1]
+
+    out = torch.empty(len(queries), dtype=torch.long, device=queries.device)
+    if completeness <= 0:
+        for i in range(0, len(queries), chunk):
+            out[i : i + chunk] = distances(i).argmin(1)
+        return out
+    best = torch.full((len(keys),), float("inf"), device=queries.device)
+    for i in range(0, len(queries), chunk):
+        best = torch.minimum(best, distances(i).min(0).values)
+    scale = completeness + best
+    for i in range(0, len(queries), chunk):
+        out[i : i + chunk] = (distances(i) / scale[None]).argmin(1)
+    return out
+
+
+class _Source:
+    """The tile at one scale: its patches outside the ROI as keys (blurry and sharp) and values."""
+
+    def __init__(self, sharp, blurry, roi, invalid, settings: PatchSettings):
+        p = settings.patch
+        allowed = ~_patch_touches(invalid, p)
+        outside = allowed & ~_patch_touches(roi, p)
+        if int(outside.sum()) < 16:  # the ROI covers (nearly) everything: any valid patch
+            outside = allowed
+        if int(outside.sum()) == 0:
+            raise _TooSmall
+        index = torch.nonzero(outside).flatten()
+        if len(index) > settings.max_keys:
+            step = len(index) / settings.max_keys
+            index = index[(torch.arange(settings.max_keys) * step).long().to(index.device)]
+        self.values = F.unfold(sharp, p)[0].T[index].contiguous()  # (K, C*p*p)
+        self.blurry_keys = None if blurry is None else F.unfold(blurry, p)[0].T[index].contiguous()
+
+
+class _TooSmall(Exception):
+    """No patch of the tile at this scale may be used (all touch the ROI or nodata)."""
+
+
+def _vote(x, roi, source: _Source, keys, settings: PatchSettings, completeness: float):
+    """One nearest-neighbour pass: patches of x touching the ROI replaced and averaged."""
+    p = settings.patch
+    h, w = x.shape[-2:]
+    columns = F.unfold(x, p)[0].T  # (L, C*p*p)
+    touched = torch.nonzero(_patch_touches(roi, p)).flatten()
+    if len(touched) == 0:
+        return x
+    nn = _nearest(columns[touched], keys, settings.chunk, completeness)
+    c = x.shape[1]
+    spatial = _vote_weights(p, settings.vote_sigma, x.dtype).to(x.device)
+    weight = torch.zeros(len(columns), p * p, dtype=x.dtype, device=x.device)
+    weight[touched] = spatial
+    pasted = torch.zeros_like(columns)
+    pasted[touched] = source.values[nn] * spatial.repeat(c)
+    total = F.fold(pasted.T[None], (h, w), p)
+    count = F.fold(weight.T[None], (h, w), p)
+    voted = torch.where(count > 0, total / count.clamp_min(1e-8), x)
+    return torch.where(roi, voted, x)
+
+
+def _vote_weights(patch: int, sigma: float, dtype) -> torch.Tensor:
+    """(patch * patch,) weights of a patch's pixels in the vote."""
+    if sigma <= 0:
+        return torch.ones(patch * patch, dtype=dtype)
+    r = torch.arange(patch, dtype=dtype) - (patch - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    return (g[:, None] * g[None, :]).flatten()
+
+
+@torch.no_grad()
+def refine(
+    coarse: torch.Tensor,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    settings: PatchSettings = PatchSettings(),  # noqa: B008 (frozen)
+    *,
+    invalid: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: ProgressCallback = no_progress,
+) -> torch.Tensor:
+    """The full-size edit (1, C, H, W) from a coarse one (1, C, h, w).
+
+    `image`: the tile (1, C, H, W), same range as `coarse`; `mask`: (1, 1, H, W), true where
+    the ROI is regenerated; `invalid` (same shape, optional): pixels no patch may come from
+    (nodata). Outside the mask the result is `image` exactly.
+    """
+    image = image.float()
+    mask = mask.bool()
+    invalid = torch.zeros_like(mask) if invalid is None else invalid.bool()
+    sizes = scale_sizes(tuple(coarse.shape[-2:]), tuple(image.shape[-2:]), settings.factor)
+    passes_per_scale = max(settings.passes, 1)  # the first, blurry-key pass always runs
+    total = settings.coarse_passes + passes_per_scale * (len(sizes) - 1)
+    done = 0
+    progress(STAGE, 0, total)
+
+    x = coarse.float()
+    known_prev = None
+    for s, size in enumerate(sizes):
+        known = image if s == len(sizes) - 1 else resize(image, size)
+        roi = mask_at(mask, size)
+        banned = mask_at(invalid, size)
+        if min(size) < settings.patch + 2 or (s == 0 and settings.coarse_passes == 0):
+            # Too small for patches (or no guard asked for): keep the guess at this scale.
+            x = torch.where(roi, resize(x, size), known)
+            known_prev = known
+            continue
+        if s == 0:
+            if settings.coarse_noise > 0 and settings.coarse_passes > 0:
+                gen = torch.Generator().manual_seed(seed)
+                noise = torch.randn(x.shape, generator=gen).to(x.device)
+                x = x + settings.coarse_noise * noise
+            x = torch.where(roi, x, known)
+            try:
+                source = _Source(known, None, roi, banned, settings)
+            except _TooSmall:
+                known_prev = known
+                continue
+            passes = [source.values] * settings.coarse_passes
+        else:
+            x = torch.where(roi, resize(x, size), resize(known_prev, size))
+            blurry = resize(known_prev, size)
+            try:
+                source = _Source(known, blurry, roi, banned, settings)
+            except _TooSmall:
+                x = torch.where(roi, x, known)
+                known_prev = known
+                continue
+            passes = [source.blurry_keys] + [source.values] * (passes_per_scale - 1)
+        for keys in passes:
+            # Outside the ROI: blurry for the first pass at a new scale (its keys are blurry
+            # too), then the tile's own sharp pixels.
+            c = settings.completeness if s < settings.completeness_scales else 0.0
+            x = torch.where(roi, _vote(x, roi, source, keys, settings, c), known)
+            done += 1
+            progress(STAGE, done, total)
+        x = torch.where(roi, x, known)
+        known_prev = known
+    progress(STAGE, total, total)
+    return torch.where(mask, x, image)

@@ -1,0 +1,287 @@
+"""Realism benchmark: edit real tiles with fixed ROIs and guidance off, and measure the picture.
+
+Each case crops a 256x256 window of a real tile, writes a mask raster of its ROI on the same
+grid, and runs the real command line (`rs-edit edit CROP --mask MASK --guidance none`) in a
+child process, so the time and the peak memory are those a user sees. Then, per case:
+
+- ROI realism (`quality.roi_swd_levels`): patch SWD between the ROI of the edit and the rest of
+  the tile, per level (colour, 1, 2, 4 px detail, low-pass), each in the unit of the tile's own
+  half-to-half distance. Goal: every level at most 1.25. The same numbers for the unedited input
+  are printed too: an ROI that differs from its surroundings already scores above 1 there.
+- Seam (`quality.seam_ratio`): gradient energy in a 3 px band on both sides of the ROI's
+  boundary, edit / input. Goal: 0.8-1.25 (no visible edge, no blurred band).
+- Copy (`quality.largest_copy`): the side of the largest square block of the ROI that appears
+  verbatim elsewhere in the tile (the input's own figure for its ROI is printed beside it, since
+  flat areas repeat by nature). Goal: at most COPY_LIMIT px.
+- Seconds and peak RSS (MB) of the `rs-edit edit` process.
+
+    .venv/bin/python -m bench.realism --out /tmp/realism            # all cases, preset auto
+    .venv/bin/python -m bench.realism --only harbor --preset tiny   # one case
+
+Writes OUT/realism.md (the table, also printed), OUT/realism.json and OUT/contact_sheet.png
+(input | input with the ROI outlined | edit, one row per case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make `backend` importable
+    sys.path.insert(0, str(REPO))
+
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from rasterio.windows import Window  # noqa: E402
+
+from backend.engine.quality import largest_copy, roi_swd_levels, seam_ratio  # noqa: E402
+
+warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
+DEFAULT_IMAGERY = REPO.parent / "shared" / "data" / "imagery"
+LEVELS = ("colour", "1px", "2px", "4px", "low")
+REALISM_LIMIT = 1.25
+SEAM_RANGE = (0.8, 1.25)
+# A block of 32 px is a whole house or a field corner at 0.5-1 m/px: copying one is how patch
+# methods compose (and what an analyst cannot tell from a real one); a larger one starts to
+# read as a pasted piece of the tile. The unedited input's own figure is printed beside it.
+COPY_LIMIT = 32
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    image: str  # file in the imagery folder
+    window: tuple[int, int]  # row, col of the 256x256 crop
+    roi: str  # "box" or "ellipse"
+    roi_box: tuple[int, int, int, int]  # row0, col0, row1, col1 inside the crop
+    why: str
+
+
+SIZE = 256
+CASES = (
+    Case(
+        "forest",
+        "keras-rs-retrieval__forest03.tif",
+        (0, 0),
+        "ellipse",
+        (72, 64, 184, 192),
+        "canopy texture",
+    ),
+    Case(
+        "harbor",
+        "keras-rs-retrieval__harbor00.tif",
+        (0, 0),
+        "box",
+        (72, 72, 184, 184),
+        "boats and piers",
+    ),
+    Case(
+        "overpass",
+        "keras-rs-retrieval__overpass03.tif",
+        (0, 0),
+        "ellipse",
+        (60, 80, 170, 200),
+        "roads and verges",
+    ),
+    Case(
+        "river",
+        "keras-rs-retrieval__river11.tif",
+        (0, 0),
+        "box",
+        (80, 60, 176, 180),
+        "river bank",
+    ),
+    Case(
+        "naip",
+        "opengeos-data__m_4709963_se_14_1_20200831.tif",
+        (200, 300),
+        "ellipse",
+        (64, 64, 192, 192),
+        "fields and wetland, 4 bands with alpha, EPSG:26914",
+    ),
+    Case(
+        "landsat",
+        "rasterio__RGB.byte.tif",
+        (250, 250),
+        "box",
+        (80, 80, 176, 176),
+        "300 m/px scene with nodata, EPSG:32618",
+    ),
+)
+
+
+def roi_mask(case: Case) -> np.ndarray:
+    r0, c0, r1, c1 = case.roi_box
+    mask = np.zeros((SIZE, SIZE), dtype=bool)
+    if case.roi == "box":
+        mask[r0:r1, c0:c1] = True
+        return mask
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    cy, cx, ry, rx = (r0 + r1) / 2, (c0 + c1) / 2, (r1 - r0) / 2, (c1 - c0) / 2
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+
+
+def write_inputs(case: Case, imagery: Path, out: Path) -> tuple[Path, Path]:
+    crop, mask_path = out / f"{case.name}.tif", out / f"{case.name}_mask.tif"
+    with rasterio.open(imagery / case.image) as src:
+        window = Window(case.window[1], case.window[0], SIZE, SIZE)
+        profile = src.profile
+        profile.update(
+            driver="GTiff", width=SIZE, height=SIZE, transform=src.window_transform(window)
+        )
+        data = src.read(window=window)
+        colorinterp = src.colorinterp
+    with rasterio.open(crop, "w", **profile) as dst:
+        dst.write(data)
+        dst.colorinterp = colorinterp
+    mask_profile = {**profile, "count": 1, "dtype": "uint8", "nodata": None}
+    with rasterio.open(mask_path, "w", **mask_profile) as dst:
+        dst.write(roi_mask(case).astype(np.uint8)[None])
+    return crop, mask_path
+
+
+def run_case(case: Case, imagery: Path, out: Path, preset: str, seed: int) -> dict:
+    crop, mask_path = write_inputs(case, imagery, out)
+    result = out / f"{case.name}_edit.tif"
+    command = [
+        str(Path(sys.executable).with_name("rs-edit")),
+        "edit", str(crop), "--mask", str(mask_path), "--prompt", "realism benchmark",
+        "--guidance", "none", "--clip", "tiny-random", "--preset", preset,
+        "--seed", str(seed), "--device", "cpu", "--no-cache", "--quiet", "-o", str(result),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # noqa: S603
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = child.stderr.read()
+    child.stderr.close()
+    if status != 0:
+        raise SystemExit(f"{case.name}: rs-edit failed ({status}):\n{stderr}")
+    log = [line for line in stderr.splitlines() if "preset" in line]
+
+    with rasterio.open(crop) as src, rasterio.open(result) as dst:
+        before, after = src.read(), dst.read()
+        bands = [i for i, c in enumerate(src.colorinterp) if c.name != "alpha"] or [0]
+        valid = src.dataset_mask() > 0
+    roi = roi_mask(case)
+    src_t = torch.from_numpy(before[bands].astype(np.float32))
+    edit_t = torch.from_numpy(after[bands].astype(np.float32))
+    # Nodata is neither ROI nor context: keep it out of both sides of the comparison.
+    src_t = src_t * torch.from_numpy(valid)
+    edit_t = edit_t * torch.from_numpy(valid)
+    return {
+        "case": case.name,
+        "why": case.why,
+        "preset_log": log[-1] if log else "",
+        "levels": roi_swd_levels(edit_t, src_t, torch.from_numpy(roi)),
+        "levels_input": roi_swd_levels(src_t, src_t, torch.from_numpy(roi)),
+        "seam": seam_ratio(edit_t, src_t, torch.from_numpy(roi)),
+        "copy": largest_copy(after[bands], before[bands], roi),
+        "copy_input": largest_copy(before[bands], before[bands], roi),
+        "outside_changed": int((before != after)[:, ~roi].sum()),
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "before": before,
+        "after": after,
+        "rgb": bands[:3] if len(bands) >= 3 else [bands[0]] * 3,
+        "roi": roi,
+    }
+
+
+def passes(row: dict) -> bool:
+    levels_ok = all(math.isnan(v) or v <= REALISM_LIMIT for v in row["levels"])
+    seam_ok = SEAM_RANGE[0] <= row["seam"] <= SEAM_RANGE[1]
+    return levels_ok and seam_ok and row["copy"] <= COPY_LIMIT and row["outside_changed"] == 0
+
+
+def _fmt(values) -> str:
+    return " / ".join("-" if math.isnan(v) else f"{v:.2f}" for v in values)
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        f"| case | ROI realism, edit ({' / '.join(LEVELS)}) | same, input | seam | "
+        "copy px (input) | s | MB | pass |\n|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {_fmt(r['levels'])} | {_fmt(r['levels_input'])} | "
+            f"{r['seam']:.2f} | {r['copy']} ({r['copy_input']}) | {r['seconds']} | "
+            f"{r['peak_rss_mb']} | {'yes' if passes(r) else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def _rgb8(image: np.ndarray, rgb) -> np.ndarray:
+    x = image[list(rgb)].astype(np.float32)
+    lo, hi = np.percentile(x, 1), np.percentile(x, 99)
+    return (np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def contact_sheet(rows: list[dict], path: Path) -> None:
+    tiles = []
+    for r in rows:
+        before, after = _rgb8(r["before"], r["rgb"]), _rgb8(r["after"], r["rgb"])
+        outlined = Image.fromarray(before.copy())
+        edge = r["roi"] ^ np.asarray(
+            Image.fromarray(r["roi"].astype(np.uint8) * 255).filter(
+                __import__("PIL.ImageFilter", fromlist=["MinFilter"]).MinFilter(3)
+            )
+        ).astype(bool)
+        arr = np.asarray(outlined).copy()
+        arr[edge] = (255, 255, 0)
+        tiles.append(np.concatenate([before, arr, after], axis=1))
+    sheet = Image.fromarray(np.concatenate(tiles, axis=0))
+    ImageDraw.Draw(sheet)  # plain panels; the table names the rows in order
+    sheet.save(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--imagery", type=Path, default=DEFAULT_IMAGERY)
+    parser.add_argument("--out", type=Path, default=Path("realism-out"))
+    parser.add_argument("--preset", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", help="case names")
+    args = parser.parse_args(argv)
+    if not args.imagery.is_dir():
+        print(f"no imagery folder at {args.imagery}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case in CASES:
+        if args.only and case.name not in args.only:
+            continue
+        row = run_case(case, args.imagery, args.out, args.preset, args.seed)
+        print(table([row]).splitlines()[-1], flush=True)
+        rows.append(row)
+    text = (
+        f"preset {args.preset}, seed {args.seed}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores\n\n{table(rows)}\n"
+    )
+    print(text)
+    (args.out / "realism.md").write_text(text)
+    keep = ("before", "after", "rgb", "roi")
+    (args.out / "realism.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k not in keep} for r in rows], indent=1)
+    )
+    contact_sheet(rows, args.out / "contact_sheet.png")
+    return 0 if all(passes(r) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

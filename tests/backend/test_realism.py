@@ -1,0 +1,116 @@
+"""The realism measures of an edited ROI (`quality.roi_swd_levels`, `seam_ratio`,
+`largest_copy`), and the realism guard end to end: with random CLIP weights and fine-tuning,
+an edit of a real tile stays made of the tile's own kind of content (no flat colour square)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from conftest import SHARED_IMAGERY
+from rasterio.windows import Window
+
+from backend.edit import EditOptions, run_edit
+from backend.engine.pyramid import gaussian_blur
+from backend.engine.quality import largest_copy, roi_swd_levels, seam_ratio
+
+
+def texture(seed: int = 0, size: int = 96) -> torch.Tensor:
+    """A (3, size, size) texture with detail at several scales, in about [-1, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.zeros(1, 3, size, size)
+    for sigma, amp in ((0.6, 0.35), (2.0, 0.5), (6.0, 0.6)):
+        noise = torch.randn(1, 3, size, size, generator=gen)
+        x += amp * gaussian_blur(noise, sigma) / gaussian_blur(noise, sigma).std()
+    return (x[0] / 3).clamp(-1, 1)
+
+
+def box_roi(size: int = 96, lo: int = 28, hi: int = 68) -> torch.Tensor:
+    roi = torch.zeros(size, size, dtype=torch.bool)
+    roi[lo:hi, lo:hi] = True
+    return roi
+
+
+def test_roi_realism_is_about_one_for_the_input_and_high_for_flat_blur_or_noise():
+    src, roi = texture(), box_roi()
+    own = roi_swd_levels(src, src, roi)
+    assert max(own) < 1.6, own
+
+    flat = src.clone()
+    flat[:, roi] = src[:, roi].mean(dim=1, keepdim=True)
+    assert max(roi_swd_levels(flat, src, roi)) > 3, "a flat ROI must score far off"
+
+    blurred = torch.where(roi, gaussian_blur(src[None], 1.5)[0], src)
+    blur_levels = roi_swd_levels(blurred, src, roi)
+    assert blur_levels[1] > 2 * own[1], f"lost 1 px detail must show: {blur_levels}"
+
+    red = src.clone()
+    red[0, roi], red[1, roi], red[2, roi] = 1.0, -1.0, -1.0
+    assert roi_swd_levels(red, src, roi)[0] > 3, "a colour cast must show in the colour level"
+
+
+def test_roi_realism_accepts_other_content_of_the_same_kind():
+    src, roi = texture(0), box_roi()
+    other = texture(1)  # another realisation of the same texture
+    edited = torch.where(roi, other, src)
+    levels = roi_swd_levels(edited, src, roi)
+    assert max(levels) < 1.8, levels
+
+
+def test_seam_ratio_sees_edges_and_blurred_bands():
+    src, roi = texture(), box_roi()
+    assert seam_ratio(src, src, roi) == pytest.approx(1.0)
+    brighter = torch.where(roi, (src + 0.6).clamp(-1, 1), src)
+    assert seam_ratio(brighter, src, roi) > 1.25
+    smooth = gaussian_blur(src[None], 3.0)[0]
+    assert seam_ratio(smooth, src, roi) < 0.8
+
+
+def test_largest_copy_finds_a_pasted_block_and_nothing_in_fresh_noise():
+    rng = np.random.default_rng(0)
+    src = rng.integers(0, 256, (3, 96, 96), dtype=np.uint8)
+    roi = box_roi().numpy()
+    pasted = src.copy()
+    pasted[:, 30:50, 30:50] = src[:, 70:90, 5:25]  # a 20 px block from outside the ROI
+    assert largest_copy(pasted, src, roi) == 20
+    fresh = src.copy()
+    fresh[:, roi] = rng.integers(0, 256, (3, int(roi.sum())), dtype=np.uint8)
+    assert largest_copy(fresh, src, roi) <= 1
+    # An unchanged ROI is not a copy "from elsewhere".
+    assert largest_copy(src, src, roi) <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_IMAGERY.is_dir(), reason="needs ../shared/data/imagery")
+def test_random_clip_finetuning_keeps_a_real_tile_realistic(tmp_path):
+    """The realism guard: tiny-random CLIP + fine-tuning used to turn the ROI into a flat
+    saturated rectangle. Now every level stays near the tile's own, far below a flat fill."""
+    crop, mask = tmp_path / "forest.tif", tmp_path / "mask.tif"
+    with rasterio.open(SHARED_IMAGERY / "keras-rs-retrieval__forest03.tif") as src:
+        profile = {**src.profile, "driver": "GTiff", "width": 128, "height": 128}
+        data = src.read(window=Window(64, 64, 128, 128))
+    with rasterio.open(crop, "w", **profile) as dst:
+        dst.write(data)
+    roi = box_roi(128, 36, 92).numpy()
+    with rasterio.open(mask, "w", **{**profile, "count": 1}) as dst:
+        dst.write(roi.astype(np.uint8)[None])
+
+    out = tmp_path / "edit.tif"
+    options = EditOptions(
+        prompt="forest fire", preset="tiny", clip="tiny-random", guidance="finetune", seed=3
+    )
+    run_edit(crop, out, options, mask_path=mask, cache_dir=tmp_path / "cache")
+    with rasterio.open(out) as dst:
+        edited = dst.read()
+    assert np.array_equal(edited[:, ~roi], data[:, ~roi]), "pixels outside the ROI changed"
+
+    src_t = torch.from_numpy(data.astype(np.float32))
+    levels = roi_swd_levels(torch.from_numpy(edited.astype(np.float32)), src_t, torch.tensor(roi))
+    flat = data.astype(np.float32)
+    flat[:, roi] = flat[:, roi].mean(axis=1, keepdims=True)
+    flat_levels = roi_swd_levels(torch.from_numpy(flat), src_t, torch.tensor(roi))
+    assert levels[0] < 2.0, f"colour drifted: {levels}"
+    assert max(levels) < 3.0, f"not realistic: {levels} (a flat fill scores {flat_levels})"
+    assert max(flat_levels) > 2 * max(levels)
+    assert 0.6 < seam_ratio(torch.from_numpy(edited.astype(np.float32)), src_t, roi) < 1.5
