@@ -139,7 +139,7 @@ class _Source:
         if int(outside.sum()) < 16:  # the ROI covers (nearly) everything: any valid patch
             outside = allowed
         if int(outside.sum()) == 0:
-            raise _TooSmall
+            raise _NoPatchesError
         index = torch.nonzero(outside).flatten()
         if len(index) > settings.max_keys:
             step = len(index) / settings.max_keys
@@ -148,7 +148,7 @@ class _Source:
         self.blurry_keys = None if blurry is None else F.unfold(blurry, p)[0].T[index].contiguous()
 
 
-class _TooSmall(Exception):
+class _NoPatchesError(Exception):
     """No patch of the tile at this scale may be used (all touch the ROI or nodata)."""
 
 
@@ -227,7 +227,7 @@ def refine(
             x = torch.where(roi, x, known)
             try:
                 source = _Source(known, None, roi, banned, settings)
-            except _TooSmall:
+            except _NoPatchesError:
                 known_prev = known
                 continue
             passes = [source.values] * settings.coarse_passes
@@ -236,7 +236,7 @@ def refine(
             blurry = resize(known_prev, size)
             try:
                 source = _Source(known, blurry, roi, banned, settings)
-            except _TooSmall:
+            except _NoPatchesError:
                 x = torch.where(roi, x, known)
                 known_prev = known
                 continue

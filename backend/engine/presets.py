@@ -177,7 +177,9 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         if name == AUTO:
-            raise ValueError("resolve 'auto' with resolve_preset (it depends on the device)")
+            raise ValueError(
+                "resolve 'auto' with resolve_preset (it depends on the device)"
+            ) from None
         known = ", ".join(PRESET_NAMES)
         raise ParameterError(f"unknown preset {name!r} (known: {known})") from None
 
