@@ -17,6 +17,11 @@ child process, so the time and the peak memory are those a user sees. Then, per 
 
     .venv/bin/python -m bench.realism --out /tmp/realism            # all cases, preset auto
     .venv/bin/python -m bench.realism --only harbor --preset tiny   # one case
+    .venv/bin/python -m bench.realism --scatter 1 4 16 --preset tiny  # cost of scattered ROIs
+
+`--scatter N ...` instead edits N squares of 40 px spread over a 2048x2048 raster (a real tile
+mirrored to that size, EPSG:26914) and prints seconds and peak memory per N: each far-apart
+square gets a window of its own, so the cost grows with N, not with the raster's size.
 
 Writes OUT/realism.md (the table, also printed), OUT/realism.json and OUT/contact_sheet.png
 (input | input with the ROI outlined | edit, one row per case).
@@ -157,24 +162,16 @@ def run_case(case: Case, imagery: Path, out: Path, preset: str, seed: int) -> di
     crop, mask_path = write_inputs(case, imagery, out)
     result = out / f"{case.name}_edit.tif"
     command = [
-        str(Path(sys.executable).with_name("rs-edit")),
         "edit", str(crop), "--mask", str(mask_path), "--prompt", "realism benchmark",
         "--guidance", "none", "--clip", "tiny-random", "--preset", preset,
         "--seed", str(seed), "--device", "cpu", "--no-cache", "--quiet", "-o", str(result),
     ]  # fmt: skip
-    started = time.perf_counter()
-    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # noqa: S603
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    stderr = child.stderr.read()
-    child.stderr.close()
-    if status != 0:
-        raise SystemExit(f"{case.name}: rs-edit failed ({status}):\n{stderr}")
-    log = [line for line in stderr.splitlines() if "preset" in line]
+    seconds, peak_mb, _ = _run_cli(command)
 
     with rasterio.open(crop) as src, rasterio.open(result) as dst:
         before, after = src.read(), dst.read()
         bands = [i for i, c in enumerate(src.colorinterp) if c.name != "alpha"] or [0]
+        report = json.loads(dst.tags().get("RS_EDIT", "{}"))
         valid = src.dataset_mask() > 0
     roi = roi_mask(case)
     src_t = torch.from_numpy(before[bands].astype(np.float32))
@@ -185,7 +182,8 @@ def run_case(case: Case, imagery: Path, out: Path, preset: str, seed: int) -> di
     return {
         "case": case.name,
         "why": case.why,
-        "preset_log": log[-1] if log else "",
+        "preset": report.get("preset"),
+        "stage_seconds": report.get("seconds"),
         "levels": roi_swd_levels(edit_t, src_t, torch.from_numpy(roi)),
         "levels_input": roi_swd_levels(src_t, src_t, torch.from_numpy(roi)),
         "seam": seam_ratio(edit_t, src_t, torch.from_numpy(roi)),
@@ -193,7 +191,7 @@ def run_case(case: Case, imagery: Path, out: Path, preset: str, seed: int) -> di
         "copy_input": largest_copy(before[bands], before[bands], roi),
         "outside_changed": int((before != after)[:, ~roi].sum()),
         "seconds": round(seconds, 1),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "peak_rss_mb": peak_mb,
         "before": before,
         "after": after,
         "rgb": bands[:3] if len(bands) >= 3 else [bands[0]] * 3,
@@ -250,6 +248,65 @@ def contact_sheet(rows: list[dict], path: Path) -> None:
     sheet.save(path)
 
 
+def _run_cli(arguments: list[str]) -> tuple[float, int, str]:
+    """Run `rs-edit` in a child process: (seconds, peak RSS in MB, stderr)."""
+    command = [str(Path(sys.executable).with_name("rs-edit")), *arguments]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # noqa: S603
+    stderr = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.stderr.close()
+    if status != 0:
+        raise SystemExit(f"rs-edit failed ({status}):\n{stderr}")
+    return time.perf_counter() - started, round(usage.ru_maxrss / 1024), stderr
+
+
+def scatter(counts: list[int], imagery: Path, out: Path, preset: str, seed: int) -> str:
+    big = out / "scatter_2048.tif"
+    with rasterio.open(imagery / CASES[4].image) as src:
+        data = src.read()
+        profile = {**src.profile, "driver": "GTiff", "width": 2048, "height": 2048}
+        profile.update(tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+    pad = ((0, 0), (0, max(0, 2048 - data.shape[1])), (0, max(0, 2048 - data.shape[2])))
+    mirrored = np.pad(data, pad, mode="symmetric")  # the real tile, mirrored out to 2048 px
+    with rasterio.open(big, "w", **profile) as dst:
+        dst.write(mirrored[:, :2048, :2048])
+        transform = dst.transform
+    lines = ["| polygons | seconds | peak MB |", "|---|---|---|"]
+    rng = np.random.default_rng(seed)
+    for n in counts:
+        side = int(np.ceil(np.sqrt(n)))
+        features = []
+        for k in range(n):
+            row, col = divmod(k, side)
+            r0 = int((row + 0.5) * 2048 / side) - 20 + int(rng.integers(-30, 30))
+            c0 = int((col + 0.5) * 2048 / side) - 20 + int(rng.integers(-30, 30))
+            ring = [
+                transform * (c, r)
+                for c, r in ((c0, r0), (c0 + 40, r0), (c0 + 40, r0 + 40), (c0, r0 + 40), (c0, r0))
+            ]
+            features.append(
+                {
+                    "type": "Feature",
+                    "properties": {},
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                }
+            )
+        roi = out / f"scatter_{n}.geojson"
+        roi.write_text(json.dumps({
+            "type": "FeatureCollection", "features": features,
+            "crs": {"type": "name", "properties": {"name": str(profile["crs"])}},
+        }))  # fmt: skip
+        seconds, mb, _ = _run_cli([
+            "edit", str(big), "--roi", str(roi), "--prompt", "scatter", "--guidance", "none",
+            "--clip", "tiny-random", "--preset", preset, "--seed", str(seed), "--device", "cpu",
+            "--no-cache", "--quiet", "-o", str(out / f"scatter_{n}_edit.tif"),
+        ])  # fmt: skip
+        lines.append(f"| {n} | {seconds:.1f} | {mb} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--imagery", type=Path, default=DEFAULT_IMAGERY)
@@ -257,11 +314,17 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="case names")
+    parser.add_argument("--scatter", nargs="*", type=int, help="polygon counts (cost mode)")
     args = parser.parse_args(argv)
     if not args.imagery.is_dir():
         print(f"no imagery folder at {args.imagery}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.scatter:
+        text = scatter(args.scatter, args.imagery, args.out, args.preset, args.seed)
+        (args.out / "scatter.md").write_text(f"preset {args.preset}\n\n{text}\n")
+        print(text)
+        return 0
     rows = []
     for case in CASES:
         if args.only and case.name not in args.only:

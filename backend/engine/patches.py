@@ -50,8 +50,11 @@ class PatchSettings:
     # distance to any query), so a source patch that many queries prefer costs more and the
     # ROI draws on the tile's whole variety instead of collapsing onto its commonest (mean)
     # patches. 0: plain nearest neighbours.
-    completeness: float = 0.01
-    completeness_scales: int = 99  # how many scales, coarsest first, use it (the rest: plain)
+    completeness: float = 0.05
+    # How many scales, coarsest first, use it; finer scales follow the layout with plain
+    # nearest neighbours (with it there, rare patches such as roofs or deep shadows were
+    # scattered through the ROI).
+    completeness_scales: int = 1
     max_keys: int = 24_000  # source patches searched per scale (a regular subsample beyond)
     chunk: int = 256  # queries per distance block (small blocks stay in the CPU's cache)
 
@@ -110,7 +113,7 @@ def _nearest(
     key_norms = (keys * keys).sum(1)
     query_norms = (queries * queries).sum(1)
 
-    def distances(i: int) -> torch.Tensor:  # squared distances of a chunk of queries, >= 0
+    def distances(i: int) -> torch.Tensor:  # mean squared distances of a chunk of queries
         q = queries[i : i + chunk]
         d = torch.addmm(key_norms[None], q, keys.T, beta=1.0, alpha=-2.0)
         return (d + query_norms[i : i + chunk, None]).clamp_min(0) / q.shape[1]

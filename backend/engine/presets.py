@@ -44,7 +44,10 @@ class Preset:
     # the scales above the coarsest, or "clean-all". Measured on short CPU budgets: predicting
     # the noise leaves visible colour noise in samples (errors at high noise levels are
     # amplified when the clean image is recovered); predicting the clean image degrades to
-    # plausible, blurry content instead. So our presets use "clean-all".
+    # plausible, blurry content instead. Our presets sample only the coarse scale with the
+    # network, where the patch pass removes colour noise but cannot undo a blurred layout (the
+    # forest ROI of bench.realism came out a dark smooth blob with "clean-all"), so they
+    # predict the noise.
     fine_target: str = "noise"
     # Text guidance (CLIP): fine-tuning steps, augmented CLIP views per step, learning rate,
     # how many of the network's first blocks stay frozen (the paper's "encoder"), the weight of
@@ -61,12 +64,18 @@ class Preset:
     detail: str = "diffusion"
     coarse_side: int = 64
     patches: PatchSettings = field(default_factory=PatchSettings)
+    # The realism guard (patch detail only): an edit whose ROI scores above `guard_bar` on its
+    # worst level of quality.roi_swd_levels (1 = as unlike its surroundings as a region of the
+    # tile typically is) is replaced by the best of up to `guard_tries` alternatives.
+    guard_bar: float = 2.0
+    guard_tries: int = 2
 
 
-# Fine-scale synthesis: `PatchSettings()` was chosen on the forest ROI of `bench.realism`
-# (levels of roi_swd_levels from the `tiny` coarse model, 1 px detail): plain mean vote 3.0,
-# Gaussian vote 0.4 px 2.5, with completeness 0.01 0.77 (the ROI no longer collapses onto the
-# tile's commonest, darkest patches), in 8 s on 2 CPU cores. GPU presets search more keys.
+# Fine-scale synthesis: `PatchSettings()` was chosen on the ROIs of `bench.realism` (see
+# docs/BENCHMARKS.md, "Realism"): a Gaussian vote of 0.4 px keeps the finest detail that a plain
+# mean vote blurs, and completeness at the coarse scale keeps the ROI from collapsing onto the
+# tile's commonest (darkest) patches. About 5 s for a 256 px window on 2 CPU cores. GPU
+# presets search more keys.
 SHARP = PatchSettings()
 WIDE = PatchSettings(passes=3, max_keys=80_000, chunk=1024)
 
@@ -85,12 +94,12 @@ PRESETS: dict[str, Preset] = {
             lr_schedule="cosine",
             milestones=(),
             scale_weighting="uniform",
-            fine_target="clean-all",
             ema_decay=0.9,
             guide_steps=40,
             guide_views=4,
             guide_lr=1e-3,
             detail="patches",
+            fine_target="noise",
             coarse_side=48,
             patches=SHARP,
         ),
@@ -109,12 +118,12 @@ PRESETS: dict[str, Preset] = {
             # gets most of them, as published.
             scale_weighting="timesteps",
             grad_clip=1.0,
-            fine_target="clean-all",
             ema_decay=0.99,
             guide_steps=60,
             guide_views=8,
             guide_lr=5e-4,
             detail="patches",
+            fine_target="noise",
             coarse_side=64,
             patches=SHARP,
         ),
@@ -131,9 +140,9 @@ PRESETS: dict[str, Preset] = {
             milestones=(),
             scale_weighting="timesteps",
             grad_clip=1.0,
-            fine_target="clean-all",
             ema_decay=0.995,
             detail="patches",
+            fine_target="noise",
             coarse_side=80,
             patches=WIDE,
         ),
@@ -150,12 +159,12 @@ PRESETS: dict[str, Preset] = {
             milestones=(),
             scale_weighting="timesteps",
             grad_clip=1.0,
-            fine_target="clean-all",
             ema_decay=0.995,
             compile=True,
             guide_steps=200,
             guide_views=16,
             detail="patches",
+            fine_target="noise",
             coarse_side=96,
             patches=WIDE,
         ),

@@ -22,6 +22,7 @@ from ..engine.model import TileModel, tile_hash
 from ..engine.patches import coarse_size, refine, resize
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
+from ..engine.quality import roi_swd_levels
 from ..engine.train import train_tile
 from ..progress import ProgressCallback
 from .clip import load_clip
@@ -87,7 +88,7 @@ class TextEditor:
         scene = build_scene(model, image, tile.alpha, tile.rgb)
         objective = ClipObjective(clip, target, scene, preset.guide_views, seed)
         mark = time.perf_counter()
-        guide = None
+        guide, unguided = None, model
         if opts.guidance == "finetune":
             model = finetune(
                 model,
@@ -108,10 +109,14 @@ class TextEditor:
         seeds = [seed + 1 + i for i in range(opts.variants)]
         edits = sample_edits(model, scene, seeds, guide=guide, progress=progress)
         seconds["sample"] = time.perf_counter() - mark
+        realism, replaced = [], []
         if preset.detail == "patches":
             mark = time.perf_counter()
             edits = self._add_detail(tile, edits, seeds, progress)
             seconds["detail"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            edits, realism, replaced = self._guard(tile, scene, unguided, edits, seeds, progress)
+            seconds["guard"] = time.perf_counter() - mark
 
         before = objective.similarity(scene.known[-1])
         size = tuple(scene.known[-1].shape[-2:])
@@ -135,9 +140,62 @@ class TextEditor:
             "tile_hash": model.tile_hash,
             "clip_similarity_input": round(before, 4),
             "clip_similarity_edits": [round(a, 4) for a in after],
+            "realism": [round(r, 3) for r in realism],
+            "realism_replaced": replaced,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
         }
         return edits
+
+    def _guard(self, tile, scene, unguided, edits, seeds, progress):
+        """The realism guard: an edit whose ROI is far from anything in the tile (its largest
+        `roi_swd_levels` level above the preset's bar: flat colour, a colour cast, collapsed
+        structure) is replaced by the most realistic of a few alternatives made without the
+        guidance, then with other seeds. Returns the edits, each one's realism (its largest
+        level) and the variants that were replaced."""
+        bar, tries = self.preset.guard_bar, self.preset.guard_tries
+        scores = [self._realism(tile, e) for e in edits]
+        replaced = []
+        total = len(edits) * tries
+        progress("guard", 0, total)
+        for i, seed in enumerate(seeds):
+            for k in range(tries):
+                if scores[i] <= bar:
+                    break
+                alt_seed = seed if k == 0 else seed + 7919 * k  # first: same seed, unguided
+                coarse = sample_edits(unguided, scene, [alt_seed])
+                alt = self._add_detail(tile, coarse, [alt_seed], lambda *a, **kw: None)[0]
+                score = self._realism(tile, alt)
+                progress("guard", i * tries + k + 1, total)
+                if score < scores[i]:
+                    edits[i], scores[i] = alt, score
+                    if i + 1 not in replaced:
+                        replaced.append(i + 1)
+        progress("guard", total, total)
+        for i, score in enumerate(scores):
+            if score > bar:
+                self.log(
+                    f"variant {i + 1}: the edited area is unlike the rest of the tile (realism "
+                    f"{score:.2f} > {bar}); try another seed, a larger context or a larger area"
+                )
+        if replaced:
+            self.log(
+                f"realism guard: variant(s) {', '.join(map(str, replaced))} replaced by an "
+                "edit closer to the tile (the guidance had made them unlike it)"
+            )
+        return edits, scores, replaced
+
+    @staticmethod
+    def _realism(tile, edit: np.ndarray) -> float:
+        """The largest ROI realism level of an edit (see `roi_swd_levels`); 0 if unmeasurable."""
+        roi = torch.from_numpy(tile.roi_mask & tile.valid)
+        if not roi.any() or roi.all():
+            return 0.0
+        try:
+            levels = roi_swd_levels(torch.from_numpy(edit), torch.from_numpy(tile.model_image), roi)
+        except ValueError:  # a window too small for the measure's patches
+            return 0.0
+        finite = [v for v in levels if v == v]
+        return max(finite) if finite else 0.0
 
     def _add_detail(self, tile, coarse_edits, seeds, progress) -> list[np.ndarray]:
         """Each coarse edit at the tile's size, its detail assembled from the tile's patches."""

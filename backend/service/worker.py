@@ -35,7 +35,8 @@ STAGE_BANDS: dict[str, tuple[float, float]] = {
     "finetune": (70.0, 90.0),
     "edit": (90.0, 97.0),
     "sample": (90.0, 93.0),
-    "detail": (93.0, 97.0),
+    "detail": (93.0, 96.0),
+    "guard": (96.0, 97.0),
     "write": (97.0, 99.0),
 }
 _DEFAULT_BAND = (3.0, 95.0)
