@@ -115,7 +115,10 @@ class TextEditor:
             edits = self._add_detail(tile, edits, seeds, progress)
             seconds["detail"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            edits, realism, replaced = self._guard(tile, scene, unguided, edits, seeds, progress)
+            guided = opts.guidance != "none"
+            edits, realism, replaced = self._guard(
+                tile, scene, unguided, guided, edits, seeds, progress
+            )
             seconds["guard"] = time.perf_counter() - mark
 
         before = objective.similarity(scene.known[-1])
@@ -146,7 +149,7 @@ class TextEditor:
         }
         return edits
 
-    def _guard(self, tile, scene, unguided, edits, seeds, progress):
+    def _guard(self, tile, scene, unguided, guided, edits, seeds, progress):
         """The realism guard: an edit whose ROI is far from anything in the tile (its largest
         `roi_swd_levels` level above the preset's bar: flat colour, a colour cast, collapsed
         structure) is replaced by the most realistic of a few alternatives made without the
@@ -161,7 +164,8 @@ class TextEditor:
             for k in range(tries):
                 if scores[i] <= bar:
                     break
-                alt_seed = seed if k == 0 else seed + 7919 * k  # first: same seed, unguided
+                # First the same seed without the guidance; then other seeds.
+                alt_seed = seed if (k == 0 and guided) else seed + 7919 * (k + 1)
                 coarse = sample_edits(unguided, scene, [alt_seed])
                 alt = self._add_detail(tile, coarse, [alt_seed], lambda *a, **kw: None)[0]
                 score = self._realism(tile, alt)
