@@ -37,15 +37,18 @@ STAGE = "detail"  # progress stage name of the patch refinement
 class PatchSettings:
     patch: int = 7  # patch side (odd)
     factor: float = 4 / 3  # size ratio between successive scales
-    passes: int = 2  # nearest-neighbour passes per scale
+    # Nearest-neighbour passes per scale. One: a second pass matches sharp queries whose fine
+    # detail is an incoherent mosaic, and plain L2 then prefers smooth source patches (the
+    # forest ROI of bench.realism lost a further 10 % of its 1 px detail energy per pass).
+    passes: int = 1
     coarse_passes: int = 2  # passes at the coarse scale itself (the realism guard); 0: none
     # Noise (std, model range) added to the coarse guess before its first pass: breaks up the
     # smooth layouts that a briefly trained model makes into structure the tile has (GPNN).
-    coarse_noise: float = 0.3
+    coarse_noise: float = 0.15
     # Spatial weight of a pasted patch's pixels in the vote: a Gaussian of this std (px) around
     # the patch centre (0: the plain mean of overlapping patches, which blurs where neighbouring
     # patches come from different places; small: each pixel mostly from its own patch's centre).
-    vote_sigma: float = 0.4
+    vote_sigma: float = 0.25
     # GPNN's completeness weight: distances are divided by (completeness + the key's smallest
     # distance to any query), so a source patch that many queries prefer costs more and the
     # ROI draws on the tile's whole variety instead of collapsing onto its commonest (mean)
@@ -55,6 +58,7 @@ class PatchSettings:
     # nearest neighbours (with it there, rare patches such as roofs or deep shadows were
     # scattered through the ROI).
     completeness_scales: int = 1
+    fine_completeness: float = 0.0  # the weight at the finer scales (0: plain)
     max_keys: int = 24_000  # source patches searched per scale (a regular subsample beyond)
     chunk: int = 256  # queries per distance block (small blocks stay in the CPU's cache)
 
@@ -247,7 +251,11 @@ def refine(
         for keys in passes:
             # Outside the ROI: blurry for the first pass at a new scale (its keys are blurry
             # too), then the tile's own sharp pixels.
-            c = settings.completeness if s < settings.completeness_scales else 0.0
+            c = (
+                settings.completeness
+                if s < settings.completeness_scales
+                else settings.fine_completeness
+            )
             x = torch.where(roi, _vote(x, roi, source, keys, settings, c), known)
             done += 1
             progress(STAGE, done, total)

@@ -72,12 +72,12 @@ class Preset:
 
 
 # Fine-scale synthesis: `PatchSettings()` was chosen on the ROIs of `bench.realism` (see
-# docs/BENCHMARKS.md, "Realism"): a Gaussian vote of 0.4 px keeps the finest detail that a plain
-# mean vote blurs, and completeness at the coarse scale keeps the ROI from collapsing onto the
-# tile's commonest (darkest) patches. About 5 s for a 256 px window on 2 CPU cores. GPU
-# presets search more keys.
+# docs/BENCHMARKS.md, "Realism"): a narrow Gaussian vote keeps the finest detail that a plain
+# mean vote blurs (forest ROI, 1 px level 5.1 -> 1.9), and completeness at the coarse scale
+# keeps the ROI from collapsing onto the tile's commonest (darkest) patches. About 2-5 s for a
+# 256 px window on 2 CPU cores. GPU presets search more keys.
 SHARP = PatchSettings()
-WIDE = PatchSettings(passes=3, max_keys=80_000, chunk=1024)
+WIDE = PatchSettings(max_keys=80_000, chunk=1024)
 
 PRESETS: dict[str, Preset] = {
     p.name: p
