@@ -9,7 +9,8 @@ Two sources, the first that works wins:
 
 Endpoint problems (timeout, refused connection, HTTP errors, garbage) never raise: they fall back to
 the templates and say why in `PromptEnsemble.note`. Bad user input raises `ParameterError`. The API
-key never appears in a repr, a note, a log line, an exception we raise or a cache file.
+key never appears in a repr, a note, a log line, an exception we raise or a cache file: notes and
+log lines go through `backend.llm.redact`, as the service's messages do.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ParameterError
+from ..llm import DEFAULT_MODEL, LlmConfig, redact
 from ..paths import cache_root
 
 __all__ = [
+    "DEFAULT_MODEL",
     "TEMPLATES",
     "LlmConfig",
     "PromptEnsemble",
@@ -70,9 +72,6 @@ MAX_K = 32
 DEFAULT_K = 8
 LLM_CHOICES = ("none", "openai")
 
-DEFAULT_MODEL = "gpt-4o-mini"
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_TIMEOUT_S = 20.0
 # Sent as the key to a local endpoint (Ollama, vLLM, ...) that needs none: the client wants one.
 PLACEHOLDER_KEY = "not-needed"
 
@@ -150,87 +149,8 @@ def template_prompts(prompt: str, k: int = DEFAULT_K) -> tuple[str, ...]:
     return tuple(template.format(subject) for template in TEMPLATES[:k])
 
 
-# --- configuration -------------------------------------------------------------------------------
-
-
-def _redact_url(url: str) -> str:
-    """`url` without user info, query or fragment: safe to log and to show."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    except ValueError:
-        return "<unparseable URL>"
-
-
-@dataclass(frozen=True)
-class LlmConfig:
-    """Where the LLM lives. `repr` and `str` never show the API key."""
-
-    base_url: str | None = None
-    model: str = DEFAULT_MODEL
-    api_key: str | None = field(default=None, repr=False)
-    timeout_s: float = DEFAULT_TIMEOUT_S
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ParameterError("LLM model name is empty")
-        try:
-            timeout = float(self.timeout_s)
-        except (TypeError, ValueError):
-            raise ParameterError(f"LLM timeout must be a number, got {self.timeout_s!r}") from None
-        if not 0 < timeout <= 600:
-            raise ParameterError(f"LLM timeout must be between 0 and 600 s, got {timeout:g}")
-        object.__setattr__(self, "timeout_s", timeout)
-        object.__setattr__(self, "model", self.model.strip())
-        object.__setattr__(self, "base_url", (self.base_url or "").strip() or None)
-        object.__setattr__(self, "api_key", (self.api_key or "").strip() or None)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> LlmConfig:
-        """Read `RS_EDIT_LLM_*` (falling back to `OPENAI_BASE_URL` / `OPENAI_API_KEY`)."""
-        env = os.environ if env is None else env
-
-        def get(*names: str) -> str | None:
-            for name in names:
-                value = (env.get(name) or "").strip()
-                if value:
-                    return value
-            return None
-
-        timeout = get("RS_EDIT_LLM_TIMEOUT")
-        if timeout is not None:
-            try:
-                timeout_s = float(timeout)
-            except ValueError:
-                raise ParameterError(
-                    f"RS_EDIT_LLM_TIMEOUT must be a number of seconds, got {timeout!r}"
-                ) from None
-        else:
-            timeout_s = DEFAULT_TIMEOUT_S
-        return cls(
-            base_url=get("RS_EDIT_LLM_BASE_URL", "OPENAI_BASE_URL"),
-            model=get("RS_EDIT_LLM_MODEL") or DEFAULT_MODEL,
-            api_key=get("RS_EDIT_LLM_API_KEY", "OPENAI_API_KEY"),
-            timeout_s=timeout_s,
-        )
-
-    @property
-    def available(self) -> bool:
-        """A key is set (hosted API), or a base URL is (local servers need no key)."""
-        return bool(self.api_key or self.base_url)
-
-    @property
-    def effective_base_url(self) -> str:
-        return self.base_url or DEFAULT_BASE_URL
-
-    @property
-    def display_url(self) -> str:
-        """The base URL without credentials, query or fragment: safe to log."""
-        return _redact_url(self.effective_base_url)
+# The LLM's configuration (`LlmConfig`, read from RS_EDIT_LLM_* / OPENAI_*) and the scrubbing of
+# secrets (`redact`) live in `backend/llm.py`, shared with the service's health and error messages.
 
 
 # --- the ensemble --------------------------------------------------------------------------------
@@ -457,12 +377,6 @@ def _cache_write(path: Path, entry: dict) -> None:
 # --- entry point ---------------------------------------------------------------------------------
 
 
-def _scrub(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "***")
-    return text
-
-
 def expand_prompt(
     prompt: str,
     *,
@@ -488,7 +402,7 @@ def expand_prompt(
     secret = config.api_key if config is not None else None
 
     def say(line: str) -> None:
-        line = _scrub(line, secret)
+        line = redact(line, secret)
         if log is not None:
             log(line)
         else:
@@ -496,7 +410,7 @@ def expand_prompt(
 
     def done(ensemble: PromptEnsemble) -> PromptEnsemble:
         ensemble = PromptEnsemble(
-            prompts=ensemble.prompts, source=ensemble.source, note=_scrub(ensemble.note, secret)
+            prompts=ensemble.prompts, source=ensemble.source, note=redact(ensemble.note, secret)
         )
         say(f"prompt ensemble: {ensemble.source}, {len(ensemble.prompts)} prompts: {ensemble.note}")
         return ensemble

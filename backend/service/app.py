@@ -28,7 +28,9 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from .. import __version__
 from ..engine.presets import DEFAULT_PRESET
+from ..errors import ParameterError
 from ..guidance.clip import DEFAULT_CLIP
+from ..llm import LlmConfig, register_secret
 from . import submit
 from .config import LOOPBACK, Limits, ServiceConfig
 from .errors import (
@@ -37,7 +39,6 @@ from .errors import (
     install_error_handlers,
     redact,
     redact_json,
-    register_secret,
 )
 from .executor import JobRunner, LocalBackend, RayBackend
 from .guard import Guard
@@ -432,14 +433,16 @@ def _clip_lookup() -> dict:
 
 
 def _llm_status() -> dict:
-    """Whether an OpenAI-compatible endpoint is configured (the key itself is never shown)."""
-    key = bool(os.environ.get("OPENAI_API_KEY"))
-    base = os.environ.get("OPENAI_BASE_URL") or os.environ.get("RS_EDIT_LLM_URL")
-    return {"openai": key or bool(base), "api_key_set": key, "custom_endpoint": bool(base)}
+    """Whether `--llm openai` has an endpoint, read as Prompt Ensembling reads it (`LlmConfig`);
+    the key itself is never shown. A bad setting (RS_EDIT_LLM_TIMEOUT) is reported, not raised."""
+    try:
+        return LlmConfig.from_env().describe()
+    except ParameterError as exc:
+        return {"openai": False, "error": redact(str(exc))}
 
 
 class _RedactingFormatter(logging.Formatter):
-    """Every log line (tracebacks included) without the OpenAI key or the access token."""
+    """Every log line (tracebacks included) without the LLM API keys or the access token."""
 
     def __init__(self, inner: logging.Formatter):
         super().__init__()
@@ -473,8 +476,6 @@ def serve(
 ) -> None:
     """Run the service with uvicorn (blocking). A non-loopback address needs a token."""
     import uvicorn
-
-    from ..errors import ParameterError
 
     config = (config or ServiceConfig()).validate()
     if host not in LOOPBACK and not config.token:

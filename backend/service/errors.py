@@ -8,7 +8,6 @@ else is a 500 whose message names no internals: the traceback goes to the server
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -26,6 +25,7 @@ from ..errors import (
     RoiError,
     RsEditError,
 )
+from ..llm import known_secrets, redact  # the one scrubbing of secrets (both LLM keys, the token)
 
 log = logging.getLogger("rs_edit.service")
 
@@ -134,35 +134,13 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-_SECRETS: set[str] = set()
-
-
-def register_secret(value: str | None) -> None:
-    """Make `redact` remove this value (the access token) too."""
-    if value and len(value) >= 4:
-        _SECRETS.add(value)
-
-
 def redact_json(obj):
-    """`redact` over everything a JSON answer holds (a no-op when no secret is set)."""
-    if not _SECRETS and not any(os.environ.get(n) for n in ("OPENAI_API_KEY", "RS_EDIT_TOKEN")):
+    """`redact` over everything a JSON answer holds (a no-op when no secret is known)."""
+    if not known_secrets():
         return obj
     import json
 
     return json.loads(redact(json.dumps(obj)))
-
-
-def redact(text: str) -> str:
-    """Remove secrets of the server's environment (the OpenAI key, the access token) from any
-    text that is shown to a client or written to a log."""
-    secrets = set(_SECRETS)
-    for name in ("OPENAI_API_KEY", "RS_EDIT_TOKEN"):
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            secrets.add(value)
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    return text
 
 
 def name_field(message: str, path, field: str) -> str:
