@@ -265,3 +265,30 @@ def _make_handler(server: LlmServer) -> type[BaseHTTPRequestHandler]:
             self._send(404, {"error": {"message": "not found", "type": "invalid_request"}})
 
     return Handler
+
+
+# Everything in the environment that could point a test at a real LLM, key, token or proxy.
+LLM_ENV_NAMES = (
+    "RS_EDIT_LLM_BASE_URL",
+    "RS_EDIT_LLM_MODEL",
+    "RS_EDIT_LLM_API_KEY",
+    "RS_EDIT_LLM_TIMEOUT",
+    "RS_EDIT_LLM_URL",
+    "RS_EDIT_TOKEN",
+    "RS_EDIT_CACHE_DIR",
+    "OPENAI_BASE_URL",
+    "OPENAI_API_KEY",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
+
+
+def clean_llm_env(monkeypatch, tmp_path) -> None:
+    """No developer key, endpoint, token, cache or proxy from the environment reaches a test."""
+    for name in LLM_ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

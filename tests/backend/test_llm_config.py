@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from llm_server import LlmServer
+from llm_server import LlmServer, clean_llm_env
 
 from backend import llm
 from backend.guidance.prompts import expand_prompt, template_prompts
@@ -23,30 +23,11 @@ LLM_KEY = "sk-rs-edit-LLM-KEY-0123456789abcdef"
 OPENAI_KEY = "sk-openai-KEY-fedcba9876543210"
 TOKEN = "server-TOKEN-0123456789-abcdef"
 PROMPT = "A fire in the forest"
-ENV_NAMES = (
-    "RS_EDIT_LLM_BASE_URL",
-    "RS_EDIT_LLM_MODEL",
-    "RS_EDIT_LLM_API_KEY",
-    "RS_EDIT_LLM_TIMEOUT",
-    "RS_EDIT_LLM_URL",
-    "RS_EDIT_TOKEN",
-    "OPENAI_BASE_URL",
-    "OPENAI_API_KEY",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-)
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    """No developer key, endpoint, token or proxy from the environment reaches these tests."""
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    clean_llm_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture

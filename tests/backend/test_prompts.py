@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from llm_server import GOOD_PROMPTS, LlmServer
+from llm_server import GOOD_PROMPTS, LlmServer, clean_llm_env
 
 from backend.errors import ParameterError
 from backend.guidance.prompts import (
@@ -24,29 +24,11 @@ from backend.guidance.prompts import (
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
 PROMPT = "A fire in the forest"
-ENV_NAMES = (
-    "RS_EDIT_LLM_BASE_URL",
-    "RS_EDIT_LLM_MODEL",
-    "RS_EDIT_LLM_API_KEY",
-    "RS_EDIT_LLM_TIMEOUT",
-    "RS_EDIT_CACHE_DIR",
-    "OPENAI_BASE_URL",
-    "OPENAI_API_KEY",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-)
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    """No developer key, endpoint or proxy from the environment reaches these tests."""
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    clean_llm_env(monkeypatch, tmp_path)
 
 
 @pytest.fixture
