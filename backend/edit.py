@@ -25,7 +25,7 @@ from .errors import ParameterError
 from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
 from .paths import cache_root
-from .progress import ProgressCallback, no_progress, share
+from .progress import ProgressCallback, no_progress, share, windows
 from .raster import RasterInfo, inspect_raster, read_tile, write_result
 from .roi import Roi, roi_from_geojson, roi_from_mask, whole_image
 
@@ -64,7 +64,7 @@ class EditOptions:
         if check_preset_name(self.preset) != AUTO and get_preset(self.preset).max_pixels:
             raise ParameterError(
                 f"preset {self.preset!r} reproduces the published training for benchmarks "
-                "(rs-edit bench); edit with tiny, fast, balanced or quality"
+                "(rs-edit bench); edit with auto, tiny, fast, balanced or quality"
             )
         if self.guidance not in GUIDANCE_METHODS:
             raise ParameterError(
@@ -314,7 +314,7 @@ def run_edit(
     editor = TextEditor(options, device=device, cache_dir=cache_dir, log=log)
     per_tile, reports = [], []
     for i, tile in enumerate(tiles):
-        per_tile.append(editor.edit(tile, share(progress, i, len(tiles))))
+        per_tile.append(editor.edit(tile, windows(progress, i, len(tiles))))
         reports.append(editor.report)
     report = {
         **reports[0],
@@ -327,7 +327,11 @@ def run_edit(
     for v, path in enumerate(paths):
         edits = [variants[v] for variants in per_tile]
         extra = {**report, "variant": v + 1}
-        written.append(write_edits(tiles, path, edits, progress=progress, extra_settings=extra))
+        written.append(
+            write_edits(
+                tiles, path, edits, progress=share(progress, v, len(paths)), extra_settings=extra
+            )
+        )
     return EditResult(outputs=written, report=report)
 
 

@@ -18,6 +18,47 @@ def no_progress(stage: str, step: int, total: int, loss: float | None = None) ->
     """The default callback: report nothing, never cancel."""
 
 
+# Where each stage of an edit falls in a job's 0-100 progress (the job API reports it, the
+# windows of one edit are laid end to end by it). Unknown stages share the middle.
+STAGE_BANDS: dict[str, tuple[float, float]] = {
+    "starting": (0.0, 1.0),
+    "prepare": (1.0, 3.0),
+    "load": (1.0, 3.0),
+    "train": (3.0, 70.0),
+    "guide": (70.0, 90.0),
+    "finetune": (70.0, 90.0),
+    "edit": (90.0, 97.0),
+    "sample": (90.0, 93.0),
+    "detail": (93.0, 96.0),
+    "guard": (96.0, 97.0),
+    "windows": (3.0, 97.0),  # several windows: train ... guard of each, one after the other
+    "write": (97.0, 99.0),
+}
+DEFAULT_BAND = (3.0, 95.0)
+
+
+def percent(stage: str, step: int, total: int) -> float:
+    """The job's progress (0-100) at `step` of `total` in `stage`."""
+    lo, hi = STAGE_BANDS.get(stage, DEFAULT_BAND)
+    frac = min(1.0, max(0.0, step / total)) if total and total > 0 else 0.0
+    return lo + (hi - lo) * frac
+
+
+def windows(progress: ProgressCallback, index: int, count: int) -> ProgressCallback:
+    """The callback for window `index` of `count` edited one after the other: each window's
+    stages (train ... guard) become one slice of a single "windows" stage, so that progress
+    moves on through every window instead of restarting the stages for each."""
+    if count == 1:
+        return progress
+    lo, hi = STAGE_BANDS["windows"]
+
+    def callback(stage: str, step: int, total: int, loss: float | None = None) -> None:
+        done = min(1.0, max(0.0, (percent(stage, step, total) - lo) / (hi - lo)))
+        progress("windows", round(1000 * (index + done)), 1000 * count, loss)
+
+    return callback
+
+
 def share(progress: ProgressCallback, index: int, count: int) -> ProgressCallback:
     """The callback for part `index` of `count` equal parts of one job (variants, windows):
     each stage's steps run on from the parts before, so progress never goes back."""

@@ -17,35 +17,13 @@ from pathlib import Path
 
 from ..edit import EditOptions, EditResult
 from ..errors import CancelledError, InputError
-from ..progress import ProgressCallback
+from ..progress import STAGE_BANDS, ProgressCallback, percent  # noqa: F401 (the service's names)
 from . import cache
 
 EditFn = Callable[..., EditResult]
 # The editor keeps trained tile models in CACHE_DIR/models (and prompt expansions, small, in
 # CACHE_DIR/prompts): the LRU bound applies to the models.
 MODELS_SUBDIR = "models"
-
-# Where each stage of an edit falls in the job's 0-100 progress. Unknown stages share the middle.
-STAGE_BANDS: dict[str, tuple[float, float]] = {
-    "starting": (0.0, 1.0),
-    "prepare": (1.0, 3.0),
-    "load": (1.0, 3.0),
-    "train": (3.0, 70.0),
-    "guide": (70.0, 90.0),
-    "finetune": (70.0, 90.0),
-    "edit": (90.0, 97.0),
-    "sample": (90.0, 93.0),
-    "detail": (93.0, 96.0),
-    "guard": (96.0, 97.0),
-    "write": (97.0, 99.0),
-}
-_DEFAULT_BAND = (3.0, 95.0)
-
-
-def percent(stage: str, step: int, total: int) -> float:
-    lo, hi = STAGE_BANDS.get(stage, _DEFAULT_BAND)
-    frac = min(1.0, max(0.0, step / total)) if total and total > 0 else 0.0
-    return lo + (hi - lo) * frac
 
 
 def default_edit_fn() -> EditFn:
