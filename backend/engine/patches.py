@@ -58,7 +58,6 @@ class PatchSettings:
     # nearest neighbours (with it there, rare patches such as roofs or deep shadows were
     # scattered through the ROI).
     completeness_scales: int = 1
-    fine_completeness: float = 0.0  # the weight at the finer scales (0: plain)
     max_keys: int = 24_000  # source patches searched per scale (a regular subsample beyond)
     chunk: int = 256  # queries per distance block (small blocks stay in the CPU's cache)
 
@@ -227,16 +226,16 @@ def refine(
             known_prev = known
             continue
         if s == 0:
-            if settings.coarse_noise > 0 and settings.coarse_passes > 0:
-                gen = torch.Generator().manual_seed(seed)
-                noise = torch.randn(x.shape, generator=gen).to(x.device)
-                x = x + settings.coarse_noise * noise
             x = torch.where(roi, x, known)
             try:
                 source = _Source(known, None, roi, banned, settings)
             except _NoPatchesError:
                 known_prev = known
                 continue
+            if settings.coarse_noise > 0:
+                gen = torch.Generator().manual_seed(seed)
+                noise = torch.randn(x.shape, generator=gen).to(x.device)
+                x = torch.where(roi, x + settings.coarse_noise * noise, known)
             passes = [source.values] * settings.coarse_passes
         else:
             x = torch.where(roi, resize(x, size), resize(known_prev, size))
@@ -251,11 +250,7 @@ def refine(
         for keys in passes:
             # Outside the ROI: blurry for the first pass at a new scale (its keys are blurry
             # too), then the tile's own sharp pixels.
-            c = (
-                settings.completeness
-                if s < settings.completeness_scales
-                else settings.fine_completeness
-            )
+            c = settings.completeness if s < settings.completeness_scales else 0.0
             x = torch.where(roi, _vote(x, roi, source, keys, settings, c), known)
             done += 1
             progress(STAGE, done, total)
