@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from shapely import affinity
 from .bands import rgb_bands as pick_rgb_bands
 from .engine.presets import DEFAULT_PRESET
 from .errors import CrsError, ParameterError, RoiError
+from .files import atomic_path
 from .guidance.clip import DEFAULT_CLIP
 from .raster import gdal_env, inspect_raster, nodata_pixels
 from .roi import Roi, clip_to_raster, reproject, shapely_affine
@@ -208,16 +208,8 @@ def plan_chips(raster, polygons, options: AugmentOptions, log=lambda line: None)
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent
-    )
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        write(tmp)
 
 
 def write_chip(raster, window: Window, path: Path) -> None:

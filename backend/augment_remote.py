@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -28,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from .errors import CancelledError, InputError, ParameterError, RemoteError, RsEditError
+from .files import atomic_path, write_text_atomic
 
 JOBS_FILE = ".jobs.json"
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -181,22 +180,17 @@ class JobClient:
     def download(self, job_id: str, target: Path) -> None:
         """The job's result into a temporary file next to `target`, renamed into place."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        try:
-            with (
-                os.fdopen(fd, "wb") as out,
-                self._errors(),
-                self._http.stream("GET", f"/v1/jobs/{job_id}/result") as r,
-            ):
-                if r.status_code >= 400:
-                    r.read()
-                    self._json(r, f"the result of job {job_id}")
-                for chunk in r.iter_bytes(1024 * 1024):
-                    out.write(chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with (
+            atomic_path(target, suffix=target.suffix) as tmp,
+            open(tmp, "wb") as out,
+            self._errors(),
+            self._http.stream("GET", f"/v1/jobs/{job_id}/result") as r,
+        ):
+            if r.status_code >= 400:
+                r.read()
+                self._json(r, f"the result of job {job_id}")
+            for chunk in r.iter_bytes(1024 * 1024):
+                out.write(chunk)
 
     def cancel(self, job_id: str) -> dict | None:
         """Cancel a job (a finished one is left as it is); its body, or None if unknown."""
@@ -374,14 +368,7 @@ class JobLedger:
             self.path.unlink(missing_ok=True)
             return
         text = json.dumps({"jobs": self._jobs}, indent=1, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.path, text)
 
 
 # --------------------------------------------------------------------------------------- pool

@@ -23,6 +23,7 @@ from .engine.presets import resolve_preset
 from .engine.quality import combine_levels, level_names, patch_swd, self_swd, swd_levels
 from .engine.train import Trainer
 from .errors import ParameterError
+from .files import atomic_path
 from .raster import inspect_raster, read_tile
 
 QUALITY_BAR = 1.25
@@ -191,7 +192,6 @@ def samples_png(source: torch.Tensor, samples: torch.Tensor, path: str | Path) -
     strip = torch.cat([p[:3] if p.shape[0] >= 3 else p[:1].expand(3, -1, -1) for p in panels], -1)
     rgb = ((strip.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(rgb).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(rgb).save(tmp)
     return path

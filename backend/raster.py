@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from .errors import InputError, RasterError
+from .files import atomic_path
 
 SUPPORTED_DTYPES = (
     "uint8",
@@ -52,16 +52,6 @@ GDAL_CACHE_MB = 128
 # Where the tag recording the prompt and settings goes in the output.
 RESULT_TAG = "RS_EDIT"
 _HEAVY_READ_LIMIT = 64_000_000  # bytes: non-TIFF rasters up to this size are fully read to validate
-
-
-def _read_umask() -> int:
-    """The process umask, read once at import (os.umask can only be read by setting it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 @dataclass(frozen=True)
@@ -295,32 +285,17 @@ def write_result(
         if data.dtype != np.dtype(info.dtype):
             raise ValueError(f"data dtype {data.dtype} differs from the raster's {info.dtype}")
     check_output_path(info, output)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    cog_tmp = tmp.with_suffix(".cog.tmp")
     try:
-        with gdal_env():
-            with rasterio.open(info.path) as src:
-                options = _creation_options(src)
-                if _can_copy_bytes(src):
-                    # Byte copy: no decompression of the whole scene, metadata identical.
-                    shutil.copyfile(info.path, tmp)
-                else:
-                    # From the file alone: what its sidecar says is re-applied below, filtered.
-                    with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-                        rasterio.shutil.copy(info.path, tmp, driver="GTiff", **options)
-                with rasterio.open(tmp, "r+") as dst:
-                    _copy_metadata(src, dst)
-                    for window, data in pieces:
-                        dst.write(data, window=window)
-                    if settings is not None:
-                        dst.update_tags(**{RESULT_TAG: json.dumps(settings, sort_keys=True)})
-            if cog:
-                rasterio.shutil.copy(tmp, cog_tmp, driver="COG", **_cog_options(options))
-                os.replace(cog_tmp, tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, output)
+        # Temporary file, umask mode, rename into place; the temporary file and its sidecar
+        # are removed on failure.
+        with atomic_path(output) as tmp:
+            cog_tmp = tmp.with_suffix(".cog.tmp")
+            try:
+                _write_copy(info, tmp, cog_tmp, pieces, settings=settings, cog=cog)
+            finally:
+                for leftover in (cog_tmp, _sidecar(cog_tmp)):
+                    with contextlib.suppress(FileNotFoundError):
+                        leftover.unlink()
         # A sidecar left by an earlier file at OUTPUT (QGIS writes statistics there) would be
         # read as this file's metadata: it goes with the file it described.
         with contextlib.suppress(FileNotFoundError):
@@ -329,11 +304,38 @@ def write_result(
         raise RasterError(f"cannot write {output}: {_gdal_message(exc)}") from exc
     except OSError as exc:
         raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
-    finally:
-        for leftover in (tmp, cog_tmp, _sidecar(tmp), _sidecar(cog_tmp)):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
     return output
+
+
+def _write_copy(
+    info: RasterInfo,
+    tmp: Path,
+    cog_tmp: Path,
+    pieces: Sequence[tuple[Window, np.ndarray]],
+    *,
+    settings: dict | None,
+    cog: bool,
+) -> None:
+    """The input raster with the pieces put in place, at `tmp` (via `cog_tmp` for a COG)."""
+    with gdal_env():
+        with rasterio.open(info.path) as src:
+            options = _creation_options(src)
+            if _can_copy_bytes(src):
+                # Byte copy: no decompression of the whole scene, metadata identical.
+                shutil.copyfile(info.path, tmp)
+            else:
+                # From the file alone: what its sidecar says is re-applied below, filtered.
+                with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+                    rasterio.shutil.copy(info.path, tmp, driver="GTiff", **options)
+            with rasterio.open(tmp, "r+") as dst:
+                _copy_metadata(src, dst)
+                for window, data in pieces:
+                    dst.write(data, window=window)
+                if settings is not None:
+                    dst.update_tags(**{RESULT_TAG: json.dumps(settings, sort_keys=True)})
+        if cog:
+            rasterio.shutil.copy(tmp, cog_tmp, driver="COG", **_cog_options(options))
+            os.replace(cog_tmp, tmp)
 
 
 def _sidecar(path: Path) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 from shapely.ops import nearest_points, unary_union
+
+from .files import atomic_path
 
 MIN_SIZE = 32
 ROI_TARGET_FRACTION = 0.2  # the ROI aims at a fifth of the scene: well inside the 10-30 % promised
@@ -390,18 +391,11 @@ def write_scene(scene: Scene, path: str | os.PathLike) -> None:
     }
     if min(h, w) >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(scene.image)
-            dst.colorinterp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
-            for i, name in enumerate(("red", "green", "blue"), start=1):
-                dst.set_band_description(i, name)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(scene.image)
+        dst.colorinterp = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        for i, name in enumerate(("red", "green", "blue"), start=1):
+            dst.set_band_description(i, name)
 
 
 # ----------------------------------------------------------------------------------------- ROI

@@ -15,13 +15,11 @@ log lines go through `backend.llm.redact`, as the service's messages do.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ParameterError
+from ..files import write_text_atomic
 from ..llm import DEFAULT_MODEL, LlmConfig, redact
 from ..paths import cache_root
 
@@ -361,17 +360,7 @@ def _cache_read(path: Path, prompt: str, k: int) -> tuple[str, ...] | None:
 def _cache_write(path: Path, entry: dict) -> None:
     """Write atomically: a temporary file in the same folder, then `os.replace`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(entry, handle, ensure_ascii=False, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, json.dumps(entry, ensure_ascii=False, indent=1))
 
 
 # --- entry point ---------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from ..edit import EditResult, edit_raster, identity_editor, prepare, variant_paths
+from ..files import write_bytes_atomic
 from ..progress import no_progress
 
 
@@ -57,9 +58,7 @@ def identity_edit(
                 time.sleep(step_s)
         if model is not None:
             model.parent.mkdir(parents=True, exist_ok=True)
-            part = model.with_name(f".{model.name}.{os.getpid()}.part")
-            part.write_bytes(os.urandom(model_bytes))
-            os.replace(part, model)
+            write_bytes_atomic(model, os.urandom(model_bytes))
     written = [
         edit_raster(tile, path, identity_editor, progress=progress)
         for path in variant_paths(output, options.variants)

@@ -3,6 +3,7 @@ subprocess (`python -m backend.service.standin`, for kill -9), plus job helpers 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import rasterio
 import uvicorn
 from conftest import ORIGIN, random_data, write_raster
@@ -263,3 +265,16 @@ def check_result(result: Path, source: Path, roi: dict | None) -> tuple[np.ndarr
         near = binary_dilation(inside, iterations=1)
         assert np.array_equal(before[:, ~near], after[:, ~near]), "pixels outside the ROI changed"
     return before, after
+
+
+# Marks of a test module or class that runs the real editor (tiny preset, random CLIP) behind
+# a real server.
+REAL_EDITOR_MARKS = [
+    pytest.mark.slow,
+    pytest.mark.timeout(400),
+    pytest.mark.filterwarnings("ignore:CLIP 'tiny-random' has RANDOM weights"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("backend.guidance.editor") is None,
+        reason="the text editor (backend.guidance.editor) is not in this version yet",
+    ),
+]

@@ -410,7 +410,7 @@ def test_cache_hit_does_not_call_again(llm_server, cache):
     assert first.source == "llm" and llm_server.calls == 1
     files = list(cache.glob("*.json"))
     assert len(files) == 1 and len(files[0].stem) == 64
-    assert not list(cache.glob(".tmp-*"))  # atomic write left no temporary file
+    assert not list(cache.glob(".*"))  # atomic write left no temporary file
     log = Lines()
     second = expand_prompt(PROMPT, llm="openai", config=cfg, cache_dir=cache, log=log)
     assert second.source == "llm-cache"

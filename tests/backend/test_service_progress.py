@@ -13,13 +13,20 @@ Now "sample", "detail" and "guard" are single stages whose steps run on across v
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
 import pytest
-from service_helpers import ThreadServer, check_result, rgb_tile, roi_polygon, sse_events, submit
+from service_helpers import (
+    REAL_EDITOR_MARKS,
+    ThreadServer,
+    check_result,
+    rgb_tile,
+    roi_polygon,
+    sse_events,
+    submit,
+)
 
 from backend.progress import share
 from backend.service import worker
@@ -141,15 +148,7 @@ def _running_max(values):
 
 
 class TestThreeVariants:
-    pytestmark = [
-        pytest.mark.slow,
-        pytest.mark.timeout(400),
-        pytest.mark.filterwarnings("ignore:CLIP 'tiny-random' has RANDOM weights"),
-        pytest.mark.skipif(
-            importlib.util.find_spec("backend.guidance.editor") is None,
-            reason="the text editor (backend.guidance.editor) is not in this version yet",
-        ),
-    ]
+    pytestmark = REAL_EDITOR_MARKS
 
     def test_three_variants_succeed(self, run: Run):
         assert run.job["status"] == "succeeded", run.job["message"]

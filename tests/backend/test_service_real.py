@@ -5,13 +5,13 @@ during training and stops."""
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from service_helpers import (
+    REAL_EDITOR_MARKS,
     ThreadServer,
     check_result,
     rgb_tile,
@@ -23,15 +23,7 @@ from service_helpers import (
 
 from backend.service.config import ServiceConfig
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(400),
-    pytest.mark.filterwarnings("ignore:CLIP 'tiny-random' has RANDOM weights"),
-    pytest.mark.skipif(
-        importlib.util.find_spec("backend.guidance.editor") is None,
-        reason="the text editor (backend.guidance.editor) is not in this version yet",
-    ),
-]
+pytestmark = REAL_EDITOR_MARKS
 
 FIELDS = {"preset": "tiny", "clip": "tiny-random", "seed": 7}
 
