@@ -49,10 +49,15 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
-from backend.engine.quality import largest_copy, roi_swd_levels, seam_ratio  # noqa: E402
+from backend.engine.quality import (  # noqa: E402
+    largest_copy,
+    roi_swd_levels,
+    seam_band,
+    seam_ratio,
+)
 
 warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
 DEFAULT_IMAGERY = REPO.parent / "shared" / "data" / "imagery"
@@ -234,18 +239,11 @@ def contact_sheet(rows: list[dict], path: Path) -> None:
     tiles = []
     for r in rows:
         before, after = _rgb8(r["before"], r["rgb"]), _rgb8(r["after"], r["rgb"])
-        outlined = Image.fromarray(before.copy())
-        edge = r["roi"] ^ np.asarray(
-            Image.fromarray(r["roi"].astype(np.uint8) * 255).filter(
-                __import__("PIL.ImageFilter", fromlist=["MinFilter"]).MinFilter(3)
-            )
-        ).astype(bool)
-        arr = np.asarray(outlined).copy()
-        arr[edge] = (255, 255, 0)
-        tiles.append(np.concatenate([before, arr, after], axis=1))
-    sheet = Image.fromarray(np.concatenate(tiles, axis=0))
-    ImageDraw.Draw(sheet)  # plain panels; the table names the rows in order
-    sheet.save(path)
+        outlined = before.copy()
+        edge = seam_band(torch.from_numpy(r["roi"]), 1).numpy() & r["roi"]  # the ROI's rim
+        outlined[edge] = (255, 255, 0)
+        tiles.append(np.concatenate([before, outlined, after], axis=1))
+    Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
 
 
 def _run_cli(arguments: list[str]) -> tuple[float, int, str]:

@@ -38,8 +38,8 @@ class PatchSettings:
     patch: int = 7  # patch side (odd)
     factor: float = 4 / 3  # size ratio between successive scales
     # Nearest-neighbour passes per scale. One: a second pass matches sharp queries whose fine
-    # detail is an incoherent mosaic, and plain L2 then prefers smooth source patches (the
-    # forest ROI of bench.realism lost a further 10 % of its 1 px detail energy per pass).
+    # detail is an incoherent mosaic, and plain L2 then prefers smooth source patches (seen on
+    # the ROIs of bench.realism as a further loss of 1 px detail with every pass).
     passes: int = 1
     coarse_passes: int = 2  # passes at the coarse scale itself (the realism guard); 0: none
     # Noise (std, model range) added to the coarse guess before its first pass: breaks up the

@@ -73,9 +73,9 @@ class Preset:
 
 # Fine-scale synthesis: `PatchSettings()` was chosen on the ROIs of `bench.realism` (see
 # docs/BENCHMARKS.md, "Realism"): a narrow Gaussian vote keeps the finest detail that a plain
-# mean vote blurs (forest ROI, 1 px level 5.1 -> 1.9), and completeness at the coarse scale
-# keeps the ROI from collapsing onto the tile's commonest (darkest) patches. About 2-5 s for a
-# 256 px window on 2 CPU cores. GPU presets search more keys.
+# mean vote blurs, and completeness at the coarse scale keeps the ROI from collapsing onto the
+# tile's commonest (darkest) patches. The detail stage took 1.5-2.7 s per 256 px window on 2
+# CPU cores there. GPU presets search more keys.
 SHARP = PatchSettings()
 WIDE = PatchSettings(max_keys=80_000, chunk=1024)
 

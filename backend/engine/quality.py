@@ -32,6 +32,7 @@ __all__ = [
     "level_names",
     "patch_swd",
     "roi_swd_levels",
+    "roi_swd_unit",
     "seam_ratio",
     "self_swd",
     "swd_levels",
@@ -142,16 +143,20 @@ def _band_distance(
     """Sliced W1 distance between the patch distributions of two bands."""
     pa = _sample_patches(a, patch, max_patches, seed)
     pb = _sample_patches(b, patch, max_patches, seed)
+    return _sliced_w1(pa, pb, a.shape[1], patch, projections, seed)
+
+
+def _sliced_w1(pa, pb, channels: int, patch: int, projections: int, seed: int) -> float:
+    """Sliced W1 between two sets of patch descriptors (M, channels * patch * patch)."""
     # Normalise per channel with statistics of the union: puts channels on a comparable scale
     # while keeping differences in energy between a and b (noise, lost detail) visible.
-    c = a.shape[1]
-    var, mean = torch.var_mean(torch.cat([pa, pb]).view(-1, c), dim=0)
+    var, mean = torch.var_mean(torch.cat([pa, pb]).view(-1, channels), dim=0)
     mean, std = mean.repeat(patch * patch), var.sqrt().clamp_min(1e-6).repeat(patch * patch)
     pa, pb = (pa - mean) / std, (pb - mean) / std
     # Random unit directions, drawn on the CPU so every device sees the same ones.
     gen = torch.Generator().manual_seed(seed + 1)
     dirs = torch.randn(pa.shape[1], projections, generator=gen)
-    dirs = (dirs / dirs.norm(dim=0, keepdim=True)).to(a.device)
+    dirs = (dirs / dirs.norm(dim=0, keepdim=True)).to(pa.device)
     return _w1_rows(dirs.T @ pa.T, dirs.T @ pb.T)
 
 
@@ -322,17 +327,6 @@ def _subsample(flat: torch.Tensor, max_patches: int, seed: int) -> torch.Tensor:
     return flat[torch.randperm(len(flat), generator=gen)[:max_patches]]
 
 
-def _region_distance(pa, pb, channels, patch, projections, seed) -> float:
-    """Sliced W1 between two patch sets, normalised per channel as `_band_distance` does."""
-    var, mean = torch.var_mean(torch.cat([pa, pb]).view(-1, channels), dim=0)
-    mean, std = mean.repeat(patch * patch), var.sqrt().clamp_min(1e-6).repeat(patch * patch)
-    pa, pb = (pa - mean) / std, (pb - mean) / std
-    gen = torch.Generator().manual_seed(seed + 1)
-    dirs = torch.randn(pa.shape[1], projections, generator=gen)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    return _w1_rows(dirs.T @ pa.T, dirs.T @ pb.T)
-
-
 def _region_levels(a, b, region, levels, patch, projections, max_patches, seed) -> list[float]:
     """Colour and per-level distances between the patches of `a` wholly inside `region` and
     the patches of `b` wholly outside it (NaN at a level where either side has too few)."""
@@ -348,7 +342,7 @@ def _region_levels(a, b, region, levels, patch, projections, max_patches, seed) 
             continue
         pa = _patches_at(band_a, _subsample(pos_in, max_patches, seed + k), patch)
         pb = _patches_at(band_b, _subsample(pos_out, max_patches, seed + 7 * k + 1), patch)
-        out.append(_region_distance(pa, pb, a.shape[1], patch, projections, seed + 1000 * k))
+        out.append(_sliced_w1(pa, pb, a.shape[1], patch, projections, seed + 1000 * k))
     return out
 
 
@@ -381,6 +375,7 @@ def roi_swd_levels(
     projections: int = 128,
     max_patches: int = 4096,
     seed: int = 0,
+    unit: list[float] | None = None,
 ) -> list[float]:
     """How far the ROI of `edited` is from the rest of `source`, per level (see `level_names`),
     in the unit of the source's own regions of the ROI's shape.
@@ -398,12 +393,34 @@ def roi_swd_levels(
     region = torch.as_tensor(roi, dtype=torch.bool).cpu()[None, None]
     if not region.any():
         raise ValueError("the ROI is empty")
-    levels = min(levels, _max_levels(patch, b))
-    args = (levels, patch, projections, max_patches, seed)
+    kw = {"patch": patch, "levels": levels, "projections": projections, "max_patches": max_patches}
+    if unit is None:  # `roi_swd_unit`: pass it in when scoring several edits of one tile
+        unit = roi_swd_unit(b, region[0, 0], seed=seed, **kw)
+    args = (min(levels, _max_levels(patch, b)), patch, projections, max_patches, seed)
     num = _region_levels(a, b, region, *args)
-    refs = [_region_levels(b, b, moved, *args) for moved in _shifted_regions(region)]
-    unit = torch.tensor(refs).nanmean(0).tolist()
     return [n / max(u, 1e-12) for n, u in zip(num, unit, strict=True)]
+
+
+@torch.no_grad()
+def roi_swd_unit(
+    source: torch.Tensor,
+    roi: torch.Tensor,
+    *,
+    patch: int = 7,
+    levels: int = 4,
+    projections: int = 128,
+    max_patches: int = 4096,
+    seed: int = 0,
+) -> list[float]:
+    """The unit of `roi_swd_levels`: per level, the distance between the source's own regions
+    of the ROI's shape (moved to 9 places) and the rest of the source, averaged."""
+    b = _as_batch(source).cpu()
+    region = torch.as_tensor(roi, dtype=torch.bool).cpu()[None, None]
+    if not region.any():
+        raise ValueError("the ROI is empty")
+    args = (min(levels, _max_levels(patch, b)), patch, projections, max_patches, seed)
+    refs = [_region_levels(b, b, moved, *args) for moved in _shifted_regions(region)]
+    return torch.tensor(refs).nanmean(0).tolist()
 
 
 def _gradient_energy(x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ tile's content hash and the preset: a second prompt on the same tile skips it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -22,9 +23,9 @@ from ..engine.model import TileModel, tile_hash
 from ..engine.patches import coarse_size, refine, resize
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
-from ..engine.quality import roi_swd_levels
+from ..engine.quality import roi_swd_levels, roi_swd_unit
 from ..engine.train import train_tile
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, share
 from .clip import load_clip
 from .finetune import ClipObjective, build_scene, finetune, sample_edits, sampling_guide
 from .prompts import PromptEnsemble, expand_prompt
@@ -156,7 +157,8 @@ class TextEditor:
         guidance, then with other seeds. Returns the edits, each one's realism (its largest
         level) and the variants that were replaced."""
         bar, tries = self.preset.guard_bar, self.preset.guard_tries
-        scores = [self._realism(tile, e) for e in edits]
+        realism = _RealismScore(tile)
+        scores = [realism(e) for e in edits]
         replaced = []
         total = len(edits) * tries
         progress("guard", 0, total)
@@ -168,7 +170,7 @@ class TextEditor:
                 alt_seed = seed if (k == 0 and guided) else seed + 7919 * (k + 1)
                 coarse = sample_edits(unguided, scene, [alt_seed])
                 alt = self._add_detail(tile, coarse, [alt_seed], lambda *a, **kw: None)[0]
-                score = self._realism(tile, alt)
+                score = realism(alt)
                 progress("guard", i * tries + k + 1, total)
                 if score < scores[i]:
                     edits[i], scores[i] = alt, score
@@ -188,31 +190,13 @@ class TextEditor:
             )
         return edits, scores, replaced
 
-    @staticmethod
-    def _realism(tile, edit: np.ndarray) -> float:
-        """The largest ROI realism level of an edit (see `roi_swd_levels`); 0 if unmeasurable."""
-        roi = torch.from_numpy(tile.roi_mask & tile.valid)
-        if not roi.any() or roi.all():
-            return 0.0
-        try:
-            levels = roi_swd_levels(torch.from_numpy(edit), torch.from_numpy(tile.model_image), roi)
-        except ValueError:  # a window too small for the measure's patches
-            return 0.0
-        finite = [v for v in levels if v == v]
-        return max(finite) if finite else 0.0
-
     def _add_detail(self, tile, coarse_edits, seeds, progress) -> list[np.ndarray]:
         """Each coarse edit at the tile's size, its detail assembled from the tile's patches."""
         image = torch.from_numpy(tile.model_image)[None]
         mask = torch.from_numpy(tile.alpha > 0)[None, None]
         invalid = torch.from_numpy(~tile.valid)[None, None]
-        n = len(coarse_edits)
         edits = []
         for i, coarse in enumerate(coarse_edits):
-
-            def report(_stage, step, total, loss=None, _i=i):
-                progress("detail", _i * total + step, n * total, loss)
-
             full = refine(
                 torch.from_numpy(coarse)[None],
                 image,
@@ -220,7 +204,7 @@ class TextEditor:
                 self.preset.patches,
                 invalid=invalid,
                 seed=seeds[i],
-                progress=report,
+                progress=share(progress, i, len(coarse_edits)),
             )
             edits.append(full[0].numpy())
         return edits
@@ -248,3 +232,24 @@ class TextEditor:
             # Sample from exactly what was saved, so a later cached run gives the same edits.
             model = TileModel.load(path, self.device)
         return model, False
+
+
+class _RealismScore:
+    """The worst `roi_swd_levels` level of an edit of one tile (0 where unmeasurable); the
+    tile's unit is computed once for all the edits scored."""
+
+    def __init__(self, tile):
+        self.source = torch.from_numpy(tile.model_image)
+        self.roi = torch.from_numpy(tile.roi_mask & tile.valid)
+        self.unit = None
+        if self.roi.any() and not self.roi.all():
+            # A window too small for the measure's patches stays unmeasured.
+            with contextlib.suppress(ValueError):
+                self.unit = roi_swd_unit(self.source, self.roi)
+
+    def __call__(self, edit: np.ndarray) -> float:
+        if self.unit is None:
+            return 0.0
+        levels = roi_swd_levels(torch.from_numpy(edit), self.source, self.roi, unit=self.unit)
+        finite = [v for v in levels if v == v]
+        return max(finite) if finite else 0.0

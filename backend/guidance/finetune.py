@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..engine.diffusion import SAMPLING_GAMMA_CAP, Guide, Inpaint
 from ..engine.model import TileModel
 from ..engine.pyramid import blurry_inputs, build_pyramid
-from ..progress import ProgressCallback, no_progress
+from ..progress import ProgressCallback, no_progress, share
 from .views import clip_views
 
 Box = tuple[int, int, int, int]  # row0, col0, row1, col1 (exclusive)
@@ -195,11 +195,13 @@ def sample_edits(
     Progress is one "sample" stage over all variants (it never goes back between them)."""
     edits = []
     for i, seed in enumerate(seeds):
-
-        def report(_stage, step, total, loss=None, _i=i):
-            progress("sample", _i * total + step, len(seeds) * total, loss)
-
-        image = model.sample(1, seed=seed, progress=report, inpaint=scene.inpaint, guide=guide)
+        image = model.sample(
+            1,
+            seed=seed,
+            progress=share(progress, i, len(seeds)),
+            inpaint=scene.inpaint,
+            guide=guide,
+        )
         if on_sample is not None:
             on_sample(i, image)
         edits.append(image[0].float().cpu().numpy())
