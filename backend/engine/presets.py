@@ -68,6 +68,9 @@ class Preset:
     # worst level of quality.roi_swd_levels (1 = as unlike its surroundings as a region of the
     # tile typically is) is replaced by the best of up to `guard_tries` alternatives.
     guard_bar: float = 2.0
+    # ... or whose boundary is busier than the input's there by more than this (`seam_ratio`:
+    # a straight edge where the ROI cuts through new content).
+    guard_seam: float = 1.5
     guard_tries: int = 2
 
 

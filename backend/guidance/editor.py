@@ -23,7 +23,7 @@ from ..engine.model import TileModel, tile_hash
 from ..engine.patches import coarse_size, refine, resize
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
-from ..engine.quality import roi_swd_levels, roi_swd_unit
+from ..engine.quality import roi_swd_levels, roi_swd_unit, seam_ratio
 from ..engine.train import train_tile
 from ..progress import ProgressCallback, share
 from .clip import load_clip
@@ -144,51 +144,59 @@ class TextEditor:
             "tile_hash": model.tile_hash,
             "clip_similarity_input": round(before, 4),
             "clip_similarity_edits": [round(a, 4) for a in after],
-            "realism": [round(r, 3) for r in realism],
+            "realism": [round(level, 3) for level, _ in realism],
+            "seam": [round(seam, 3) for _, seam in realism],
             "realism_replaced": replaced,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
         }
         return edits
 
     def _guard(self, tile, scene, unguided, guided, edits, seeds, progress):
-        """The realism guard: an edit whose ROI is far from anything in the tile (its largest
-        `roi_swd_levels` level above the preset's bar: flat colour, a colour cast, collapsed
-        structure) is replaced by the most realistic of a few alternatives made without the
-        guidance, then with other seeds. Returns the edits, each one's realism (its largest
-        level) and the variants that were replaced."""
-        bar, tries = self.preset.guard_bar, self.preset.guard_tries
-        realism = _RealismScore(tile)
-        scores = [realism(e) for e in edits]
+        """The realism guard. An edit fails it when its ROI is far from anything in the tile
+        (its worst `roi_swd_levels` level above the preset's `guard_bar`: flat colour, a colour
+        cast, collapsed structure) or when the ROI's boundary shows (`seam_ratio` above
+        `guard_seam`: an edge the input does not have). A failing edit is replaced by the best
+        of a few alternatives made without the guidance, then with other seeds. Returns the
+        edits, each one's (worst level, seam) and the variants that were replaced."""
+        preset, tries = self.preset, self.preset.guard_tries
+        measure = _RealismScore(tile)
+
+        def badness(m: tuple[float, float]) -> float:  # over 1: fails the guard
+            return max(m[0] / preset.guard_bar, m[1] / preset.guard_seam)
+
+        measured = [measure(e) for e in edits]
         replaced = []
         total = len(edits) * tries
         progress("guard", 0, total)
         for i, seed in enumerate(seeds):
             for k in range(tries):
-                if scores[i] <= bar:
+                if badness(measured[i]) <= 1:
                     break
                 # First the same seed without the guidance; then other seeds.
                 alt_seed = seed if (k == 0 and guided) else seed + 7919 * (k + 1)
                 coarse = sample_edits(unguided, scene, [alt_seed])
                 alt = self._add_detail(tile, coarse, [alt_seed], lambda *a, **kw: None)[0]
-                score = realism(alt)
+                m = measure(alt)
                 progress("guard", i * tries + k + 1, total)
-                if score < scores[i]:
-                    edits[i], scores[i] = alt, score
+                if badness(m) < badness(measured[i]):
+                    edits[i], measured[i] = alt, m
                     if i + 1 not in replaced:
                         replaced.append(i + 1)
         progress("guard", total, total)
-        for i, score in enumerate(scores):
-            if score > bar:
+        for i, (level, seam) in enumerate(measured):
+            if badness((level, seam)) > 1:
                 self.log(
-                    f"variant {i + 1}: the edited area is unlike the rest of the tile (realism "
-                    f"{score:.2f} > {bar}); try another seed, a larger context or a larger area"
+                    f"variant {i + 1}: the edited area is unlike the rest of the tile or its "
+                    f"edge shows (realism {level:.2f}, limit {preset.guard_bar}; seam "
+                    f"{seam:.2f}, limit {preset.guard_seam}); try another seed, a larger "
+                    "context or a larger area"
                 )
         if replaced:
             self.log(
                 f"realism guard: variant(s) {', '.join(map(str, replaced))} replaced by an "
-                "edit closer to the tile (the guidance had made them unlike it)"
+                "edit closer to the tile"
             )
-        return edits, scores, replaced
+        return edits, measured, replaced
 
     def _add_detail(self, tile, coarse_edits, seeds, progress) -> list[np.ndarray]:
         """Each coarse edit at the tile's size, its detail assembled from the tile's patches."""
@@ -235,8 +243,8 @@ class TextEditor:
 
 
 class _RealismScore:
-    """The worst `roi_swd_levels` level of an edit of one tile (0 where unmeasurable); the
-    tile's unit is computed once for all the edits scored."""
+    """(worst `roi_swd_levels` level, `seam_ratio`) of an edit of one tile, 0 where not
+    measurable; the tile's realism unit is computed once for all the edits scored."""
 
     def __init__(self, tile):
         self.source = torch.from_numpy(tile.model_image)
@@ -247,9 +255,11 @@ class _RealismScore:
             with contextlib.suppress(ValueError):
                 self.unit = roi_swd_unit(self.source, self.roi)
 
-    def __call__(self, edit: np.ndarray) -> float:
+    def __call__(self, edit: np.ndarray) -> tuple[float, float]:
         if self.unit is None:
-            return 0.0
-        levels = roi_swd_levels(torch.from_numpy(edit), self.source, self.roi, unit=self.unit)
+            return 0.0, 0.0
+        edited = torch.from_numpy(edit)
+        levels = roi_swd_levels(edited, self.source, self.roi, unit=self.unit)
         finite = [v for v in levels if v == v]
-        return max(finite) if finite else 0.0
+        seam = seam_ratio(edited, self.source, self.roi)
+        return (max(finite) if finite else 0.0), (seam if seam == seam else 0.0)

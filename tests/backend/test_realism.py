@@ -117,5 +117,9 @@ def test_random_clip_finetuning_keeps_a_real_tile_realistic(tmp_path, tile):
     # The editor measured the same thing and said so in its report.
     (realism,) = result.report["realism"]
     assert realism < 2.5 and realism == pytest.approx(np.nanmax(levels), abs=0.5)
+    (seam,) = result.report["seam"]
+    assert seam == pytest.approx(
+        seam_ratio(torch.from_numpy(edited.astype(np.float32)), src_t, roi), abs=0.3
+    )
     assert np.nanmax(flat_levels) > 2 * np.nanmax(levels)
     assert 0.6 < seam_ratio(torch.from_numpy(edited.astype(np.float32)), src_t, roi) < 1.5
