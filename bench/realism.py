@@ -189,6 +189,9 @@ def run_case(case: Case, imagery: Path, out: Path, preset: str, seed: int) -> di
         "why": case.why,
         "preset": report.get("preset"),
         "stage_seconds": report.get("seconds"),
+        # The realism guard replaced the first draft by a better one (it selects by the same
+        # measures as this table, so this says how often the first draft would have failed).
+        "replaced": bool(report.get("realism_replaced")),
         "levels": roi_swd_levels(edit_t, src_t, torch.from_numpy(roi)),
         "levels_input": roi_swd_levels(src_t, src_t, torch.from_numpy(roi)),
         "seam": seam_ratio(edit_t, src_t, torch.from_numpy(roi)),
@@ -217,13 +220,14 @@ def _fmt(values) -> str:
 def table(rows: list[dict]) -> str:
     head = (
         f"| case | ROI realism, edit ({' / '.join(LEVELS)}) | same, input | seam | "
-        "copy px (input) | s | MB | pass |\n|---|---|---|---|---|---|---|---|"
+        "copy px (input) | guard | s | MB | pass |\n|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
         lines.append(
             f"| {r['case']} | {_fmt(r['levels'])} | {_fmt(r['levels_input'])} | "
-            f"{r['seam']:.2f} | {r['copy']} ({r['copy_input']}) | {r['seconds']} | "
+            f"{r['seam']:.2f} | {r['copy']} ({r['copy_input']}) | "
+            f"{'replaced' if r['replaced'] else 'first'} | {r['seconds']} | "
             f"{r['peak_rss_mb']} | {'yes' if passes(r) else 'NO'} |"
         )
     return "\n".join(lines)

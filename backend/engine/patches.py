@@ -103,7 +103,7 @@ def mask_at(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_max_pool2d(mask.float(), size) > 0
 
 
-def _patch_touches(mask: torch.Tensor, patch: int) -> torch.Tensor:
+def patch_touches(mask: torch.Tensor, patch: int) -> torch.Tensor:
     """Per patch position (top-left, (H-p+1)*(W-p+1)), whether the patch overlaps `mask`."""
     hit = F.max_pool2d(mask.float(), patch, stride=1)
     return hit.flatten() > 0
@@ -135,26 +135,39 @@ def _nearest(
     return out
 
 
+def _source_index(roi, invalid, patch: int, max_keys: int) -> torch.Tensor:
+    """Flat positions of the patches a result may be made of: none touching nodata and, while
+    enough remain, none touching the ROI (a regular subsample of at most `max_keys`)."""
+    allowed = ~patch_touches(invalid, patch)
+    outside = allowed & ~patch_touches(roi, patch)
+    if int(outside.sum()) < 16:  # the ROI covers (nearly) everything: any valid patch
+        outside = allowed
+    if int(outside.sum()) == 0:
+        raise NoPatchesError
+    index = torch.nonzero(outside).flatten()
+    if len(index) > max_keys:
+        step = len(index) / max_keys
+        index = index[(torch.arange(max_keys) * step).long().to(index.device)]
+    return index
+
+
+def source_patches(image, roi, invalid, patch: int, max_keys: int) -> torch.Tensor:
+    """(K, C*patch*patch) patches of `image` (1, C, H, W) outside `roi` and `invalid`."""
+    index = _source_index(roi, invalid, patch, max_keys)
+    return F.unfold(image, patch)[0].T[index].contiguous()
+
+
 class _Source:
     """The tile at one scale: its patches outside the ROI as keys (blurry and sharp) and values."""
 
     def __init__(self, sharp, blurry, roi, invalid, settings: PatchSettings):
         p = settings.patch
-        allowed = ~_patch_touches(invalid, p)
-        outside = allowed & ~_patch_touches(roi, p)
-        if int(outside.sum()) < 16:  # the ROI covers (nearly) everything: any valid patch
-            outside = allowed
-        if int(outside.sum()) == 0:
-            raise _NoPatchesError
-        index = torch.nonzero(outside).flatten()
-        if len(index) > settings.max_keys:
-            step = len(index) / settings.max_keys
-            index = index[(torch.arange(settings.max_keys) * step).long().to(index.device)]
+        index = _source_index(roi, invalid, p, settings.max_keys)
         self.values = F.unfold(sharp, p)[0].T[index].contiguous()  # (K, C*p*p)
         self.blurry_keys = None if blurry is None else F.unfold(blurry, p)[0].T[index].contiguous()
 
 
-class _NoPatchesError(Exception):
+class NoPatchesError(Exception):
     """No patch of the tile at this scale may be used (all touch the ROI or nodata)."""
 
 
@@ -163,7 +176,7 @@ def _vote(x, roi, source: _Source, keys, settings: PatchSettings, completeness: 
     p = settings.patch
     h, w = x.shape[-2:]
     columns = F.unfold(x, p)[0].T  # (L, C*p*p)
-    touched = torch.nonzero(_patch_touches(roi, p)).flatten()
+    touched = torch.nonzero(patch_touches(roi, p)).flatten()
     if len(touched) == 0:
         return x
     nn = _nearest(columns[touched], keys, settings.chunk, completeness)
@@ -229,7 +242,7 @@ def refine(
             x = torch.where(roi, x, known)
             try:
                 source = _Source(known, None, roi, banned, settings)
-            except _NoPatchesError:
+            except NoPatchesError:
                 known_prev = known
                 continue
             if settings.coarse_noise > 0:
@@ -242,7 +255,7 @@ def refine(
             blurry = resize(known_prev, size)
             try:
                 source = _Source(known, blurry, roi, banned, settings)
-            except _NoPatchesError:
+            except NoPatchesError:
                 x = torch.where(roi, x, known)
                 known_prev = known
                 continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import ParameterError
+from .patch_diffusion import PatchDiffusionSettings
 from .patches import PatchSettings
 
 
@@ -64,12 +65,20 @@ class Preset:
     detail: str = "diffusion"
     coarse_side: int = 64
     patches: PatchSettings = field(default_factory=PatchSettings)
+    # How the coarse layout is made (patch detail only): "network" (the diffusion model above,
+    # trained on the coarse tile) or "patch-diffusion" (engine/patch_diffusion.py: a
+    # training-free sampler whose denoiser is the tile's own patches, seconds instead of a
+    # minute on a CPU). Fine-tuning needs a network, so `--guidance finetune` trains one either
+    # way; "sampling" and "none" use the training-free sampler when it is asked for here.
+    coarse: str = "network"
+    sampler: PatchDiffusionSettings = field(default_factory=PatchDiffusionSettings)
     # The realism guard (patch detail only): an edit whose ROI scores above `guard_bar` on its
     # worst level of quality.roi_swd_levels (1 = as unlike its surroundings as a region of the
     # tile typically is) is replaced by the best of up to `guard_tries` alternatives.
     guard_bar: float = 2.0
-    # ... or whose boundary is busier than the input's there by more than this (`seam_ratio`:
-    # a straight edge where the ROI cuts through new content).
+    # ... or whose boundary is busier than the input's there by more than this factor
+    # (`seam_ratio`: a straight edge where the ROI cuts through new content), or calmer by more
+    # than it (flat new content meeting the tile's texture along the ROI's edge).
     guard_seam: float = 1.5
     guard_tries: int = 2
 
@@ -105,6 +114,11 @@ PRESETS: dict[str, Preset] = {
             fine_target="noise",
             coarse_side=48,
             patches=SHARP,
+            coarse="patch-diffusion",
+            # Its drafts cost seconds, so the guard asks more of them and tries more.
+            guard_bar=1.5,
+            guard_seam=1.3,
+            guard_tries=4,
         ),
         Preset(
             "fast",
@@ -129,6 +143,11 @@ PRESETS: dict[str, Preset] = {
             fine_target="noise",
             coarse_side=64,
             patches=SHARP,
+            coarse="patch-diffusion",
+            # Its drafts cost seconds, so the guard asks more of them and tries more.
+            guard_bar=1.5,
+            guard_seam=1.3,
+            guard_tries=4,
         ),
         Preset(
             "balanced",

@@ -18,16 +18,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine import patch_diffusion
 from ..engine.device import pick_device
 from ..engine.model import TileModel, tile_hash
-from ..engine.patches import coarse_size, refine, resize
+from ..engine.patches import coarse_size, mask_at, refine, resize
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
 from ..engine.quality import roi_swd_levels, roi_swd_unit, seam_ratio
 from ..engine.train import train_tile
-from ..progress import ProgressCallback, share
+from ..progress import ProgressCallback, no_progress, share, synthesis
 from .clip import load_clip
-from .finetune import ClipObjective, build_scene, finetune, sample_edits, sampling_guide
+from .finetune import (
+    ClipObjective,
+    build_scene,
+    finetune,
+    sample_edits,
+    sampling_guide,
+    single_scale_scene,
+)
 from .prompts import PromptEnsemble, expand_prompt
 from .reference import load_reference, mixed_target
 
@@ -77,21 +85,36 @@ class TextEditor:
             )
         seconds["clip"] = time.perf_counter() - started
 
-        # With patch detail the diffusion model learns (and the guidance acts on) the tile at a
-        # coarse size only; the scales above it are assembled from the tile's own patches.
+        # With patch detail the coarse layout is made (and guided) at a coarse size only; the
+        # scales above it are assembled from the tile's own patches.
         image = tile.model_image
         if preset.detail == "patches":
             image = lanczos_resize(image, coarse_size(*image.shape[1:], preset.coarse_side))
+        trained = preset.detail == "diffusion" or preset.coarse == "network"
+        if not trained and opts.guidance == "finetune":
+            self.log(
+                f"fine-tuning needs a trained model: training the coarse model of preset "
+                f"{preset.name!r} (guidance 'sampling' or 'none' needs no training with it)"
+            )
+            trained = True
         mark = time.perf_counter()
-        model, cached = self._tile_model(image, seed, progress)
+        if trained:
+            model, cached = self._tile_model(image, seed, progress)
+            scene = build_scene(model, image, tile.alpha, tile.rgb)
+            sampler = _NetworkSampler(model, scene)
+            key = model.tile_hash
+        else:
+            progress = synthesis(progress)
+            scene = single_scale_scene(image, tile.alpha, tile.rgb, self.device)
+            sampler = _PatchSampler(scene, tile, preset.sampler)
+            model, cached, key = None, False, tile_hash(image, preset.name, MODEL_CACHE_FORMAT)
         seconds["train"] = time.perf_counter() - mark
 
-        scene = build_scene(model, image, tile.alpha, tile.rgb)
         objective = ClipObjective(clip, target, scene, preset.guide_views, seed)
         mark = time.perf_counter()
-        guide, unguided = None, model
+        guide = None
         if opts.guidance == "finetune":
-            model = finetune(
+            tuned = finetune(
                 model,
                 scene,
                 objective,
@@ -102,13 +125,14 @@ class TextEditor:
                 seed=seed,
                 progress=progress,
             )
+            sampler = _NetworkSampler(tuned, scene, unguided=model)
         elif opts.guidance == "sampling":
             guide = sampling_guide(objective, preset.guide_scale)
         seconds["guidance"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         seeds = [seed + 1 + i for i in range(opts.variants)]
-        edits = sample_edits(model, scene, seeds, guide=guide, progress=progress)
+        edits = sampler(seeds, guide=guide, progress=progress)
         seconds["sample"] = time.perf_counter() - mark
         realism, replaced = [], []
         if preset.detail == "patches":
@@ -117,15 +141,13 @@ class TextEditor:
             seconds["detail"] = time.perf_counter() - mark
             mark = time.perf_counter()
             guided = opts.guidance != "none"
-            edits, realism, replaced = self._guard(
-                tile, scene, unguided, guided, edits, seeds, progress
-            )
+            edits, realism, replaced = self._guard(tile, sampler, guided, edits, seeds, progress)
             seconds["guard"] = time.perf_counter() - mark
 
         before = objective.similarity(scene.known[-1])
         size = tuple(scene.known[-1].shape[-2:])
         after = [
-            objective.similarity(resize(torch.from_numpy(e)[None], size).to(model.device))
+            objective.similarity(resize(torch.from_numpy(e)[None], size).to(self.device))
             for e in edits
         ]
         self.report = {
@@ -137,11 +159,12 @@ class TextEditor:
             "prompt_note": ensemble.note,
             "prompts": list(ensemble.prompts),
             "preset": preset.name,
+            "coarse": "network" if trained else "patch-diffusion",
             "guidance": opts.guidance,
             "reference": opts.reference,
             "reference_weight": opts.reference_weight if opts.reference else None,
             "model_cached": cached,
-            "tile_hash": model.tile_hash,
+            "tile_hash": key,
             "clip_similarity_input": round(before, 4),
             "clip_similarity_edits": [round(a, 4) for a in after],
             "realism": [round(level, 3) for level, _ in realism],
@@ -151,18 +174,21 @@ class TextEditor:
         }
         return edits
 
-    def _guard(self, tile, scene, unguided, guided, edits, seeds, progress):
+    def _guard(self, tile, sampler, guided, edits, seeds, progress):
         """The realism guard. An edit fails it when its ROI is far from anything in the tile
         (its worst `roi_swd_levels` level above the preset's `guard_bar`: flat colour, a colour
-        cast, collapsed structure) or when the ROI's boundary shows (`seam_ratio` above
-        `guard_seam`: an edge the input does not have). A failing edit is replaced by the best
+        cast, collapsed structure) or when the ROI's boundary shows (`seam_ratio` beyond
+        `guard_seam` either way: an edge the input does not have, or flat content cut off by the
+        ROI's edge). A failing edit is replaced by the best
         of a few alternatives made without the guidance, then with other seeds. Returns the
         edits, each one's (worst level, seam) and the variants that were replaced."""
         preset, tries = self.preset, self.preset.guard_tries
         measure = _RealismScore(tile)
 
         def badness(m: tuple[float, float]) -> float:  # over 1: fails the guard
-            return max(m[0] / preset.guard_bar, m[1] / preset.guard_seam)
+            seam = m[1] if m[1] > 0 else 1.0  # 0: not measurable
+            edge = max(seam, 1 / seam) / preset.guard_seam  # busier or calmer than the input
+            return max(m[0] / preset.guard_bar, edge)
 
         measured = [measure(e) for e in edits]
         replaced = []
@@ -174,7 +200,7 @@ class TextEditor:
                     break
                 # First the same seed without the guidance; then other seeds.
                 alt_seed = seed if (k == 0 and guided) else seed + 7919 * (k + 1)
-                coarse = sample_edits(unguided, scene, [alt_seed])
+                coarse = sampler([alt_seed], unguided=True)
                 alt = self._add_detail(tile, coarse, [alt_seed], lambda *a, **kw: None)[0]
                 m = measure(alt)
                 progress("guard", i * tries + k + 1, total)
@@ -188,8 +214,8 @@ class TextEditor:
                 self.log(
                     f"variant {i + 1}: the edited area is unlike the rest of the tile or its "
                     f"edge shows (realism {level:.2f}, limit {preset.guard_bar}; seam "
-                    f"{seam:.2f}, limit {preset.guard_seam}); try another seed, a larger "
-                    "context or a larger area"
+                    f"{seam:.2f}, limits {1 / preset.guard_seam:.2f}-{preset.guard_seam}); try "
+                    "another seed, a larger context or a larger area"
                 )
         if replaced:
             self.log(
@@ -263,3 +289,43 @@ class _RealismScore:
         finite = [v for v in levels if v == v]
         seam = seam_ratio(edited, self.source, self.roi)
         return (max(finite) if finite else 0.0), (seam if seam == seam else 0.0)
+
+
+class _NetworkSampler:
+    """Coarse edits from a (trained, maybe fine-tuned) tile model; `unguided=True` samples the
+    model as trained (the realism guard's alternatives)."""
+
+    def __init__(self, model: TileModel, scene, unguided: TileModel | None = None):
+        self.model, self.scene, self.unguided = model, scene, unguided or model
+
+    def __call__(self, seeds, *, guide=None, unguided=False, progress=no_progress):
+        model = self.unguided if unguided else self.model
+        guide = None if unguided else guide
+        return sample_edits(model, self.scene, seeds, guide=guide, progress=progress)
+
+
+class _PatchSampler:
+    """Coarse edits from the training-free patch-diffusion sampler, at the scene's one scale."""
+
+    def __init__(self, scene, tile, settings: patch_diffusion.PatchDiffusionSettings):
+        self.known = scene.known[0]
+        size = tuple(self.known.shape[-2:])
+        device = self.known.device
+        self.roi = mask_at(torch.from_numpy(tile.alpha > 0)[None, None], size).to(device)
+        self.invalid = mask_at(torch.from_numpy(~tile.valid)[None, None], size).to(device)
+        self.settings = settings
+
+    def __call__(self, seeds, *, guide=None, unguided=False, progress=no_progress):
+        edits = []
+        for i, seed in enumerate(seeds):
+            x = patch_diffusion.sample(
+                self.known,
+                self.roi,
+                self.settings,
+                invalid=self.invalid,
+                seed=seed,
+                guide=None if unguided else guide,
+                progress=share(progress, i, len(seeds)),
+            )
+            edits.append(x[0].float().cpu().numpy())
+        return edits

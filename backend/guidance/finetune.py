@@ -58,9 +58,23 @@ def build_scene(
     device = model.device
     known = [k.to(device) for k in build_pyramid(image, model.spec)]
     blurry = [None if b is None else b.to(device) for b in blurry_inputs(known)]
+    return _scene(known, blurry, alpha, rgb)
+
+
+def single_scale_scene(
+    image: np.ndarray, alpha: np.ndarray, rgb: tuple[int, int, int], device: torch.device
+) -> EditScene:
+    """The tile at one scale, no model pyramid: what the training-free coarse sampler edits."""
+    known = [torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)]
+    return _scene(known, [None], alpha, rgb)
+
+
+def _scene(known, blurry, alpha: np.ndarray, rgb) -> EditScene:
+    device = known[0].device
     full = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None].to(device)
     masks, boxes = [], []
-    for h, w in model.spec.sizes:
+    for k in known:
+        h, w = k.shape[-2:]
         # Area averaging keeps thin ROIs visible at coarse scales; max keeps them editable.
         m = torch.maximum(F.adaptive_avg_pool2d(full, (h, w)), F.adaptive_max_pool2d(full, (h, w)))
         masks.append(m.clamp(0, 1))

@@ -1,0 +1,148 @@
+"""Training-free diffusion at the coarse scale: the denoiser is the tile's own patches.
+
+The best (MMSE) denoiser for the empirical distribution of the tile's patches is written in
+closed form (as in efficient single-image diffusion, "efficient-SID"): a noisy patch's clean
+estimate is the mean of the tile's patches, each weighted by how well it explains the noisy
+patch at the current noise level, softmax(-|q - p|^2 / 2 sigma^2). Overlapping estimates are
+averaged into a clean image, and an ordinary stochastic sampler walks the noise down. At high
+noise every patch is about equally likely (the estimate is the tile's mean); at low noise the
+estimate snaps to the nearest real patch: the sample is composed of the tile's own patches.
+
+Used as the coarse layout generator of the `fast` and `tiny` presets: no training (a few seconds
+instead of a minute on a CPU), and ROIs keep the tile's variety (boats in a harbour, cars on a
+road), where a briefly trained network drifts to the tile's commonest, darkest content. Only
+the ROI is sampled; outside it the known image, noised to the current level, is what the ROI's
+patches must agree with (RePaint), so the new content continues its surroundings.
+
+Guidance at sampling time works as for a trained model: the guide's gradient moves each clean
+estimate, by the step size classifier guidance gives it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..progress import ProgressCallback, no_progress
+from .diffusion import Guide
+from .patches import NoPatchesError, patch_touches, source_patches
+
+STAGE = "sample"  # progress stage name: sampling, as for a trained model
+
+
+@dataclass(frozen=True)
+class PatchDiffusionSettings:
+    # Patch side. 5 at a coarse short side of 64 px: on the ROIs of bench.realism it gave
+    # layouts closer to their surroundings than 7 (which follows larger, rarer structures).
+    patch: int = 5
+    steps: int = 40  # denoising steps
+    # Noise levels (model range [-1, 1]): from sigma_max, where the tile's mean is the
+    # estimate, to sigma_min, where it is one real patch; Karras et al.'s spacing (rho).
+    sigma_max: float = 2.0
+    sigma_min: float = 0.01
+    rho: float = 7.0
+    eta: float = 1.0  # 1: ancestral (fresh noise each step; diverse), 0: deterministic DDIM
+    max_keys: int = 20_000  # tile patches searched (a regular subsample beyond)
+    chunk: int = 512  # noisy patches per softmax block
+
+
+def noise_levels(settings: PatchDiffusionSettings) -> torch.Tensor:
+    """(steps + 1,) decreasing noise levels, the last 0."""
+    ramp = torch.linspace(0, 1, settings.steps)
+    hi, lo = settings.sigma_max ** (1 / settings.rho), settings.sigma_min ** (1 / settings.rho)
+    sigmas = (hi + ramp * (lo - hi)) ** settings.rho
+    return torch.cat([sigmas, torch.zeros(1)])
+
+
+def _denoise(queries: torch.Tensor, keys: torch.Tensor, key_norms, sigma: float, chunk: int):
+    """The MMSE clean estimate of each noisy patch (rows of `queries`) under the empirical
+    distribution of `keys` with Gaussian noise of std `sigma`."""
+    out = torch.empty_like(queries)
+    for i in range(0, len(queries), chunk):
+        q = queries[i : i + chunk]
+        # -|q - k|^2 / 2 sigma^2 up to a per-row constant (|q|^2), which softmax ignores.
+        logits = torch.addmm(key_norms[None], q, keys.T, beta=-1.0, alpha=2.0) / (2 * sigma**2)
+        out[i : i + chunk] = torch.softmax(logits, dim=1) @ keys
+    return out
+
+
+def sample(
+    known: torch.Tensor,
+    roi: torch.Tensor,
+    settings: PatchDiffusionSettings = PatchDiffusionSettings(),  # noqa: B008 (frozen)
+    *,
+    invalid: torch.Tensor | None = None,
+    seed: int = 0,
+    guide: Guide | None = None,
+    progress: ProgressCallback = no_progress,
+) -> torch.Tensor:
+    """A new ROI for `known` (1, C, h, w, model range) where `roi` (1, 1, h, w, bool) is true;
+    outside it the result is `known` exactly. `invalid` (optional, same shape): pixels no patch
+    may come from (nodata). `guide(clean, 0)`: a loss whose gradient steers every clean
+    estimate (None: unguided)."""
+    known = known.float()
+    roi = roi.bool()
+    invalid = torch.zeros_like(roi) if invalid is None else invalid.bool()
+    device = known.device
+    generator = torch.Generator(device).manual_seed(seed)
+
+    def noise() -> torch.Tensor:
+        return torch.randn(known.shape, generator=generator, device=device)
+
+    p = settings.patch
+    h, w = known.shape[-2:]
+    if min(h, w) < p:
+        raise ValueError(f"a {h}x{w} image is smaller than the {p} px patches")
+    try:
+        keys = source_patches(known, roi, invalid, p, settings.max_keys)
+    except NoPatchesError:
+        # Nothing of the tile may be used: the mean of its valid pixels is the best estimate.
+        valid = ~invalid.expand_as(known)
+        mean = (known * valid).sum((2, 3), keepdim=True) / valid.sum((2, 3), keepdim=True).clamp(1)
+        return torch.where(roi, mean.expand_as(known), known)
+    key_norms = (keys * keys).sum(1)
+    touched = torch.nonzero(patch_touches(roi, p)).flatten()
+    n_columns = (h - p + 1) * (w - p + 1)
+    count = F.fold(
+        torch.zeros(n_columns, p * p, device=device).index_fill_(0, touched, 1.0).T[None], (h, w), p
+    )
+
+    sigmas = noise_levels(settings).tolist()
+    x = torch.where(roi, known + sigmas[0] * noise(), known)
+    progress(STAGE, 0, settings.steps)
+    for i in range(settings.steps):
+        sigma, following = sigmas[i], sigmas[i + 1]
+        # The known image at this noise level around the ROI, so patches across its edge compare
+        # like with like.
+        noisy = torch.where(roi, x, known + sigma * noise())
+        columns = F.unfold(noisy, p)[0].T
+        with torch.no_grad():
+            estimate = _denoise(columns[touched], keys, key_norms, sigma, settings.chunk)
+        pasted = torch.zeros_like(columns).index_copy_(0, touched, estimate)
+        clean = F.fold(pasted.T[None], (h, w), p) / count.clamp_min(1)
+        clean = torch.where(roi & (count > 0), clean, known)
+        if guide is not None:
+            clean = _guided(clean, guide, sigma, roi)
+        if following == 0:
+            x = clean
+            break
+        # A DDIM step with stochasticity eta, in the variance-exploding form x = clean + sigma e.
+        var = settings.eta**2 * following**2 * (1 - following**2 / sigma**2)
+        x = clean + math.sqrt(max(following**2 - var, 0.0)) / sigma * (noisy - clean)
+        x = torch.where(roi, x + math.sqrt(var) * noise(), known)
+        progress(STAGE, i + 1, settings.steps)
+    progress(STAGE, settings.steps, settings.steps)
+    return torch.where(roi, x.clamp(-1, 1), known)
+
+
+def _guided(clean: torch.Tensor, guide: Guide, sigma: float, roi: torch.Tensor) -> torch.Tensor:
+    """The clean estimate moved along the guide's gradient. The step is the variance-preserving
+    sigma_t^2 that a trained model's guided clean estimate moves by, sigma^2 / (1 + sigma^2)."""
+    with torch.enable_grad():
+        c = clean.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(guide(c, 0), c)
+    step = sigma**2 / (1 + sigma**2)
+    return torch.where(roi, (clean - step * grad).clamp(-1, 1), clean)
