@@ -63,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--variants", type=int, default=1, help="number of different edits")
     edit.add_argument(
         "--guidance",
-        default="finetune",
+        default="auto",
         choices=GUIDANCE_METHODS,
-        help="finetune: the paper's prompt-guided fine-tuning (default); sampling: CLIP "
-        "gradients while sampling (cheaper); none: an unguided re-synthesis of the ROI",
+        help="finetune: the paper's prompt-guided fine-tuning; sampling: CLIP gradients while "
+        "sampling (cheaper, needs no training with presets tiny and fast); none: an unguided "
+        "re-synthesis of the ROI; auto (default): finetune where the preset trains a network, "
+        "else sampling",
     )
     edit.add_argument(
         "--cache-dir",

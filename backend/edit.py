@@ -46,7 +46,8 @@ class EditOptions:
     llm: str = "none"
     prompt_ensemble: bool = True  # False: guide by the prompt alone (for comparisons)
     variants: int = 1
-    guidance: str = "finetune"  # "finetune" (the paper's), "sampling" (cheaper), "none"
+    # "finetune" (the paper's), "sampling" (cheaper), "none", or "auto" (by the preset)
+    guidance: str = "auto"
     reference: str | None = None  # an example image patch to look like (multi-condition)
     reference_weight: float = 0.5  # its weight against the text (0..1)
     rgb_bands: tuple[int, ...] | None = None  # 1-based raster band numbers

@@ -27,6 +27,7 @@ from ..engine.pyramid import lanczos_resize
 from ..engine.quality import roi_swd_levels, roi_swd_unit, seam_ratio
 from ..engine.train import train_tile
 from ..progress import ProgressCallback, no_progress, share, synthesis
+from . import resolve_guidance
 from .clip import load_clip
 from .finetune import (
     ClipObjective,
@@ -91,7 +92,9 @@ class TextEditor:
         if preset.detail == "patches":
             image = lanczos_resize(image, coarse_size(*image.shape[1:], preset.coarse_side))
         trained = preset.detail == "diffusion" or preset.coarse == "network"
-        if not trained and opts.guidance == "finetune":
+        guidance, why = resolve_guidance(opts.guidance, trained)
+        self.log(why)
+        if not trained and guidance == "finetune":
             self.log(
                 f"fine-tuning needs a trained model: training the coarse model of preset "
                 f"{preset.name!r} (guidance 'sampling' or 'none' needs no training with it)"
@@ -113,7 +116,7 @@ class TextEditor:
         objective = ClipObjective(clip, target, scene, preset.guide_views, seed)
         mark = time.perf_counter()
         guide = None
-        if opts.guidance == "finetune":
+        if guidance == "finetune":
             tuned = finetune(
                 model,
                 scene,
@@ -126,7 +129,7 @@ class TextEditor:
                 progress=progress,
             )
             sampler = _NetworkSampler(tuned, scene, unguided=model)
-        elif opts.guidance == "sampling":
+        elif guidance == "sampling":
             guide = sampling_guide(objective, preset.guide_scale)
         seconds["guidance"] = time.perf_counter() - mark
 
@@ -140,7 +143,7 @@ class TextEditor:
             edits = self._add_detail(tile, edits, seeds, progress)
             seconds["detail"] = time.perf_counter() - mark
             mark = time.perf_counter()
-            guided = opts.guidance != "none"
+            guided = guidance != "none"
             edits, realism, replaced = self._guard(tile, sampler, guided, edits, seeds, progress)
             seconds["guard"] = time.perf_counter() - mark
 
@@ -160,7 +163,7 @@ class TextEditor:
             "prompts": list(ensemble.prompts),
             "preset": preset.name,
             "coarse": "network" if trained else "patch-diffusion",
-            "guidance": opts.guidance,
+            "guidance": guidance,
             "reference": opts.reference,
             "reference_weight": opts.reference_weight if opts.reference else None,
             "model_cached": cached,

@@ -258,7 +258,9 @@ def create_app(
         clip: Annotated[str, Form(description="CLIP model name")] = DEFAULT_CLIP,
         llm: Annotated[str, Form(description="none or openai")] = "none",
         variants: Annotated[int, Form()] = 1,
-        guidance: Annotated[str, Form(description="finetune, sampling or none")] = "finetune",
+        guidance: Annotated[
+            str, Form(description="auto (by the preset), finetune, sampling or none")
+        ] = "auto",
         rgb_bands: Annotated[str | None, Form(description="e.g. 4,3,2")] = None,
         feather: Annotated[int, Form(description="feather width inside the ROI (px)")] = 2,
         dilate: Annotated[int, Form(description="grow the ROI by px")] = 0,

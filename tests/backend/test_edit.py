@@ -20,6 +20,7 @@ import torch
 
 from backend.edit import EditOptions, prepare, run_edit
 from backend.errors import CancelledError, ParameterError
+from backend.guidance import resolve_guidance
 from backend.guidance.clip import load_clip
 from backend.guidance.editor import TextEditor
 from backend.guidance.finetune import (
@@ -29,6 +30,7 @@ from backend.guidance.finetune import (
     sample_edits,
     sampling_guide,
 )
+from backend.progress import percent
 from backend.scene import make_scene, roi_geojson, write_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +66,10 @@ def learned(scene_files, cache_dir):
 
 
 def options(**kw) -> EditOptions:
-    return EditOptions(
-        **{"prompt": PROMPT, "preset": "tiny", "clip": "tiny-random", "seed": 1, **kw}
-    )
+    # The paper's path (a trained tile model, fine-tuned); `auto` would sample the `tiny`
+    # preset's layout without training (tests/backend/test_patch_diffusion.py).
+    base = {"prompt": PROMPT, "preset": "tiny", "clip": "tiny-random", "seed": 1}
+    return EditOptions(**{**base, "guidance": "finetune", **kw})
 
 
 def read(path: Path) -> np.ndarray:
@@ -324,3 +327,40 @@ def test_prompt_ensembling_can_be_switched_off(scene_files, cache_dir, tmp_path)
     result = edit(scene_files, tmp_path / "p.tif", cache_dir, prompt_ensemble=False)
     assert result.report["prompts"] == [PROMPT]
     assert result.report["prompt_source"] == "prompt"
+
+
+def test_auto_guidance_samples_the_layout_without_training(scene_files, cache_dir, tmp_path):
+    """`tiny` makes its coarse layout with the training-free sampler: `auto` guidance guides
+    that sampler (no training, no fine-tuning), and progress is one climbing 'synthesize'."""
+    image, roi = scene_files
+    stages: list[tuple[str, int, int]] = []
+    result = run_edit(
+        image,
+        tmp_path / "auto.tif",
+        options(guidance="auto"),
+        roi_geojson=roi,
+        cache_dir=cache_dir,
+        progress=lambda stage, step, total, loss=None: stages.append((stage, step, total)),
+    )
+    report = result.report
+    assert (report["guidance"], report["coarse"]) == ("sampling", "patch-diffusion")
+    assert report["model_cached"] is False and report["seconds"]["train"] < 1.0
+    names = {stage for stage, _, _ in stages}
+    assert not names & {"train", "finetune", "sample", "detail"}, names
+    assert "synthesize" in names
+    percents = [percent(stage, step, total) for stage, step, total in stages]
+    assert percents == sorted(percents)
+    assert percents[-1] >= 97
+    before, after = read(image), read(result.outputs[0])
+    inside = roi_pixels(scene_files)
+    assert np.array_equal(before[:, ~inside], after[:, ~inside])
+    assert (before[:, inside] != after[:, inside]).any(0).mean() > 0.5
+
+
+def test_guidance_auto_follows_the_preset():
+    assert resolve_guidance("auto", trains_network=True)[0] == "finetune"
+    assert resolve_guidance("auto", trains_network=False)[0] == "sampling"
+    for name in ("finetune", "sampling", "none"):
+        assert resolve_guidance(name, trains_network=False)[0] == name
+    with pytest.raises(ParameterError, match="unknown guidance"):
+        options(guidance="clip-magic").validate()
