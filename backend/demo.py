@@ -55,7 +55,10 @@ def run_demo(
     else:
         say(f"CLIP: {clip}")
     options = EditOptions(prompt=DEMO_PROMPT, preset="tiny", clip=clip, seed=seed)
-    say(f'editing the ROI by the prompt "{DEMO_PROMPT}" (preset tiny: learns the scene first)')
+    say(
+        f'editing the ROI by the prompt "{DEMO_PROMPT}" (preset tiny: its layout and detail '
+        "come from the scene's own patches, no training)"
+    )
     progress, close = tqdm_progress(enabled=not quiet)
     with tempfile.TemporaryDirectory(prefix="rs-edit-demo-") as scratch:
         try:

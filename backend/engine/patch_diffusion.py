@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..progress import ProgressCallback, no_progress
 from .diffusion import Guide
-from .patches import NoPatchesError, patch_touches, source_patches
+from .patches import NoPatchesError, patch_touches, source_patches, vote_weights
 
 STAGE = "sample"  # progress stage name: sampling, as for a trained model
 
@@ -93,21 +93,29 @@ def sample(
         return torch.randn(known.shape, generator=generator, device=device)
 
     p = settings.patch
-    h, w = known.shape[-2:]
+    c, h, w = known.shape[-3:]
     if min(h, w) < p:
         raise ValueError(f"a {h}x{w} image is smaller than the {p} px patches")
     try:
         keys = source_patches(known, roi, invalid, p, settings.max_keys)
     except NoPatchesError:
-        # Nothing of the tile may be used: the mean of its valid pixels is the best estimate.
-        valid = ~invalid.expand_as(known)
+        # Nothing of the tile may be used: the mean of its valid pixels is the best estimate
+        # (those around the ROI, when there are any: not the content being replaced).
+        valid = ~invalid & ~roi if (~invalid & ~roi).any() else ~invalid
+        valid = valid.expand_as(known)
         mean = (known * valid).sum((2, 3), keepdim=True) / valid.sum((2, 3), keepdim=True).clamp(1)
         return torch.where(roi, mean.expand_as(known), known)
     key_norms = (keys * keys).sum(1)
     touched = torch.nonzero(patch_touches(roi, p)).flatten()
     n_columns = (h - p + 1) * (w - p + 1)
-    count = F.fold(
-        torch.zeros(n_columns, p * p, device=device).index_fill_(0, touched, 1.0).T[None], (h, w), p
+    # Overlapping estimates are averaged while noise remains (the MMSE image); the last step
+    # keeps each pixel from its own patch's centre, so the sample is made of the tile's
+    # colours, not blends of neighbouring estimates that disagree.
+    weights = torch.zeros(n_columns, p * p, device=device)
+    count = F.fold(weights.index_fill(0, touched, 1.0).T[None], (h, w), p)
+    centre = vote_weights(p, 0.25, known.dtype).to(device)
+    centre_count = F.fold(
+        weights.index_copy(0, touched, centre.expand(len(touched), -1)).T[None], (h, w), p
     )
 
     sigmas = noise_levels(settings).tolist()
@@ -121,8 +129,12 @@ def sample(
         columns = F.unfold(noisy, p)[0].T
         with torch.no_grad():
             estimate = _denoise(columns[touched], keys, key_norms, sigma, settings.chunk)
-        pasted = torch.zeros_like(columns).index_copy_(0, touched, estimate)
-        clean = F.fold(pasted.T[None], (h, w), p) / count.clamp_min(1)
+        if following > 0:
+            pasted = torch.zeros_like(columns).index_copy_(0, touched, estimate)
+            clean = F.fold(pasted.T[None], (h, w), p) / count.clamp_min(1)
+        else:
+            pasted = torch.zeros_like(columns).index_copy_(0, touched, estimate * centre.repeat(c))
+            clean = F.fold(pasted.T[None], (h, w), p) / centre_count.clamp_min(1e-8)
         clean = torch.where(roi & (count > 0), clean, known)
         if guide is not None:
             clean = _guided(clean, guide, sigma, roi)

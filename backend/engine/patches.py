@@ -181,7 +181,7 @@ def _vote(x, roi, source: _Source, keys, settings: PatchSettings, completeness: 
         return x
     nn = _nearest(columns[touched], keys, settings.chunk, completeness)
     c = x.shape[1]
-    spatial = _vote_weights(p, settings.vote_sigma, x.dtype).to(x.device)
+    spatial = vote_weights(p, settings.vote_sigma, x.dtype).to(x.device)
     weight = torch.zeros(len(columns), p * p, dtype=x.dtype, device=x.device)
     weight[touched] = spatial
     pasted = torch.zeros_like(columns)
@@ -192,7 +192,7 @@ def _vote(x, roi, source: _Source, keys, settings: PatchSettings, completeness: 
     return torch.where(roi, voted, x)
 
 
-def _vote_weights(patch: int, sigma: float, dtype) -> torch.Tensor:
+def vote_weights(patch: int, sigma: float, dtype) -> torch.Tensor:
     """(patch * patch,) weights of a patch's pixels in the vote."""
     if sigma <= 0:
         return torch.ones(patch * patch, dtype=dtype)
