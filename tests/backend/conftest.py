@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
+
+from backend.engine import presets
 
 SHARED_IMAGERY = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagery"
 UTM33 = "EPSG:32633"
@@ -97,3 +100,14 @@ def shared_images() -> list[Path]:
     if not SHARED_IMAGERY.is_dir():
         return []
     return sorted(p for p in SHARED_IMAGERY.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+
+
+def trained_tiny_preset() -> presets.Preset:
+    """`tiny` with a trained coarse network: its own layout needs no training, so tests of the
+    trained path (the model cache, training progress, cancel while training) ask for this."""
+    return dataclasses.replace(presets.PRESETS["tiny"], coarse="network")
+
+
+@pytest.fixture
+def trained_tiny(monkeypatch):
+    monkeypatch.setitem(presets.PRESETS, "tiny", trained_tiny_preset())

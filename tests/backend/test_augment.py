@@ -259,7 +259,7 @@ def test_cli_runs(inputs, tmp_path, fake_editor, capsys):
     assert len(lines) == 3 and {e["seed"] for e in lines} == {4}
 
 
-def test_real_edit_one_sample(inputs, tmp_path):
+def test_real_edit_one_sample(inputs, tmp_path, trained_tiny):
     raster, geojson, _ = inputs
     out = tmp_path / "out"
     feats = json.loads(geojson.read_text())

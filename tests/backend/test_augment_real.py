@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import SHARED_IMAGERY
+from conftest import SHARED_IMAGERY, trained_tiny_preset
 from PIL import Image
 from rasterio import features
 from shapely import affinity
 from shapely.geometry import Polygon, box, mapping
 
 from backend.augment import MANIFEST_KEYS, AugmentOptions, AugmentResult, run_augment
+from backend.engine import presets
 
 RASTER = SHARED_IMAGERY / "rasterio__RGB.byte.tif"
 if not RASTER.is_file():
@@ -96,18 +97,20 @@ def runs(tmp_path_factory) -> Runs:
     geojson.write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": feats}))
     out = folder / "out"
 
-    first_log: list[str] = []
-    first = run_augment(RASTER, geojson, out, options(), limit=FIRST, log=first_log.append)
-    first_lines = manifest(out)
-    files = [p for p in out.rglob("*") if p.is_file() and ".cache" not in p.parts]
-    first_files = {
-        p.relative_to(out).as_posix(): (sha(p), p.stat().st_mtime_ns)
-        for p in files
-        if p.name != "manifest.jsonl"
-    }
-    first_models = models(out)
-    second_log: list[str] = []
-    second = run_augment(RASTER, geojson, out, options(), log=second_log.append)
+    with pytest.MonkeyPatch.context() as patch:  # the trained path: one model per chip
+        patch.setitem(presets.PRESETS, "tiny", trained_tiny_preset())
+        first_log: list[str] = []
+        first = run_augment(RASTER, geojson, out, options(), limit=FIRST, log=first_log.append)
+        first_lines = manifest(out)
+        files = [p for p in out.rglob("*") if p.is_file() and ".cache" not in p.parts]
+        first_files = {
+            p.relative_to(out).as_posix(): (sha(p), p.stat().st_mtime_ns)
+            for p in files
+            if p.name != "manifest.jsonl"
+        }
+        first_models = models(out)
+        second_log: list[str] = []
+        second = run_augment(RASTER, geojson, out, options(), log=second_log.append)
     return Runs(
         out, polys, first, first_lines, first_files, first_models, first_log, second, second_log
     )

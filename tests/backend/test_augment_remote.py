@@ -394,7 +394,7 @@ def test_full_queue_is_waited_for(inputs, tmp_path, fake_editor, monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_editor_through_the_server(inputs, tmp_path):
+def test_real_editor_through_the_server(inputs, tmp_path, trained_tiny):
     raster, _, one, _ = inputs
     out = tmp_path / "out"
     config = ServiceConfig(device="cpu", workers=1)

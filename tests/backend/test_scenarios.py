@@ -37,7 +37,11 @@ def _image_present() -> bool:
 @pytest.mark.skipif(not _image_present(), reason="shared imagery folder is absent or incomplete")
 def test_one_scenario_writes_table_json_and_contact_sheet(tmp_path, monkeypatch, capsys):
     tiny = presets.PRESETS["tiny"]
-    monkeypatch.setitem(presets.PRESETS, "tiny", dataclasses.replace(tiny, steps=12, guide_steps=2))
+    monkeypatch.setitem(
+        presets.PRESETS,
+        "tiny",
+        dataclasses.replace(tiny, steps=12, guide_steps=2, coarse="network"),
+    )
     out = tmp_path / "out"
     code = scenarios.main(
         [

@@ -37,7 +37,7 @@ def server(tmp_path_factory):
         yield srv
 
 
-def test_real_job_then_second_prompt_skips_training(server, tmp_path: Path):
+def test_real_job_then_second_prompt_skips_training(server, tmp_path: Path, trained_tiny):
     c = server.c
     tile = rgb_tile(tmp_path / "tile.tif", size=64)
     roi = roi_polygon(16, 16, 48, 40)
@@ -70,7 +70,7 @@ def test_real_job_then_second_prompt_skips_training(server, tmp_path: Path):
     check_result(result2, tile, roi)
 
 
-def test_real_job_cancelled_during_training(server, tmp_path: Path):
+def test_real_job_cancelled_during_training(server, tmp_path: Path, trained_tiny):
     c = server.c
     tile = rgb_tile(tmp_path / "other.tif", size=64, seed=11)
     job = submit(c, tile, "a lake", **FIELDS).json()
