@@ -108,11 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--data-dir", default=None, help="jobs and results (env RS_EDIT_DATA_DIR)")
-    serve.add_argument(
+    token = serve.add_mutually_exclusive_group()
+    token.add_argument(
         "--token",
         default=None,
-        help="access token (env RS_EDIT_TOKEN): clients send 'Authorization: Bearer TOKEN'; "
-        "required to bind an address other than 127.0.0.1",
+        help="access token (env RS_EDIT_TOKEN; at least 16 characters): clients send "
+        "'Authorization: Bearer TOKEN'; required to bind an address other than 127.0.0.1",
+    )
+    token.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the access token from this file (keeps it out of the process list)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also answer requests sent to this host name (repeatable, or env "
+        "RS_EDIT_ALLOWED_HOSTS, comma separated; e.g. gpu-box.lan, *.example.org)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="accept requests from web pages of this origin (repeatable, or env "
+        "RS_EDIT_ALLOWED_ORIGINS; e.g. https://maps.example.org)",
     )
     serve.add_argument("--executor", default="local", choices=("local", "ray"))
     serve.add_argument("--ray-address", default=None, help="Ray cluster (default: start one)")
@@ -365,7 +388,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .service.app import serve
-    from .service.config import Limits, ServiceConfig
+    from .service.config import (
+        ALLOWED_HOSTS_ENV,
+        ALLOWED_ORIGINS_ENV,
+        Limits,
+        ServiceConfig,
+        names_from,
+        resolve_token,
+    )
 
     config = ServiceConfig(
         limits=Limits(
@@ -380,9 +410,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ray_cache_dir=args.ray_cache_dir,
         cache_models=args.cache_size,
         cache_bytes=int(args.cache_gb * 1024**3),
-        token=args.token or os.environ.get("RS_EDIT_TOKEN") or None,
+        token=resolve_token(args.token, args.token_file),
         device=args.device,
-    )
+        allowed_hosts=names_from(args.allowed_host, ALLOWED_HOSTS_ENV),
+        allowed_origins=names_from(args.allowed_origin, ALLOWED_ORIGINS_ENV),
+    ).validate()
     serve(host=args.host, port=args.port, data_dir=args.data_dir, config=config)
     return EXIT_OK
 

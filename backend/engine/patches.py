@@ -58,6 +58,16 @@ class PatchSettings:
     # nearest neighbours (with it there, rare patches such as roofs or deep shadows were
     # scattered through the ROI).
     completeness_scales: int = 1
+    # The first pass at a scale matches an upsampled guess whose detail is a mosaic of pixels
+    # from many places: blurred, it is smoother than the tile's own blurry patches, so plain L2
+    # picks smooth sources and each scale loses more detail (the ROIs of bench.realism kept
+    # half the input's 2 px detail energy). The query, and only the query, is sharpened by
+    # this gain (x + gain * (x - blur(x))) before that match; what is pasted is still the
+    # tile's own pixels. 0: off. On the six ROIs of bench.realism (two coarse samples each)
+    # the mean of each edit's worst measure (realism level, or seam either way) went from
+    # 1.71 (off) to 1.52 (gain 1), 1.44 (1.5) and 1.43 (2); forest and river gained most,
+    # and colour levels rose a little (textured sources are more contrasted).
+    query_sharpen: float = 1.5
     max_keys: int = 24_000  # source patches searched per scale (a regular subsample beyond)
     chunk: int = 256  # queries per distance block (small blocks stay in the CPU's cache)
 
@@ -192,6 +202,15 @@ def _vote(x, roi, source: _Source, keys, settings: PatchSettings, completeness: 
     return torch.where(roi, voted, x)
 
 
+def _blur3(x: torch.Tensor) -> torch.Tensor:
+    """A 3x3 binomial blur (edges replicated)."""
+    c = x.shape[1]
+    k = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    x = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, 3).expand(c, 1, 1, 3), groups=c)
+    return F.conv2d(x, k.view(1, 1, 3, 1).expand(c, 1, 3, 1), groups=c)
+
+
 def vote_weights(patch: int, sigma: float, dtype) -> torch.Tensor:
     """(patch * patch,) weights of a patch's pixels in the vote."""
     if sigma <= 0:
@@ -264,7 +283,10 @@ def refine(
             # Outside the ROI: blurry for the first pass at a new scale (its keys are blurry
             # too), then the tile's own sharp pixels.
             c = settings.completeness if s < settings.completeness_scales else 0.0
-            x = torch.where(roi, _vote(x, roi, source, keys, settings, c), known)
+            query = x
+            if s > 0 and keys is source.blurry_keys and settings.query_sharpen > 0:
+                query = torch.where(roi, x + settings.query_sharpen * (x - _blur3(x)), x)
+            x = torch.where(roi, _vote(query, roi, source, keys, settings, c), known)
             done += 1
             progress(STAGE, done, total)
         x = torch.where(roi, x, known)

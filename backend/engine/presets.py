@@ -116,8 +116,8 @@ PRESETS: dict[str, Preset] = {
             patches=SHARP,
             coarse="patch-diffusion",
             # Its drafts cost seconds, so the guard asks more of them and tries more.
-            guard_bar=1.5,
-            guard_seam=1.3,
+            guard_bar=1.25,
+            guard_seam=1.25,
             guard_tries=4,
         ),
         Preset(
@@ -145,8 +145,8 @@ PRESETS: dict[str, Preset] = {
             patches=SHARP,
             coarse="patch-diffusion",
             # Its drafts cost seconds, so the guard asks more of them and tries more.
-            guard_bar=1.5,
-            guard_seam=1.3,
+            guard_bar=1.25,
+            guard_seam=1.25,
             guard_tries=4,
         ),
         Preset(

@@ -41,7 +41,7 @@ from .errors import (
     redact_json,
 )
 from .executor import JobRunner, LocalBackend, RayBackend
-from .guard import Guard
+from .guard import Guard, host_policy
 from .jobs import SUCCEEDED, TERMINAL, JobStore, check_job_id, new_job_id
 
 log = logging.getLogger("rs_edit.service")
@@ -216,8 +216,11 @@ def create_app(
     *,
     config: ServiceConfig | None = None,
     edit_fn=None,
+    host: str | None = None,
 ) -> FastAPI:
-    """The ASGI app. `edit_fn` replaces `backend.edit.run_edit` (tests, benchmarks)."""
+    """The ASGI app. `edit_fn` replaces `backend.edit.run_edit` (tests, benchmarks). `host`:
+    the address it will be bound to, for the Host check (`guard`); None: judged per request by
+    the address the connection arrived on."""
     config = (config or ServiceConfig()).validate()
     register_secret(config.token)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -239,8 +242,15 @@ def create_app(
     )
     app.state.data_dir = data_dir
     app.state.service = service
-    install_error_handlers(app)
-    app.add_middleware(Guard, token=config.token, max_body=config.limits.max_upload_bytes)
+    install_error_handlers(app, max_roi_bytes=config.limits.max_roi_bytes)
+    app.add_middleware(
+        Guard,
+        token=config.token,
+        max_body=config.limits.max_upload_bytes,
+        bind_host=host,
+        allowed_hosts=config.allowed_hosts,
+        allowed_origins=config.allowed_origins,
+    )
 
     @app.get("/v1/health", tags=["service"])
     async def health() -> dict:
@@ -482,16 +492,17 @@ def serve(
     config = (config or ServiceConfig()).validate()
     if host not in LOOPBACK and not config.token:
         raise ParameterError(
-            f"refusing to bind {host} without an access token: pass --token (or set "
-            "RS_EDIT_TOKEN); clients then send 'Authorization: Bearer <token>'"
+            f"refusing to bind {host} without an access token: pass --token-file (or --token, "
+            "or set RS_EDIT_TOKEN); clients then send 'Authorization: Bearer <token>'"
         )
     path = Path(data_dir).expanduser() if data_dir else default_data_dir()
     path.mkdir(parents=True, exist_ok=True)
-    app = create_app(path, config=config, edit_fn=edit_fn)
+    app = create_app(path, config=config, edit_fn=edit_fn, host=host)
     server = uvicorn.Server(
         uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False)
     )
     _log_redacted()  # after uvicorn configured its loggers
+    log.info("answering Host: %s", host_policy(host, config.allowed_hosts).describe())
     server.run(sockets=sockets)
 
 

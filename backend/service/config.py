@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..edit import MAX_PROMPT_CHARS
 from ..errors import ParameterError
+from ..llm import TOKEN_ENV
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 EXECUTORS = ("local", "ray")
+MIN_TOKEN_CHARS = 16
+ALLOWED_HOSTS_ENV = "RS_EDIT_ALLOWED_HOSTS"
+ALLOWED_ORIGINS_ENV = "RS_EDIT_ALLOWED_ORIGINS"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,8 @@ class ServiceConfig:
     cache_bytes: int = 8 * 1024**3  # ... and at most this many bytes
     token: str | None = None  # bearer token; required on every request when set
     device: str = "auto"  # passed to the edit ("auto", "cpu", "cuda")
+    allowed_hosts: tuple[str, ...] = ()  # more Host names to answer (`guard.host_policy`)
+    allowed_origins: tuple[str, ...] = ()  # web origins whose requests are accepted
 
     def validate(self) -> ServiceConfig:
         self.limits.validate()
@@ -60,8 +68,61 @@ class ServiceConfig:
             raise ParameterError("the model cache must allow at least one model and one byte")
         if self.ray_gpus_per_task < 0 or self.ray_cpus_per_task < 0:
             raise ParameterError("Ray resources per task must not be negative")
-        if self.token is not None and len(self.token) < 16:
-            raise ParameterError("the access token must be at least 16 characters long")
+        check_token(self.token)
+        for name in ("allowed_hosts", "allowed_origins"):
+            if isinstance(getattr(self, name), str | bytes):
+                raise ParameterError(f"{name} must be a list of names, not one string")
+        from .guard import parse_allowed_hosts, parse_allowed_origins
+
+        parse_allowed_hosts(self.allowed_hosts)
+        parse_allowed_origins(self.allowed_origins)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ParameterError(f"unknown device {self.device!r} (auto, cpu, cuda)")
         return self
+
+
+def check_token(token: str | None) -> None:
+    """An access token must be printable ASCII without spaces (it travels in a header) and at
+    least 16 characters long; a blank one is a mistake, never 'no token'."""
+    if token is None:
+        return
+    if not token.strip():
+        raise ParameterError("the access token is empty (or only spaces)")
+    if any(not ("!" <= c <= "~") for c in token):
+        raise ParameterError(
+            "the access token must be printable ASCII without spaces or line breaks"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ParameterError(f"the access token must be at least {MIN_TOKEN_CHARS} characters long")
+
+
+def resolve_token(
+    token: str | None = None, token_file: str | None = None, env: dict | None = None
+) -> str | None:
+    """The access token: `--token`, else the content of `--token-file`, else RS_EDIT_TOKEN
+    (unset or empty: none). Checked by `check_token`."""
+    env = os.environ if env is None else env
+    if token is not None and token_file is not None:
+        raise ParameterError("give the access token once: --token or --token-file")
+    if token_file is not None:
+        path = Path(token_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ParameterError(f"cannot read the token file {path}: {reason}") from None
+        token = text.strip()  # a final line break is not part of it
+        if not token:
+            raise ParameterError(f"the token file {path} is empty")
+    elif token is None:
+        token = env.get(TOKEN_ENV) or None
+    check_token(token)
+    return token
+
+
+def names_from(values: list[str] | None, env_name: str, env: dict | None = None) -> tuple:
+    """Repeated options (`--allowed-host A --allowed-host B`, each may be `A,B`), else the
+    environment variable (comma separated)."""
+    env = os.environ if env is None else env
+    texts = values if values else [env.get(env_name) or ""]
+    return tuple(part.strip() for text in texts for part in text.split(",") if part.strip())

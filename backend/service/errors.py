@@ -1,8 +1,9 @@
 """The one map from errors to HTTP responses: `{"error": {"code": ..., "message": ...}}`.
 
 Backend `InputError`s are 400 (each subclass its own code); request shape errors from FastAPI
-(missing field, wrong type) are 422; the service's own conditions carry their status. Anything
-else is a 500 whose message names no internals: the traceback goes to the server log only.
+(missing field, wrong type) are 422; the service's own conditions carry their status (the
+outermost layer, `guard`, answers with these too). Anything else is a 500 whose message names
+no internals: the traceback goes to the server log only.
 """
 
 from __future__ import annotations
@@ -61,6 +62,22 @@ class PayloadTooLargeError(ServiceError):
     status, code = 413, "too_large"
 
 
+class BadRequestError(ServiceError):
+    status, code = 400, "bad_request"
+
+
+class BadHostError(ServiceError):
+    """The `Host` header names no address of this server (DNS rebinding): 421."""
+
+    status, code = 421, "bad_host"
+
+
+class ForbiddenOriginError(ServiceError):
+    """A web page of another origin sent the request (its `Origin` header): 403."""
+
+    status, code = 403, "forbidden_origin"
+
+
 class LimitError(InputError):
     """The request is well formed but beyond the server's limits (raster size, ...): 413."""
 
@@ -98,7 +115,9 @@ def response_for(exc: BaseException) -> JSONResponse:
     return error_response(500, "internal", "internal server error (details in the server log)")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, max_roi_bytes: int | None = None) -> None:
+    """`max_roi_bytes`: the ROI limit to name when the form parser refuses a large `roi`."""
+
     async def _known(request: Request, exc: Exception) -> JSONResponse:
         return response_for(exc)
 
@@ -108,9 +127,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-        cause = exc.__cause__
-        if exc.status_code == 400 and type(cause).__name__ == "MultiPartException":
-            detail = f"malformed form data: {getattr(cause, 'message', cause)}"
+        cause = _multipart_error(exc)
+        if exc.status_code == 400 and cause is not None:
+            field, limit = oversized_field(cause)
+            if field == "roi":  # the documented 413, as `submit.parse_roi` answers it
+                limit = min(limit, max_roi_bytes or limit)
+                return response_for(LimitError(f"roi is larger than {limit:,} bytes"))
+            if field is not None:
+                detail = f"form field {field[:50]!r} exceeded the maximum size of {limit:,} bytes"
+            else:
+                detail = f"malformed form data: {getattr(cause, 'message', cause)}"
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path[:200]}"
         return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
@@ -119,6 +145,35 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _known)
+
+
+def _multipart_error(exc: BaseException | None) -> BaseException | None:
+    """The form parser's error behind an HTTP 400 (Starlette raises the 400 in its context,
+    some FastAPI versions wrap it as the cause), or None."""
+    for _ in range(4):
+        if exc is None or type(exc).__name__ == "MultiPartException":
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def oversized_field(exc: BaseException) -> tuple[str | None, int]:
+    """(form field, limit in bytes) when the form parser refused a text field as too large,
+    else (None, 0). Starlette's message names neither; its parser, still in the traceback,
+    holds both."""
+    if "maximum size" not in str(getattr(exc, "message", exc)):
+        return None, 0
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "on_part_data":
+            parser = frame.f_locals.get("self")
+            name = getattr(getattr(parser, "_current_part", None), "field_name", None)
+            limit = getattr(parser, "max_part_size", None)
+            if isinstance(name, str) and isinstance(limit, int):
+                return name, limit
+        tb = tb.tb_next
+    return None, 0
 
 
 def validation_message(exc: RequestValidationError) -> str:

@@ -36,8 +36,10 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 class ThreadServer:
     """The real app served by uvicorn in a thread, on 127.0.0.1 and a free port."""
 
-    def __init__(self, data_dir: Path, config=None, edit_fn=None, port: int = 0):
-        self.app = create_app(data_dir, config=config, edit_fn=edit_fn)
+    def __init__(self, data_dir: Path, config=None, edit_fn=None, port: int = 0, host=None):
+        # `host`: the address the app believes it is bound to (its Host check); it listens
+        # on 127.0.0.1 whatever it says.
+        self.app = create_app(data_dir, config=config, edit_fn=edit_fn, host=host)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvicorn does
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart's port
