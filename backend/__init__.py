@@ -1,3 +1,3 @@
 """rs-edit backend: prompt-guided editing of one georeferenced remote-sensing tile."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

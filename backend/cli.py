@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
     edit.add_argument("--quiet", action="store_true", help="no progress bars")
     edit.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="refuse an edit estimated to need more memory (default: env RS_EDIT_MEMORY_BUDGET, "
+        "else half of this machine's memory)",
+    )
+    edit.add_argument(
         "--report",
         action="store_true",
         help="also write OUTPUT_report.json (rs-edit eval of the edit) and OUTPUT_quicklook.png",
@@ -159,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels", type=int, default=400_000_000, help="largest raster (width x height)"
     )
     serve.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    serve.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="refuse jobs estimated to need more memory, 413 (default: env "
+        "RS_EDIT_MEMORY_BUDGET, else half of this machine's memory)",
+    )
 
     demo = sub.add_parser("demo", help="the main job on a generated scene, offline")
     demo.add_argument("--out", default="rs-edit-demo", help="folder for the demo's files")
@@ -304,6 +320,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         feather_px=args.feather,
         cog=args.cog,
     ).validate()
+    _check_memory(args, options)
     say = (
         (lambda line: None)
         if args.quiet
@@ -366,6 +383,28 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_memory(args: argparse.Namespace, options) -> None:
+    """Refuse (exit 2) an edit whose estimated peak memory exceeds the budget, before any pixel
+    is read: the header, the ROI's windows, the bands and the preset are enough."""
+    from .memory import check_edit, edit_inputs, resolve_budget
+
+    budget = resolve_budget(args.memory_budget)
+    info, roi = edit_inputs(args.input, roi_geojson=args.roi, mask_path=args.mask)
+    device_type = args.device
+    if device_type == "auto":
+        import torch
+
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    check_edit(
+        info,
+        roi,
+        options,
+        budget,
+        device_type=device_type,
+        hint=f" (or raise --memory-budget above {budget:,} MB)",
+    )
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_edit
 
@@ -387,6 +426,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .memory import resolve_budget
     from .service.app import serve
     from .service.config import (
         ALLOWED_HOSTS_ENV,
@@ -414,6 +454,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         allowed_hosts=names_from(args.allowed_host, ALLOWED_HOSTS_ENV),
         allowed_origins=names_from(args.allowed_origin, ALLOWED_ORIGINS_ENV),
+        memory_budget_mb=resolve_budget(args.memory_budget),
     ).validate()
     serve(host=args.host, port=args.port, data_dir=args.data_dir, config=config)
     return EXIT_OK

@@ -216,6 +216,44 @@ def export_window(source, window: TileWindow, path, transform_context=None) -> P
     return path
 
 
+# Integer GDAL types and the values they hold (Int8, Int64 and UInt64 by name: GDAL >= 3.5/3.7).
+_INT_RANGES = {
+    "Byte": (0, 2**8 - 1),
+    "Int8": (-(2**7), 2**7 - 1),
+    "UInt16": (0, 2**16 - 1),
+    "Int16": (-(2**15), 2**15 - 1),
+    "UInt32": (0, 2**32 - 1),
+    "Int32": (-(2**31), 2**31 - 1),
+    "UInt64": (0, 2**64 - 1),
+    "Int64": (-(2**63), 2**63 - 1),
+}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def nodata_representable(value, data_type: int) -> bool:
+    """Whether a band of GDAL type `data_type` can hold `value` exactly (a Byte band cannot
+    hold -10000: GDAL would clamp it to 0 and turn valid 0 pixels into nodata)."""
+    if value is None:
+        return True
+    value = float(value)
+    name = gdal.GetDataTypeName(data_type) or ""
+    if name in _INT_RANGES:
+        low, high = _INT_RANGES[name]
+        return math.isfinite(value) and value.is_integer() and low <= value <= high
+    if name in ("Float32", "CFloat32"):
+        return not math.isfinite(value) or abs(value) <= _FLOAT32_MAX
+    return True  # Float64 and complex doubles hold any double
+
+
+def unrepresentable_nodata(dataset) -> bool:
+    """True when a band of `dataset` declares a nodata value its data type cannot hold."""
+    for i in range(1, dataset.RasterCount + 1):
+        band = dataset.GetRasterBand(i)
+        if not nodata_representable(band.GetNoDataValue(), band.DataType):
+            return True
+    return False
+
+
 def _export_gdal(source: str, window: TileWindow, path: Path) -> None:
     src = gdal_open(source)
     if src is None:
@@ -225,6 +263,9 @@ def _export_gdal(source: str, window: TileWindow, path: Path) -> None:
         srcWin=[window.xoff, window.yoff, window.width, window.height],
         creationOptions=GTIFF_OPTIONS,
         outputSRS=window.crs_wkt if not src.GetProjection() else None,
+        # A nodata value the type cannot hold marks no pixel of the source (QGIS ignores it
+        # too); copied, GDAL would clamp it (e.g. -10000 -> 0 on Byte) and hide valid pixels.
+        noData="none" if unrepresentable_nodata(src) else None,
     )
     try:
         out = gdal.Translate(str(path), src, options=options)

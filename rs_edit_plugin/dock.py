@@ -12,9 +12,10 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsRasterBandComboBox
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import QEvent, QObject, Qt
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
+    QAbstractSpinBox,
     QApplication,
     QCheckBox,
     QComboBox,
@@ -55,6 +56,21 @@ ROI_SOURCES = [
 OK_STYLE, BAD_STYLE = "color: #1a7f37;", "color: #b42318;"
 
 
+class WheelGuard(QObject):
+    """Keeps the mouse wheel from changing a combo or spin box the user is only scrolling
+    past: without focus the box ignores the wheel, and Qt passes it on to the scroll area."""
+
+    def eventFilter(self, watched, event):
+        if event.type() == QEvent.Type.Wheel and not watched.hasFocus():
+            event.ignore()  # not accepted: the parent (the dock's scroll area) scrolls
+            return True  # the box itself never sees it
+        return super().eventFilter(watched, event)
+
+    def guard(self, widget) -> None:
+        widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # no focus by wheel
+        widget.installEventFilter(self)
+
+
 class RsEditDock(QgsDockWidget):
     def __init__(self, parent=None, iface=None):
         super().__init__("RS Edit", parent)
@@ -78,6 +94,9 @@ class RsEditDock(QgsDockWidget):
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
         self.setWidget(scroll)
+        self.wheel_guard = WheelGuard(self)
+        for box in body.findChildren(QComboBox) + body.findChildren(QAbstractSpinBox):
+            self.wheel_guard.guard(box)
 
         self.monitor = HealthMonitor(settings.backend_url, settings.token, parent=self)
         self.monitor.updated.connect(self.show_health)

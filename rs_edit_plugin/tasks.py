@@ -72,6 +72,9 @@ class EditJobTask(QgsTask):
         self.statusChanged.emit(stage, float(progress), dict(job))
 
     def run(self) -> bool:
+        """True when the job succeeded or was cancelled: QGIS announces every task that
+        returns False as "Task failed", and a cancel the user asked for is no failure (the
+        plugin reports it as cancelled). False only for a real error, kept in `error`."""
         try:
             if self.isCanceled():
                 raise CancelledError("cancelled")
@@ -79,14 +82,19 @@ class EditJobTask(QgsTask):
             return True
         except CancelledError:
             self.cancelled = True
+            return True
         except (BackendError, JobError) as exc:
+            if self.isCanceled():  # e.g. the aborted request's own error: still a cancel
+                self.cancelled = True
+                return True
             self.error = str(exc)
         except Exception as exc:  # a bug must end the task with a message, not kill QGIS
             self.error = f"unexpected error: {exc!r}"
         return False
 
     def finished(self, result: bool):
-        if self.isCanceled() and not result:
+        if self.isCanceled() and not self.outputs:
+            # Cancelled before it ran (QGIS then never calls run) or while it ran.
             self.cancelled = True
         for callback in self.done_callbacks:
             callback(self, result)
@@ -156,7 +164,10 @@ class JobManager(QObject):
         task = record.task
         record.task = None
         record.job_id = task.job_id or record.job_id
-        if ok:
+        if task.cancelled:
+            record.state, record.message = "cancelled", "cancelled"
+            self._push(f"“{record.prompt}” was cancelled.", Qgis.MessageLevel.Info, 5)
+        elif ok and task.outputs:
             record.state, record.progress, record.outputs = "succeeded", 100.0, task.outputs
             record.message = f"{len(task.outputs)} result(s) in {task.outputs[0].parent}"
             if settings.option("add_results"):
@@ -164,9 +175,6 @@ class JobManager(QObject):
             self._push(
                 f"“{record.prompt}” finished: {record.message}", Qgis.MessageLevel.Success, 5
             )
-        elif task.cancelled:
-            record.state, record.message = "cancelled", "cancelled"
-            self._push(f"“{record.prompt}” was cancelled.", Qgis.MessageLevel.Info, 5)
         else:
             record.state, record.message = "failed", task.error or "the job failed"
             self._push(f"“{record.prompt}” failed: {record.message}", Qgis.MessageLevel.Critical, 0)

@@ -59,6 +59,31 @@ class MultiScaleDiffusion:
     def n_scales(self) -> int:
         return len(self.blur_gaps)
 
+    def sampling_gammas(self, scale: int) -> torch.Tensor:
+        """The blur weights a sampler (and fine-tuning, which tunes what is sampled) uses at a
+        scale above the coarsest: capped where the clean image is recovered from the noise."""
+        g = self.gammas[scale]
+        return g if self.predicts_clean(scale) else g.clamp(0, SAMPLING_GAMMA_CAP)
+
+    def noised(self, clean, blurry, scale: int, t: torch.Tensor, noise) -> torch.Tensor:
+        """The forward process: x_t at timesteps `t` (B,) of scale `scale`, whose clean image is
+        blended toward the blurry one (the scale below, upsampled) as the noise grows."""
+        x0 = clean
+        if scale > 0:
+            g = self.gammas[scale][t].view(-1, 1, 1, 1)
+            x0 = g * blurry + (1 - g) * clean
+        return self.schedule.q_sample(x0, t, noise)
+
+    def clean_from_noise(self, x, eps, t: int, scale: int, blurry, clamp: bool = True):
+        """The clean image implied by x_t and a noise estimate (differentiable)."""
+        sch = self.schedule
+        x0 = (x - sch.sqrt_one_minus_ab[t] * eps) / sch.sqrt_ab[t]
+        if scale > 0:
+            # The floor matters only for guided steps of a clean-target model at gamma = 1.
+            g = self.sampling_gammas(scale)[t]
+            x0 = (x0 - g * blurry) / (1 - g).clamp_min(0.05)
+        return x0.clamp(-1, 1) if clamp else x0
+
     def to(self, device) -> MultiScaleDiffusion:
         self.schedule.to(device)
         self.gammas = [None if g is None else g.to(device) for g in self.gammas]
@@ -78,12 +103,8 @@ class MultiScaleDiffusion:
         the clean image) for a batch at one scale."""
         b = clean.shape[0]
         t = torch.randint(0, self.t_max[scale], (b,), device=clean.device, generator=generator)
-        x0 = clean
-        if scale > 0:
-            g = self.gammas[scale][t].view(-1, 1, 1, 1)
-            x0 = g * blurry + (1 - g) * clean
         noise = torch.randn(clean.shape, device=clean.device, generator=generator)
-        x_t = self.schedule.q_sample(x0, t, noise)
+        x_t = self.noised(clean, blurry, scale, t, noise)
         s = torch.full((b,), scale, device=clean.device)
         target = clean if self.predicts_clean(scale) else noise
         return (net(x_t, t, s) - target).abs().mean()
@@ -207,8 +228,7 @@ class _Step:
         if scale > 0:
             # Predicting noise means dividing by 1 - gamma to recover the clean image: capped as
             # published. Predicting the clean image needs no division, so the trained gammas hold.
-            g = diffusion.gammas[scale]
-            self.gammas = g if self.predicts_clean else g.clamp(0, SAMPLING_GAMMA_CAP)
+            self.gammas = diffusion.sampling_gammas(scale)
 
     def predict(self, x, t: int, blurry) -> tuple[torch.Tensor, torch.Tensor]:
         """(noise estimate, clean-image estimate) at timestep t."""
@@ -247,12 +267,7 @@ class _Step:
         return (x - sch.sqrt_ab[t] * mix) / sch.sqrt_one_minus_ab[t]
 
     def _clean_from_eps(self, x, eps, t: int, blurry, clamp: bool = True):
-        sch = self.d.schedule
-        x0 = (x - sch.sqrt_one_minus_ab[t] * eps) / sch.sqrt_ab[t]
-        if self.scale > 0:
-            # The floor matters only for guided steps of a clean-target model at gamma = 1.
-            x0 = (x0 - self.gammas[t] * blurry) / (1 - self.gammas[t]).clamp_min(0.05)
-        return x0.clamp(-1, 1) if clamp else x0
+        return self.d.clean_from_noise(x, eps, t, self.scale, blurry, clamp)
 
     def keep_known(self, x, t: int, eps) -> torch.Tensor:
         """Outside the mask, put back the known image at x's noise level (t = -1: clean)."""

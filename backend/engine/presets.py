@@ -82,6 +82,13 @@ class Preset:
     guard_seam: float = 1.5
     guard_tries: int = 2
 
+    def trains_network(self, guidance: str) -> bool:
+        """Whether an edit with this guidance trains a network (`auto` guidance fine-tunes
+        exactly when one is trained anyway): fine-tuning needs one, and so does every preset
+        whose coarse layout is not made by the training-free sampler."""
+        made_without = self.detail == "patches" and self.coarse == "patch-diffusion"
+        return guidance == "finetune" or not made_without
+
 
 # Fine-scale synthesis: `PatchSettings()` was chosen on the ROIs of `bench.realism` (see
 # docs/BENCHMARKS.md, "Realism"): a narrow Gaussian vote keeps the finest detail that a plain

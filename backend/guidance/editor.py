@@ -91,15 +91,14 @@ class TextEditor:
         image = tile.model_image
         if preset.detail == "patches":
             image = lanczos_resize(image, coarse_size(*image.shape[1:], preset.coarse_side))
-        trained = preset.detail == "diffusion" or preset.coarse == "network"
-        guidance, why = resolve_guidance(opts.guidance, trained)
+        guidance, why = resolve_guidance(opts.guidance, preset.trains_network("auto"))
         self.log(why)
-        if not trained and guidance == "finetune":
+        trained = preset.trains_network(guidance)
+        if trained and not preset.trains_network("none"):
             self.log(
                 f"fine-tuning needs a trained model: training the coarse model of preset "
                 f"{preset.name!r} (guidance 'sampling' or 'none' needs no training with it)"
             )
-            trained = True
         mark = time.perf_counter()
         if trained:
             model, cached = self._tile_model(image, seed, progress)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.diffusion import SAMPLING_GAMMA_CAP, Guide, Inpaint
+from ..engine.diffusion import Guide, Inpaint
 from ..engine.model import TileModel
 from ..engine.pyramid import blurry_inputs, build_pyramid
 from ..progress import ProgressCallback, no_progress, share
@@ -142,7 +142,6 @@ def finetune(
         raise ValueError(f"freeze_blocks={freeze_blocks} leaves nothing to fine-tune")
     optimizer = torch.optim.Adam(params, lr=lr)
     diffusion = model.diffusion()
-    sch = diffusion.schedule
     chooser = random.Random(seed)
     generator = torch.Generator(model.device)
     generator.manual_seed(seed)
@@ -155,14 +154,14 @@ def finetune(
         clean, blurry, mask = scene.known[s], scene.blurry[s], scene.masks[s]
         t = chooser.randrange(diffusion.t_max[s])
         t_ = torch.full((1,), t, device=device)
-        x0 = clean
-        if s > 0:
-            g = diffusion.gammas[s][t]
-            x0 = g * blurry + (1 - g) * clean
         noise = torch.randn(clean.shape, device=device, generator=generator)
-        x_t = sch.q_sample(x0, t_, noise)
+        x_t = diffusion.noised(clean, blurry, s, t_, noise)
         out = net(x_t, t_, torch.full((1,), s, device=device)).float()
-        estimate = _clean_estimate(diffusion, out, x_t, t, s, blurry)
+        # The clean estimate as the sampler computes it (so what is tuned is what is sampled).
+        if diffusion.predicts_clean(s):
+            estimate = out
+        else:
+            estimate = diffusion.clean_from_noise(x_t, out, t, s, blurry, clamp=False)
         loss = objective(estimate, s)
         if fidelity > 0:
             target = clean if diffusion.predicts_clean(s) else noise
@@ -175,19 +174,6 @@ def finetune(
         progress("finetune", step, steps, float(loss.detach()))
     net.eval().requires_grad_(False)
     return tuned
-
-
-def _clean_estimate(diffusion, out, x_t, t: int, s: int, blurry) -> torch.Tensor:
-    """The network's estimate of the clean image at scale s (differentiable), computed as the
-    sampler computes it (so what is tuned is what will be sampled)."""
-    if diffusion.predicts_clean(s):
-        return out
-    sch = diffusion.schedule
-    x0 = (x_t - sch.sqrt_one_minus_ab[t] * out) / sch.sqrt_ab[t]
-    if s > 0:
-        g = diffusion.gammas[s][t].clamp(0, SAMPLING_GAMMA_CAP)
-        x0 = (x0 - g * blurry) / (1 - g)
-    return x0
 
 
 def sampling_guide(objective: ClipObjective, strength: float) -> Guide:

@@ -77,6 +77,14 @@ class Service:
             backend = LocalBackend(edit_fn, config, self.cache_dir)
         self.runner = JobRunner(self.store, backend, self.jobs_dir, config.workers)
         self.device = _device_info()
+        self.memory_budget_mb = config.memory_budget()
+        self.device_type = (
+            config.device
+            if config.device != "auto"
+            else "cuda"
+            if self.device["device"].startswith("cuda")
+            else "cpu"
+        )
         self.started = False
 
     def start(self) -> None:
@@ -137,7 +145,13 @@ class Service:
             if roi is not None:
                 (staging / "roi.geojson").write_text(json.dumps(roi), encoding="utf-8")
             summary = submit.validate_inputs(
-                staging / "input.tif", options, roi=roi, mask=mask_path, limits=limits
+                staging / "input.tif",
+                options,
+                roi=roi,
+                mask=mask_path,
+                limits=limits,
+                memory_budget_mb=self.memory_budget_mb,
+                device_type=self.device_type,
             )
             final = self.jobs_dir / job_id
             os.replace(staging, final)
@@ -207,6 +221,7 @@ class Service:
                 "max_height": self.config.limits.max_height,
                 "max_pixels": self.config.limits.max_pixels,
                 "max_prompt_chars": self.config.limits.max_prompt_chars,
+                "memory_budget_mb": self.memory_budget_mb,
             },
         }
 

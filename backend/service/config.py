@@ -55,6 +55,10 @@ class ServiceConfig:
     device: str = "auto"  # passed to the edit ("auto", "cpu", "cuda")
     allowed_hosts: tuple[str, ...] = ()  # more Host names to answer (`guard.host_policy`)
     allowed_origins: tuple[str, ...] = ()  # web origins whose requests are accepted
+    # A job whose estimated peak memory (`backend.memory.estimate_mb`) exceeds this many MB is
+    # refused at submission (413). None: RS_EDIT_MEMORY_BUDGET, else half of this machine's
+    # memory (`memory_budget`).
+    memory_budget_mb: int | None = None
 
     def validate(self) -> ServiceConfig:
         self.limits.validate()
@@ -76,9 +80,22 @@ class ServiceConfig:
 
         parse_allowed_hosts(self.allowed_hosts)
         parse_allowed_origins(self.allowed_origins)
+        if self.memory_budget_mb is not None and (
+            not isinstance(self.memory_budget_mb, int) or self.memory_budget_mb < 1
+        ):
+            raise ParameterError(
+                f"the memory budget must be a positive number of MB, got {self.memory_budget_mb!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ParameterError(f"unknown device {self.device!r} (auto, cpu, cuda)")
         return self
+
+    def memory_budget(self, env: dict | None = None) -> int:
+        """The memory budget in MB: `memory_budget_mb`, else RS_EDIT_MEMORY_BUDGET, else half
+        of this machine's memory."""
+        from ..memory import resolve_budget
+
+        return resolve_budget(self.memory_budget_mb, env)
 
 
 def check_token(token: str | None) -> None:

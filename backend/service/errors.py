@@ -1,6 +1,7 @@
 """The one map from errors to HTTP responses: `{"error": {"code": ..., "message": ...}}`.
 
-Backend `InputError`s are 400 (each subclass its own code); request shape errors from FastAPI
+Backend `InputError`s are 400 (each subclass its own code; a job over the server's limits or
+over its memory budget, `memory.MemoryBudgetError`, is 413); request shape errors from FastAPI
 (missing field, wrong type) are 422; the service's own conditions carry their status (the
 outermost layer, `guard`, answers with these too). Anything else is a 500 whose message names
 no internals: the traceback goes to the server log only.
@@ -27,6 +28,7 @@ from ..errors import (
     RsEditError,
 )
 from ..llm import known_secrets, redact  # the one scrubbing of secrets (both LLM keys, the token)
+from ..memory import MemoryBudgetError
 
 log = logging.getLogger("rs_edit.service")
 
@@ -85,6 +87,7 @@ class LimitError(InputError):
 # Most specific first.
 _INPUT_CODES: tuple[tuple[type[InputError], int, str], ...] = (
     (LimitError, 413, "too_large"),
+    (MemoryBudgetError, 413, "memory_budget"),  # the estimate names itself and the budget
     (GridMismatchError, 400, "grid_mismatch"),
     (RoiError, 400, "bad_roi"),
     (CrsError, 400, "bad_crs"),

@@ -24,6 +24,7 @@ from ..bands import parse_band_list, rgb_bands
 from ..edit import MAX_WINDOW_PIXELS, EditOptions, context_window
 from ..errors import CrsError, InputError, ParameterError, RasterError, RoiError
 from ..guidance.clip import REMOTECLIP_MODELS, TINY_RANDOM, check_remoteclip_obtainable
+from ..memory import check_edit
 from ..raster import gdal_env, inspect_raster
 from ..roi import roi_from_geojson, roi_from_mask, whole_image
 from .config import Limits
@@ -195,8 +196,15 @@ def validate_inputs(
     roi: dict | None,
     mask: Path | None,
     limits: Limits,
+    memory_budget_mb: int | None = None,
+    device_type: str = "cpu",
 ) -> dict:
-    """Everything `prepare` checks, without reading the pixels. Returns a summary for the job."""
+    """Everything `prepare` checks, without reading the pixels. Returns a summary for the job.
+
+    With `memory_budget_mb`, an edit whose estimated peak memory (`memory.estimate_edit`: the
+    windows `prepare_windows` will read, the bands, the preset) exceeds it is refused too
+    (`MemoryBudgetError`, 413): a small upload can declare a large raster (a 4600x4600 all-zero
+    DEFLATE GeoTIFF is 72 KB)."""
     try:
         check_geotiff_header(image, "image", limits)
         info = inspect_raster(image)
@@ -223,6 +231,16 @@ def validate_inputs(
         if mask is not None:
             message = name_field(message, mask, "mask")
         raise type(exc)(message) from None
+    estimate = None
+    if memory_budget_mb is not None:
+        estimate = check_edit(
+            info,
+            region,
+            options,
+            memory_budget_mb,
+            device_type=device_type,
+            hint="; this server's memory budget is set by its operator (--memory-budget)",
+        )
     return {
         "width": info.width,
         "height": info.height,
@@ -233,4 +251,5 @@ def validate_inputs(
         "roi_window": [int(region.bbox.col_off), int(region.bbox.row_off)]
         + [int(region.bbox.width), int(region.bbox.height)],
         "roi_clipped": bool(getattr(region, "clipped", False)),
+        "memory_estimate_mb": estimate,
     }

@@ -142,6 +142,52 @@ def test_uint16_with_nodata_keeps_values_and_nodata(tmp_path, project):
     assert dataset.GetRasterBand(2).GetDescription() == "band 2"
 
 
+@pytest.mark.parametrize("writer", ["gdal", "qgis"])
+def test_byte_nodata_out_of_range_is_dropped_not_clamped(tmp_path, project, writer):
+    """Issue 16: a Byte raster declaring nodata -10000 was exported with nodata clamped to 0,
+    so its valid 0 pixels became transparent. No pixel of it is nodata; none may become one."""
+    from osgeo import gdal
+
+    data = np.zeros((3, 20, 20), np.uint8)
+    data[:, :, 10:] = 7  # half the pixels are real zeros
+    path, data, _gt = make_geotiff(
+        tmp_path / "byte.tif", width=20, height=20, data=data, nodata=-10000
+    )
+    assert gdal.Open(str(path)).GetRasterBand(1).GetNoDataValue() == -10000
+    layer = QgsRasterLayer(str(path), "byte")
+    window = area.window_for_extent(layer, utm_rect(2, 2, 18, 18), UTM)
+    source = area.RasterSource.from_layer(layer)
+    if writer == "qgis":
+        source = area.RasterSource(layer.name(), layer.crs(), "", layer.dataProvider().clone())
+    tile = area.export_window(source, window, tmp_path / "tile.tif")
+    tile_data, _gt2, _wkt = read(tile)
+    np.testing.assert_array_equal(tile_data, data[:, 2:18, 2:18])
+    dataset = gdal.Open(str(tile))
+    for i in range(1, 4):
+        band = dataset.GetRasterBand(i)
+        assert gdal.GetDataTypeName(band.DataType) == "Byte"
+        assert band.GetNoDataValue() is None
+        assert band.GetMaskFlags() == gdal.GMF_ALL_VALID
+        assert band.GetMaskBand().ReadAsArray().min() == 255  # every pixel is valid
+
+
+def test_nodata_representable():
+    from osgeo import gdal
+
+    assert not area.nodata_representable(-10000, gdal.GDT_Byte)
+    assert not area.nodata_representable(256, gdal.GDT_Byte)
+    assert not area.nodata_representable(0.5, gdal.GDT_UInt16)
+    assert not area.nodata_representable(float("nan"), gdal.GDT_Int16)
+    assert not area.nodata_representable(1e39, gdal.GDT_Float32)
+    assert area.nodata_representable(0, gdal.GDT_Byte)
+    assert area.nodata_representable(255, gdal.GDT_Byte)
+    assert area.nodata_representable(-10000, gdal.GDT_Int16)
+    assert area.nodata_representable(float("nan"), gdal.GDT_Float32)
+    assert area.nodata_representable(-3.4e38, gdal.GDT_Float32)
+    assert area.nodata_representable(1e300, gdal.GDT_Float64)
+    assert area.nodata_representable(None, gdal.GDT_Byte)
+
+
 def test_selection_extent_in_the_layer_crs(raster, project):
     layer, _data, _gt = raster
     vector = QgsVectorLayer("Polygon?crs=EPSG:4326", "sites", "memory")

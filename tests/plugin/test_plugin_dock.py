@@ -190,3 +190,57 @@ def test_three_band_layers_let_the_backend_choose(dock, project, tmp_path):
     project.addMapLayer(rgb)
     widget.layer_combo.setLayer(rgb)
     assert not widget.band_row.isEnabled() and widget.rgb_bands() is None
+
+
+def wheel_down(widget):
+    """A mouse-wheel notch over the widget (down), as QGIS would deliver it."""
+    from qgis.PyQt.QtCore import QPoint, QPointF, Qt
+    from qgis.PyQt.QtGui import QWheelEvent
+    from qgis.PyQt.QtWidgets import QApplication
+
+    pos = QPointF(widget.rect().center())
+    event = QWheelEvent(
+        pos,
+        QPointF(widget.mapToGlobal(pos.toPoint())),
+        QPoint(0, 0),
+        QPoint(0, -120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(widget, event)
+    return event
+
+
+def test_wheel_scrolls_past_combos_and_spin_boxes(dock):
+    """Issue 16: scrolling the dock over the Preset combo turned `tiny` into `quality`."""
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtWidgets import QAbstractSpinBox, QComboBox
+
+    widget, _layer, _to_web = dock
+    widget.preset_combo.setCurrentText("tiny")
+    widget.variants_spin.setValue(2)
+    boxes = widget.findChildren(QComboBox) + widget.findChildren(QAbstractSpinBox)
+    names = {box.objectName() for box in boxes}
+    assert {"presetCombo", "layerCombo", "areaCombo", "roiCombo", "llmCombo"} <= names
+    assert {"redBandCombo", "variantsSpin", "seedSpin", "clipCombo"} <= names
+    for box in boxes:
+        assert box.focusPolicy() == Qt.FocusPolicy.StrongFocus, box.objectName()
+        assert not box.hasFocus()
+        before = box.currentIndex() if isinstance(box, QComboBox) else box.value()
+        event = wheel_down(box)
+        after = box.currentIndex() if isinstance(box, QComboBox) else box.value()
+        assert after == before, box.objectName()
+        assert not event.isAccepted(), box.objectName()  # left to the dock's scroll area
+    assert widget.preset_combo.currentText() == "tiny"
+    assert widget.variants_spin.value() == 2
+
+
+def test_wheel_still_changes_a_focused_combo(dock):
+    widget, _layer, _to_web = dock
+    combo = widget.preset_combo
+    combo.setCurrentIndex(0)
+    combo.hasFocus = lambda: True  # offscreen windows never get focus; the guard asks this
+    wheel_down(combo)
+    assert combo.currentIndex() == 1

@@ -181,12 +181,19 @@ def test_cancel_stops_the_job_on_the_backend(
     fake_backend.behaviour["hang"] = True
     record = manager.start(make_request(layer, project, "a new road"))
     wait_for(lambda: record.state == "running", 20, "the job to run")
+    ends = []
+    record.task.taskCompleted.connect(lambda: ends.append("completed"))
+    record.task.taskTerminated.connect(lambda: ends.append("terminated"))
     if how == "dock":
         manager.cancel(record)
     else:  # what QGIS's task manager does when the user cancels there
         QgsApplication.taskManager().cancelAll()
     wait_for(lambda: record.finished, 20, "the cancelled job")
-    assert record.state == "cancelled"
+    wait_for(lambda: ends, 5, "the task's end")
+    # QGIS announces a terminated task as "Task failed"; a user's cancel is no failure.
+    assert ends == ["completed"]
+    assert record.state == "cancelled" and record.message == "cancelled"
+    assert messages(qgis_iface, Qgis.MessageLevel.Critical) == []
     assert fake_backend.deleted == [record.job_id]
     assert fake_backend.jobs[record.job_id].status == "cancelled"
     assert project.layerTreeRoot().findGroup(results.GROUP_NAME) is None

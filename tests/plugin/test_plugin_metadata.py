@@ -1,8 +1,11 @@
 """metadata.txt holds what the official QGIS plugin repository requires, and the icon is real."""
 
 import configparser
+import re
 import struct
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = ["name", "description", "about", "version", "qgisMinimumVersion", "author"]
@@ -37,3 +40,37 @@ def test_icon_is_a_64px_png():
     width, height = struct.unpack(">II", data[16:24])  # IHDR follows the signature
     assert (width, height) == (64, 64)
     assert (ROOT / "resources" / "icon.svg").is_file()
+
+
+def backend_version():
+    text = (ROOT / "backend" / "__init__.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE).group(1)
+
+
+def test_one_version_everywhere():
+    """Issue 16: the backend said 0.1.0 while the plugin and the README said 0.2.0."""
+    version = read_metadata()["version"]
+    assert backend_version() == version  # `rs-edit --version`, /v1/health and the API docs
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    project = pyproject["project"]
+    if "version" in project.get("dynamic", []):
+        attr = pyproject["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+        assert attr == "backend.__version__"
+    else:
+        assert project["version"] == version
+    app = (ROOT / "backend" / "service" / "app.py").read_text(encoding="utf-8")
+    assert re.search(r'"version": __version__', app)  # the health answer
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert set(re.findall(r"Status \(([\d.]+)\)", readme)) == {version}
+    assert set(re.findall(r"rs_edit_plugin-([\d.]+)\.zip", readme)) == {version}
+
+
+def test_about_says_how_the_backend_is_installed():
+    about = read_metadata()["about"]
+    assert "pip install rs-edit" not in about  # rs-edit is not on PyPI
+    assert "scripts/setup.sh" in about and "rs-edit serve" in about
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Install the plugin in QGIS", 1)[1].split("\n## ", 1)[0]
+    assert "Plugins > Manage and Install Plugins > Install from ZIP" in section
+    assert "scripts/build_plugin_zip.py" in section
+    assert "scripts/setup.sh" in section and "rs-edit serve" in section
