@@ -12,11 +12,8 @@ the service and the CLI refuse jobs by; the estimate must never be below the mea
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,19 +22,7 @@ if str(REPO) not in sys.path:  # run as a script: make `backend` importable
 
 from backend.memory import estimate_mb  # noqa: E402
 from backend.scene import make_scene, write_scene  # noqa: E402
-
-
-def _run_cli(arguments: list[str]) -> tuple[float, int, str]:
-    """Run `rs-edit` in a child process: (seconds, peak RSS in MB, stderr)."""
-    command = [str(Path(sys.executable).with_name("rs-edit")), *arguments]
-    started = time.perf_counter()
-    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # noqa: S603
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.stderr.close()
-    if status != 0:
-        raise SystemExit(f"rs-edit failed ({status}):\n{stderr}")
-    return time.perf_counter() - started, round(usage.ru_maxrss / 1024), stderr
+from bench.realism import _run_cli  # noqa: E402  (the same child-process measurement)
 
 
 def measure(size: int, preset: str, folder: Path, seed: int = 0) -> dict:

@@ -111,3 +111,14 @@ def trained_tiny_preset() -> presets.Preset:
 @pytest.fixture
 def trained_tiny(monkeypatch):
     monkeypatch.setitem(presets.PRESETS, "tiny", trained_tiny_preset())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a test module, then as it was."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,12 +19,8 @@ from backend.engine.quality import (
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These are many small ops: on a busy shared CPU, intra-op threads cost more than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Many small ops: on a busy shared CPU, intra-op threads cost more than they save."""
 
 
 def texture(size: int, *, seed: int = 0, params: int = 0, channels: int = 3) -> torch.Tensor:
