@@ -92,10 +92,8 @@ def sample(
     def noise() -> torch.Tensor:
         return torch.randn(known.shape, generator=generator, device=device)
 
-    p = settings.patch
     c, h, w = known.shape[-3:]
-    if min(h, w) < p:
-        raise ValueError(f"a {h}x{w} image is smaller than the {p} px patches")
+    p = min(settings.patch, h, w)  # a tile smaller than the patches: patches of its size
     try:
         keys = source_patches(known, roi, invalid, p, settings.max_keys)
     except NoPatchesError:

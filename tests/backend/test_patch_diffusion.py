@@ -228,12 +228,17 @@ def test_without_any_usable_patch_the_roi_is_the_mean_of_the_valid_pixels():
     assert torch.equal(out[~roi.expand_as(known)], known[~roi.expand_as(known)])
 
 
-def test_an_image_smaller_than_a_patch_is_refused():
+def test_an_image_smaller_than_a_patch_uses_patches_of_its_size():
+    """A raster of a few pixels (a user's 4x4 GeoTIFF) is edited, not an internal error."""
+    gen = torch.Generator().manual_seed(0)
     for height, width in [(4, 4), (4, 32), (32, 3)]:
-        known = torch.zeros(1, 3, height, width)
-        roi = torch.ones(1, 1, height, width, dtype=torch.bool)
-        with pytest.raises(ValueError):
-            sample(known, roi)
+        known = torch.rand(1, 3, height, width, generator=gen) * 2 - 1
+        roi = torch.zeros(1, 1, height, width, dtype=torch.bool)
+        roi[..., height // 2 :, width // 2 :] = True
+        out = sample(known, roi, seed=1)
+        assert out.shape == known.shape and torch.isfinite(out).all()
+        assert torch.equal(out[~roi.expand_as(out)], known[~roi.expand_as(known)])
+        assert out.abs().max() <= 1
 
 
 # --- noise levels ----------------------------------------------------------------------------
