@@ -7,6 +7,7 @@ with consequences lives in the pure modules; this file only gathers what the use
 from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
+    QgsCsException,
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
@@ -269,7 +270,7 @@ class RsEditDock(QgsDockWidget):
         layout = QVBoxLayout(box)
         self.job_tree = QTreeWidget(box)
         self.job_tree.setObjectName("jobTree")
-        self.job_tree.setHeaderLabels(["Prompt", "Status", "Progress"])
+        self.job_tree.setHeaderLabels(["Job", "Stage", "Progress"])
         self.job_tree.setRootIsDecorated(False)
         self.job_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         layout.addWidget(self.job_tree)
@@ -390,14 +391,15 @@ class RsEditDock(QgsDockWidget):
             combo.setLayer(raster)
         count = raster.bandCount() if raster is not None else 0
         self.band_row.setEnabled(count > 3)
-        if raster is None or count <= 3:
-            return
-        renderer = raster.renderer()
-        defaults = [1, 2, 3]
-        if renderer is not None and renderer.type() == "multibandcolor":
-            defaults = [renderer.redBand(), renderer.greenBand(), renderer.blueBand()]
-        for combo, band in zip(self.band_combos, defaults, strict=True):
-            combo.setBand(band if band > 0 else 1)
+        if raster is not None:
+            # <= 3 bands: the backend takes them in order; show that order (disabled).
+            defaults = [min(band, count) for band in (1, 2, 3)]
+            renderer = raster.renderer()
+            if count > 3 and renderer is not None and renderer.type() == "multibandcolor":
+                defaults = [renderer.redBand(), renderer.greenBand(), renderer.blueBand()]
+            for combo, band in zip(self.band_combos, defaults, strict=True):
+                combo.setBand(band if band > 0 else 1)
+        self.roi_label.setText(self._roi_text())
 
     def rgb_bands(self):
         """The bands CLIP sees as RGB, or None to let the backend choose (<= 3 bands)."""
@@ -428,11 +430,31 @@ class RsEditDock(QgsDockWidget):
         self.roi_label.setText(self._roi_text())
 
     def _roi_text(self):
-        count = len(self.polygon_tool.polygons) if self.polygon_tool is not None else 0
+        """Polygons and rectangle, measured against the current source layer."""
+        layer = self.layer_combo.currentLayer()
+        raster = layer if isinstance(layer, QgsRasterLayer) and layer.isValid() else None
+        tool = self.polygon_tool
+        count = len(tool.polygons) if tool is not None else 0
         text = f"{count} polygon(s) drawn." if count else "No polygon drawn."
+        if count and raster is not None:
+            try:
+                in_layer = roi.transform_geometries(
+                    tool.geometries(), tool.crs, raster.crs(), QgsProject.instance()
+                )
+                inside = sum(1 for g in in_layer if g.intersects(raster.extent()))
+                text = f"{count} polygon(s) drawn, {inside} on {raster.name()}."
+            except (QgsCsException, roi.RoiError):  # a label must never break the panel
+                pass
         if self.rectangle is not None:
-            rect = self.rectangle[0]
-            text += f" Rectangle: {rect.width():.6g} x {rect.height():.6g} map units."
+            rect, crs = self.rectangle
+            text += f" Rectangle: {rect.width():.6g} x {rect.height():.6g} map units"
+            if raster is not None:
+                try:
+                    window = area.window_for_extent(raster, rect, crs)
+                    text += f" = {window.width} x {window.height} px of {raster.name()}"
+                except (area.AreaError, QgsCsException):
+                    text += f", outside {raster.name()}"
+            text += "."
         return text
 
     def area_extent(self):
@@ -521,9 +543,9 @@ class RsEditDock(QgsDockWidget):
         return self.jobs.start(request)
 
     def _job_added(self, record):
-        item = QTreeWidgetItem([record.prompt, record.state, "0%"])
+        item = QTreeWidgetItem(["", "", ""])
         item.setData(0, Qt.ItemDataRole.UserRole, record.key)
-        item.setToolTip(0, record.prompt)
+        self._show_job(item, record)
         self.job_tree.insertTopLevelItem(0, item)
         self.job_tree.setCurrentItem(item)
         self._update_job_buttons()
@@ -539,11 +561,27 @@ class RsEditDock(QgsDockWidget):
         item = self._item(record)
         if item is None:
             return
-        state = record.state if not record.stage or record.finished else record.stage
-        item.setText(1, state)
-        item.setText(2, f"{record.progress:.0f}%")
-        item.setToolTip(1, record.message or state)
+        self._show_job(item, record)
         self._update_job_buttons()
+
+    @staticmethod
+    def job_row(record) -> list[str]:
+        """The row's texts: "<layer> – <prompt>"; the stage in words (with the backend's
+        message); the progress, or the end state once the job has finished."""
+        status = record.stage_text
+        if record.message and record.message != status:
+            status = f"{status}: {record.message}"
+        progress = record.state if record.finished else f"{record.progress:.0f}%"
+        return [record.title, status, progress]
+
+    def _show_job(self, item, record):
+        texts = self.job_row(record)
+        for column, text in enumerate(texts):
+            item.setText(column, text)
+        tip = record.title + (f"\nbackend job {record.job_id}" if record.job_id else "")
+        item.setToolTip(0, tip)
+        item.setToolTip(1, texts[1])
+        item.setToolTip(2, texts[2])
 
     def selected_record(self):
         item = self.job_tree.currentItem()

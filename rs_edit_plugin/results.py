@@ -1,7 +1,8 @@
 """Results: where edited GeoTIFFs are saved, and how they enter the project.
 
-Each result becomes a raster layer in the "RS Edit results" group, named after the prompt,
-styled like its source layer, with the prompt and settings in the layer's metadata. Files are
+Each result becomes a raster layer in an "RS Edit results" group placed directly above its
+source layer, named "<source layer> – <prompt> (vN)" (N makes the name unique), styled like
+its source layer, with the prompt and settings in the layer's metadata. Files are
 saved next to the project (or in the folder from the settings), never in a temporary folder.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from qgis.core import (
     QgsLayerMetadata,
+    QgsLayerTree,
     QgsMapLayerStyle,
     QgsProject,
     QgsRasterLayer,
@@ -25,11 +27,24 @@ MAX_NAME_CHARS = 60
 
 
 def layer_name(prompt: str, variant: int = 0, variants: int = 1) -> str:
-    """The layer's name: the prompt (shortened), with the variant number when several."""
+    """The prompt (shortened), with the variant number when several: the name's core."""
     name = " ".join((prompt or "").split()) or "RS Edit result"
     if len(name) > MAX_NAME_CHARS:
         name = name[: MAX_NAME_CHARS - 1].rstrip() + "…"
     return f"{name} (variant {variant})" if variants > 1 and variant else name
+
+
+def unique_layer_name(prompt: str, source_name: str = "", project: QgsProject | None = None):
+    """The name "<source layer name> – <prompt> (vN)", N the lowest no layer of `project` has
+    (variants of one job get consecutive N)."""
+    base = layer_name(prompt)
+    if source_name:
+        base = f"{source_name} – {base}"
+    taken = {lyr.name() for lyr in (project or QgsProject.instance()).mapLayers().values()}
+    n = 1
+    while f"{base} (v{n})" in taken:
+        n += 1
+    return f"{base} (v{n})"
 
 
 def slug(prompt: str, limit: int = 40) -> str:
@@ -49,12 +64,26 @@ def result_stem(prompt: str, out_dir: Path) -> Path:
     return stem
 
 
-def results_group(project: QgsProject):
-    """The "RS Edit results" group at the top of the layer tree (created when missing)."""
+def results_group(project: QgsProject, source_layer=None):
+    """The results group for `source_layer`: directly above the source layer in the layer
+    tree (created there when missing); at the top of the tree without a source layer."""
     root = project.layerTreeRoot()
-    group = root.findGroup(GROUP_NAME)
-    if group is None:
-        group = root.insertGroup(0, GROUP_NAME)
+    node = root.findLayer(source_layer.id()) if source_layer is not None else None
+    if node is None:
+        group = root.findGroup(GROUP_NAME)
+        return group if group is not None else root.insertGroup(0, GROUP_NAME)
+    parent = node.parent()
+    index = parent.children().index(node)
+    above = parent.children()[index - 1] if index > 0 else None
+    key = PROPERTY_PREFIX + "source"
+    if (
+        above is not None
+        and QgsLayerTree.isGroup(above)
+        and above.customProperty(key) == source_layer.id()
+    ):
+        return above
+    group = parent.insertGroup(index, GROUP_NAME)
+    group.setCustomProperty(key, source_layer.id())
     return group
 
 
@@ -80,13 +109,14 @@ def add_result_layer(
     job_settings: dict,
     source_layer: QgsRasterLayer | None = None,
     project: QgsProject | None = None,
-    variant: int = 0,
-    variants: int = 1,
 ) -> QgsRasterLayer:
     """Add the GeoTIFF at `path` to the results group and return the layer."""
     project = project or QgsProject.instance()
     prompt = job_settings.get("prompt", "")
-    layer = QgsRasterLayer(str(path), layer_name(prompt, variant, variants), "gdal")
+    source_name = job_settings.get("source_layer") or (
+        source_layer.name() if source_layer is not None else ""
+    )
+    layer = QgsRasterLayer(str(path), unique_layer_name(prompt, source_name, project), "gdal")
     if not layer.isValid():
         raise ValueError(f"the result {path} cannot be opened as a raster layer")
     copy_style(source_layer, layer)
@@ -103,7 +133,7 @@ def add_result_layer(
     layer.setCustomProperty(PROPERTY_PREFIX + "prompt", prompt)
 
     project.addMapLayer(layer, False)
-    results_group(project).insertLayer(0, layer)
+    results_group(project, source_layer).insertLayer(0, layer)
     return layer
 
 

@@ -22,6 +22,33 @@ from .results import add_result_layer
 LOG_TAG = "RS Edit"
 _ids = itertools.count(1)
 ACTIVE_STATES = ("exporting", "uploading", "queued", "running")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+# Short human labels for the plugin's and the backend's internal stage names.
+STAGE_LABELS = {
+    "submitting": "submitting",
+    "exporting": "exporting the tile",
+    "uploading": "uploading",
+    "queued": "waiting in the queue",
+    "running": "running",
+    "finishing": "finishing",
+    "downloading": "downloading the result",
+    "done": "finishing",
+    "cancelling": "cancelling",
+    "load": "loading the models",
+    "loading": "loading the models",
+    "encode": "reading the image",
+    "synthesize": "drawing the edit",
+    "detail": "adding detail",
+    "guard": "checking realism",
+    "windows": "editing windows",
+    "finetune": "fine-tuning",
+    "blend": "blending the edit in",
+}
+
+
+def stage_label(stage: str) -> str:
+    """A short label a person understands; unknown names pass through unchanged."""
+    return STAGE_LABELS.get(str(stage or "").strip().lower(), str(stage or ""))
 
 
 @dataclass
@@ -42,7 +69,24 @@ class JobRecord:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("succeeded", "failed", "cancelled")
+        return self.state in FINAL_STATES
+
+    @property
+    def source_name(self) -> str:
+        """The name of the raster layer the job edits."""
+        return self.request.source.name if self.request is not None else ""
+
+    @property
+    def title(self) -> str:
+        """What tells this job apart in a list: "<layer> – <prompt>"."""
+        return f"{self.source_name} – {self.prompt}" if self.source_name else self.prompt
+
+    @property
+    def stage_text(self) -> str:
+        """The human label of where the job is (its end state once finished)."""
+        if self.finished:
+            return self.state
+        return stage_label(self.stage or self.state)
 
 
 class EditJobTask(QgsTask):
@@ -51,7 +95,8 @@ class EditJobTask(QgsTask):
     statusChanged = pyqtSignal(str, float, dict)  # state, overall progress, backend job JSON
 
     def __init__(self, request: EditRequest):
-        super().__init__(f"RS Edit: {request.prompt[:50]}", QgsTask.Flag.CanCancel)
+        title = f"{request.source.name} – {request.prompt[:50]}"
+        super().__init__(f"RS Edit: {title}", QgsTask.Flag.CanCancel)
         self.request = request
         self.feedback = QgsFeedback()
         self.outputs: list[Path] = []
@@ -194,7 +239,7 @@ class JobManager(QObject):
             job_settings = dict(record.request.settings_record(), job_id=record.job_id)
             if variants > 1:
                 job_settings["variant"] = i
-            layer = add_result_layer(path, job_settings, source, project, i, variants)
+            layer = add_result_layer(path, job_settings, source, project)
             layers.append(layer)
         record.layers = [layer.id() for layer in layers]
         return layers

@@ -86,7 +86,8 @@ def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_ifa
     wait_for(lambda: record.finished, 30, "the job")
     assert record.state == "succeeded", record.message
     item = widget.job_tree.topLevelItem(0)
-    assert (item.text(0), item.text(1), item.text(2)) == ("flooded fields", "succeeded", "100%")
+    assert item.text(0) == "scene – flooded fields"
+    assert item.text(1).startswith("succeeded") and item.text(2) == "succeeded"
     job = fake_backend.jobs[record.job_id]
     assert job.fields["rgb_bands"] == "4,3,2" and job.fields["seed"] == "11"
     assert job.fields["prompt"] == "flooded fields"
@@ -96,7 +97,7 @@ def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_ifa
     assert window == area.window_for_extent(layer, canvas.extent(), WEB)
     assert canvas.mapSettings().destinationCrs() == WEB and window.width >= 40
     group = project.layerTreeRoot().findGroup(results.GROUP_NAME)
-    assert [n.layer().name() for n in group.findLayers()] == ["flooded fields"]
+    assert [n.layer().name() for n in group.findLayers()] == ["scene – flooded fields (v1)"]
     # The options are remembered.
     assert settings.option("preset") == "tiny" and settings.option("seed") == 11
 
@@ -190,6 +191,62 @@ def test_three_band_layers_let_the_backend_choose(dock, project, tmp_path):
     project.addMapLayer(rgb)
     widget.layer_combo.setLayer(rgb)
     assert not widget.band_row.isEnabled() and widget.rgb_bands() is None
+    # The backend takes bands 1, 2, 3 as red, green, blue: that is what the combos show.
+    assert [c.currentBand() for c in widget.band_combos] == [1, 2, 3]
+    widget.layer_combo.setLayer(_layer)  # back to the 4-band layer: its style's choice
+    assert widget.band_row.isEnabled() and widget.rgb_bands() == [4, 3, 2]
+
+
+def test_roi_label_follows_the_source_layer(dock, project, tmp_path):
+    widget, layer, to_web = dock
+    draw_square(widget, to_web)
+    rect = QgsRectangle(to_web.transform(utm(10.5, 20.5)), to_web.transform(utm(30.5, 8.5)))
+    widget.set_rectangle(rect, WEB)
+    text = widget.roi_label.text()
+    assert "1 polygon(s) drawn, 1 on scene." in text
+    assert "= 21 x 13 px of scene" in text
+    # Another raster: half the resolution, elsewhere (nothing of the ROI lies on it).
+    path, _data, _gt = make_geotiff(
+        tmp_path / "coarse.tif",
+        width=10,
+        height=10,
+        res=RES * 2,
+        origin=(ORIGIN[0] + 60 * RES, ORIGIN[1]),
+    )
+    coarse = QgsRasterLayer(str(path), "coarse")
+    project.addMapLayer(coarse)
+    widget.layer_combo.setLayer(coarse)
+    text = widget.roi_label.text()
+    assert "1 polygon(s) drawn, 0 on coarse." in text and "outside coarse" in text
+    widget.layer_combo.setLayer(layer)
+    assert "= 21 x 13 px of scene" in widget.roi_label.text()
+
+
+def test_job_rows_tell_jobs_apart(dock, fake_backend):
+    from rs_edit_plugin.tasks import JobRecord, stage_label
+
+    widget, _layer, _to_web = dock
+    fake_backend.behaviour["fail_with"] = "CUDA out of memory"
+    widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("whole"))
+    widget.prompt_edit.setText("a new road")
+    record = widget.start_job()
+    wait_for(lambda: record.finished, 30, "the failing job")
+    item = widget.job_tree.topLevelItem(0)
+    assert item.text(0) == "scene – a new road"
+    assert item.text(1) == "failed: CUDA out of memory"
+    assert item.text(2) == "failed"  # an end state, not the last percentage
+
+    assert stage_label("synthesize") == "drawing the edit"
+    assert [stage_label(s) for s in ("detail", "guard", "windows", "finetune")] == [
+        "adding detail",
+        "checking realism",
+        "editing windows",
+        "fine-tuning",
+    ]
+    assert stage_label("something new") == "something new"
+    running = JobRecord(99, "a new road", record.request, state="running", stage="guard")
+    running.progress = 42.4
+    assert widget.job_row(running) == ["scene – a new road", "checking realism", "42%"]
 
 
 def wheel_down(widget):

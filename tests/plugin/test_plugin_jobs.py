@@ -125,7 +125,7 @@ def test_full_job_adds_the_result_to_the_group(
     layers = [node.layer() for node in group.findLayers()]
     assert len(layers) == 1
     result = layers[0]
-    assert result.name() == "flooded fields"
+    assert result.name() == "scene – flooded fields (v1)"
     assert result.crs() == layer.crs()
     assert result.extent() == window.extent
     tile_layer = QgsRasterLayer(str(request.tile_path), "tile")
@@ -156,7 +156,7 @@ def test_full_job_adds_the_result_to_the_group(
     # "Add result" adds it again (e.g. after the user removed it).
     project.removeMapLayer(result.id())
     again = manager.add_results(record)
-    assert [lyr.name() for lyr in again] == ["flooded fields"]
+    assert [lyr.name() for lyr in again] == ["scene – flooded fields (v1)"]
     assert len(group.findLayers()) == 1
 
 
@@ -168,9 +168,43 @@ def test_variants_each_become_a_layer(fake_backend, scene, project, manager):
     assert [p.name[-7:] for p in record.outputs] == ["_v1.tif", "_v2.tif"]
     group = project.layerTreeRoot().findGroup(results.GROUP_NAME)
     names = sorted(node.layer().name() for node in group.findLayers())
-    assert names == ["burnt forest (variant 1)", "burnt forest (variant 2)"]
+    assert names == ["scene – burnt forest (v1)", "scene – burnt forest (v2)"]
     first, second = (read(p)[0] for p in record.outputs)
     assert not np.array_equal(first, second)
+
+
+def test_results_of_each_raster_sit_above_it_with_unique_names(tmp_path, project):
+    """Two rasters, the same prompt: each result group lies directly above its source layer,
+    and no two result layers share a name."""
+    root = project.layerTreeRoot()
+    sources = []
+    for name in ("north", "south"):
+        path, _data, _gt = make_geotiff(tmp_path / f"{name}.tif", width=8, height=8)
+        layer = QgsRasterLayer(str(path), name)
+        project.addMapLayer(layer)
+        sources.append(layer)
+    other, _data, _gt = make_geotiff(tmp_path / "top.tif", width=8, height=8)
+    project.addMapLayer(QgsRasterLayer(str(other), "top"))  # the topmost layer
+    result = tmp_path / "result.tif"
+    make_geotiff(result, width=8, height=8)
+    added = []
+    for source in (sources[0], sources[1], sources[0]):
+        job_settings = {"prompt": "flooded fields", "source_layer": source.name()}
+        added.append(results.add_result_layer(result, job_settings, source, project))
+    assert [lyr.name() for lyr in added] == [
+        "north – flooded fields (v1)",
+        "south – flooded fields (v1)",
+        "north – flooded fields (v2)",
+    ]
+    children = root.children()
+    for source in sources:
+        node = root.findLayer(source.id())
+        group = children[children.index(node) - 1]
+        assert group.name() == results.GROUP_NAME
+        names = [n.layer().name() for n in group.findLayers()]
+        assert names and all(n.startswith(source.name() + " – ") for n in names)
+    assert children[0].name() == "top"  # not above every layer
+    assert len([c for c in children if c.name() == results.GROUP_NAME]) == 2
 
 
 @pytest.mark.parametrize("how", ["dock", "task manager"])
