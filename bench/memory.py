@@ -22,7 +22,7 @@ if str(REPO) not in sys.path:  # run as a script: make `backend` importable
 
 from backend.memory import estimate_mb  # noqa: E402
 from backend.scene import make_scene, write_scene  # noqa: E402
-from bench.realism import _run_cli  # noqa: E402  (the same child-process measurement)
+from bench.realism import run_cli  # noqa: E402  (the same child-process measurement)
 
 
 def measure(size: int, preset: str, folder: Path, seed: int = 0) -> dict:
@@ -30,7 +30,7 @@ def measure(size: int, preset: str, folder: Path, seed: int = 0) -> dict:
     if not image.exists():
         write_scene(make_scene(size, seed=seed), image)
     out = folder / f"edit_{size}_{preset}.tif"
-    seconds, peak, _ = _run_cli(
+    seconds, peak, _ = run_cli(
         ["edit", str(image), "--prompt", "dense forest", "-o", str(out), "--preset", preset]
         + ["--guidance", "none", "--clip", "tiny-random", "--device", "cpu", "--quiet"]
         + ["--no-cache", "--seed", str(seed), "--memory-budget", "1000000"]

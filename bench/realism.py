@@ -171,7 +171,7 @@ def run_case(case: Case, imagery: Path, out: Path, preset: str, seed: int) -> di
         "--guidance", "none", "--clip", "tiny-random", "--preset", preset,
         "--seed", str(seed), "--device", "cpu", "--no-cache", "--quiet", "-o", str(result),
     ]  # fmt: skip
-    seconds, peak_mb, _ = _run_cli(command)
+    seconds, peak_mb, _ = run_cli(command)
 
     with rasterio.open(crop) as src, rasterio.open(result) as dst:
         before, after = src.read(), dst.read()
@@ -250,7 +250,7 @@ def contact_sheet(rows: list[dict], path: Path) -> None:
     Image.fromarray(np.concatenate(tiles, axis=0)).save(path)
 
 
-def _run_cli(arguments: list[str]) -> tuple[float, int, str]:
+def run_cli(arguments: list[str]) -> tuple[float, int, str]:
     """Run `rs-edit` in a child process: (seconds, peak RSS in MB, stderr)."""
     command = [str(Path(sys.executable).with_name("rs-edit")), *arguments]
     started = time.perf_counter()
@@ -299,7 +299,7 @@ def scatter(counts: list[int], imagery: Path, out: Path, preset: str, seed: int)
             "type": "FeatureCollection", "features": features,
             "crs": {"type": "name", "properties": {"name": str(profile["crs"])}},
         }))  # fmt: skip
-        seconds, mb, _ = _run_cli([
+        seconds, mb, _ = run_cli([
             "edit", str(big), "--roi", str(roi), "--prompt", "scatter", "--guidance", "none",
             "--clip", "tiny-random", "--preset", preset, "--seed", str(seed), "--device", "cpu",
             "--no-cache", "--quiet", "-o", str(out / f"scatter_{n}_edit.tif"),

@@ -60,13 +60,11 @@ class PatchSettings:
     completeness_scales: int = 1
     # The first pass at a scale matches an upsampled guess whose detail is a mosaic of pixels
     # from many places: blurred, it is smoother than the tile's own blurry patches, so plain L2
-    # picks smooth sources and each scale loses more detail (the ROIs of bench.realism kept
-    # half the input's 2 px detail energy). The query, and only the query, is sharpened by
-    # this gain (x + gain * (x - blur(x))) before that match; what is pasted is still the
-    # tile's own pixels. 0: off. On the six ROIs of bench.realism (two coarse samples each)
-    # the mean of each edit's worst measure (realism level, or seam either way) went from
-    # 1.71 (off) to 1.52 (gain 1), 1.44 (1.5) and 1.43 (2); forest and river gained most,
-    # and colour levels rose a little (textured sources are more contrasted).
+    # picks smooth sources and each scale loses more detail. The query, and only the query,
+    # is sharpened by this gain (x + gain * (x - blur(x))) before that match; what is pasted
+    # is still the tile's own pixels. 0: off. tests/backend/test_patches.py measures it on a
+    # real canopy; docs/BENCHMARKS.md says how 1.5 was chosen. Colour levels rise a little
+    # (textured sources are more contrasted).
     query_sharpen: float = 1.5
     max_keys: int = 24_000  # source patches searched per scale (a regular subsample beyond)
     chunk: int = 256  # queries per distance block (small blocks stay in the CPU's cache)

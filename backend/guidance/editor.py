@@ -91,10 +91,11 @@ class TextEditor:
         image = tile.model_image
         if preset.detail == "patches":
             image = lanczos_resize(image, coarse_size(*image.shape[1:], preset.coarse_side))
-        guidance, why = resolve_guidance(opts.guidance, preset.trains_network("auto"))
+        trains_anyway = preset.trains_network("none")  # whatever the guidance
+        guidance, why = resolve_guidance(opts.guidance, trains_anyway)
         self.log(why)
         trained = preset.trains_network(guidance)
-        if trained and not preset.trains_network("none"):
+        if trained and not trains_anyway:
             self.log(
                 f"fine-tuning needs a trained model: training the coarse model of preset "
                 f"{preset.name!r} (guidance 'sampling' or 'none' needs no training with it)"
