@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.edit import EditOptions, prepare
-from backend.guidance.editor import TextEditor
-from backend.scene import make_scene, roi_geojson, write_scene
+from rs_edit.edit import EditOptions, prepare
+from rs_edit.guidance.editor import TextEditor
+from rs_edit.scene import make_scene, roi_geojson, write_scene
 
 
 def run(guidance: str, strength: float | None, folder: Path, clip: str) -> dict:

@@ -61,7 +61,7 @@ def make_tile(path: Path, size: int) -> tuple[bytes, str]:
 
 def start_server(data_dir: Path, max_queue: int) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.service.standin", "--data-dir", str(data_dir)]
+        [sys.executable, "-m", "rs_edit.service.standin", "--data-dir", str(data_dir)]
         + ["--workers", "1", "--steps", "1", "--step-s", "86400", "--max-queue", str(max_queue)],
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""Peak memory of `rs-edit edit` per window size and preset, against `backend.memory`'s estimate.
+"""Peak memory of `rs-edit edit` per window size and preset, against `rs_edit.memory`'s estimate.
 
 Each edit runs in a child process (`rs-edit edit ... --guidance none --clip tiny-random`, no ROI:
 the whole synthetic scene is the window, the worst case for a window of that size) and its peak
@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `backend` importable
     sys.path.insert(0, str(REPO))
 
-from backend.memory import estimate_mb  # noqa: E402
-from backend.scene import make_scene, write_scene  # noqa: E402
 from bench.realism import run_cli  # noqa: E402  (the same child-process measurement)
+from rs_edit.memory import estimate_mb  # noqa: E402
+from rs_edit.scene import make_scene, write_scene  # noqa: E402
 
 
 def measure(size: int, preset: str, folder: Path, seed: int = 0) -> dict:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from backend.bench import load_tile
-from backend.engine.pyramid import gaussian_blur
-from backend.engine.quality import level_names, swd_levels, swd_ratio
+from rs_edit.bench import load_tile
+from rs_edit.engine.pyramid import gaussian_blur
+from rs_edit.engine.quality import level_names, swd_levels, swd_ratio
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagery"
 DEFAULT_IMAGES = [f"keras-rs-retrieval__{n}.tif" for n in ("forest03", "river11", "harbor00")]

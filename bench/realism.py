@@ -52,7 +52,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
-from backend.engine.quality import (  # noqa: E402
+from rs_edit.engine.quality import (  # noqa: E402
     largest_copy,
     roi_swd_levels,
     seam_band,

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from backend.bench import load_tile
-from backend.engine.device import autocast, use_bf16
-from backend.engine.presets import get_preset
-from backend.engine.pyramid import upsample
-from backend.engine.quality import combine_levels, level_names, swd_levels
-from backend.engine.train import Trainer
+from rs_edit.bench import load_tile
+from rs_edit.engine.device import autocast, use_bf16
+from rs_edit.engine.presets import get_preset
+from rs_edit.engine.pyramid import upsample
+from rs_edit.engine.quality import combine_levels, level_names, swd_levels
+from rs_edit.engine.train import Trainer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagery"
 DEFAULT_IMAGE = SHARED / "keras-rs-retrieval__forest03.tif"

@@ -6,7 +6,7 @@ alone). Both edits share the trained
 tile model (same preset, same tile: the model cache under OUT/cache), so the second run only
 guides and samples.
 
-Both edits, and the input, are scored by `backend.evaluate.evaluate_edit` against the PLAIN prompt
+Both edits, and the input, are scored by `rs_edit.evaluate.evaluate_edit` against the PLAIN prompt
 (one text embedding), so the two columns are comparable; the ensemble-target scores are in the
 JSON too. Reported per scenario: CLIP score of the input, of the edit with PE and without PE,
 the patch SWD ratio (with PE), the fraction of pixels changed outside the ROI (must be 0) and
@@ -42,10 +42,10 @@ import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from backend.edit import EditOptions, run_edit  # noqa: E402
-from backend.engine.presets import PRESETS  # noqa: E402
-from backend.evaluate import evaluate_edit  # noqa: E402
-from backend.guidance.clip import DEFAULT_CLIP, TINY_RANDOM, find_local_weights  # noqa: E402
+from rs_edit.edit import EditOptions, run_edit  # noqa: E402
+from rs_edit.engine.presets import PRESETS  # noqa: E402
+from rs_edit.evaluate import evaluate_edit  # noqa: E402
+from rs_edit.guidance.clip import DEFAULT_CLIP, TINY_RANDOM, find_local_weights  # noqa: E402
 
 DEFAULT_IMAGERY = REPO.parent / "shared" / "data" / "imagery"
 RANDOM_NOTE = "scores are meaningless with random CLIP weights"

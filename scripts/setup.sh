@@ -54,7 +54,7 @@ fi
 # Install the package itself (and its other dependencies) only when pyproject.toml changed.
 stamp="$VENV/.rs-edit-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)$EXTRAS"
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] || ! "$PY" -c 'import backend' 2>/dev/null; then
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]] || ! "$PY" -c 'import rs_edit' 2>/dev/null; then
   say "installing rs-edit$EXTRAS into $VENV"
   "$PY" -m pip install --quiet --disable-pip-version-check -e ".$EXTRAS"
   echo "$want" >"$stamp"

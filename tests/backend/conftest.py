@@ -11,7 +11,7 @@ import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from backend.engine import presets
+from rs_edit.engine import presets
 
 SHARED_IMAGERY = Path(__file__).resolve().parents[3] / "shared" / "data" / "imagery"
 UTM33 = "EPSG:32633"

@@ -1,5 +1,5 @@
 """Starting the real service on 127.0.0.1 for tests: in a thread (uvicorn + create_app) or in a
-subprocess (`python -m backend.service.standin`, for kill -9), plus job helpers and test rasters."""
+subprocess (`python -m rs_edit.service.standin`, for kill -9), plus job helpers and test rasters."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from conftest import ORIGIN, random_data, write_raster
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from backend.raster import inspect_raster
-from backend.roi import roi_from_geojson
-from backend.service.app import create_app
+from rs_edit.raster import inspect_raster
+from rs_edit.roi import roi_from_geojson
+from rs_edit.service.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 RGB = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
@@ -72,11 +72,11 @@ class ThreadServer:
 
 
 class ProcessServer:
-    """`python -m backend.service.standin ...` in a subprocess (so it can be killed with -9)."""
+    """`python -m rs_edit.service.standin ...` in a subprocess (so it can be killed with -9)."""
 
     def __init__(self, data_dir: Path, *args: str, env: dict | None = None):
         self.data_dir = data_dir
-        self.args = [sys.executable, "-m", "backend.service.standin", "--data-dir", str(data_dir)]
+        self.args = [sys.executable, "-m", "rs_edit.service.standin", "--data-dir", str(data_dir)]
         self.args += list(args)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -276,7 +276,7 @@ REAL_EDITOR_MARKS = [
     pytest.mark.timeout(400),
     pytest.mark.filterwarnings("ignore:CLIP 'tiny-random' has RANDOM weights"),
     pytest.mark.skipif(
-        importlib.util.find_spec("backend.guidance.editor") is None,
-        reason="the text editor (backend.guidance.editor) is not in this version yet",
+        importlib.util.find_spec("rs_edit.guidance.editor") is None,
+        reason="the text editor (rs_edit.guidance.editor) is not in this version yet",
     ),
 ]

@@ -19,8 +19,8 @@ from PIL import Image
 from rasterio import features
 from shapely.geometry import box, mapping
 
-from backend import cli
-from backend.augment import (
+from rs_edit import cli
+from rs_edit.augment import (
     MANIFEST_KEYS,
     AugmentOptions,
     Feature,
@@ -30,8 +30,8 @@ from backend.augment import (
     read_polygons,
     run_augment,
 )
-from backend.errors import CancelledError, InputError, RoiError
-from backend.scene import make_scene, write_scene
+from rs_edit.errors import CancelledError, InputError, RoiError
+from rs_edit.scene import make_scene, write_scene
 
 PROMPTS = ["flooded fields", "burned forest"]
 BOXES = [((5, 5, 20, 18), "major"), ((40, 40, 60, 55), "minor"), ((70, 75, 90, 92), "major")]
@@ -62,7 +62,7 @@ class FakeEditor:
 
 @pytest.fixture
 def fake_editor(monkeypatch):
-    import backend.guidance.editor as editor
+    import rs_edit.guidance.editor as editor
 
     monkeypatch.setattr(editor, "TextEditor", FakeEditor)
 

@@ -23,8 +23,8 @@ from rasterio import features
 from shapely import affinity
 from shapely.geometry import Polygon, box, mapping
 
-from backend.augment import MANIFEST_KEYS, AugmentOptions, AugmentResult, run_augment
-from backend.engine import presets
+from rs_edit.augment import MANIFEST_KEYS, AugmentOptions, AugmentResult, run_augment
+from rs_edit.engine import presets
 
 RASTER = SHARED_IMAGERY / "rasterio__RGB.byte.tif"
 if not RASTER.is_file():
@@ -32,7 +32,7 @@ if not RASTER.is_file():
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore::backend.guidance.clip.RandomClipWarning"),
+    pytest.mark.filterwarnings("ignore::rs_edit.guidance.clip.RandomClipWarning"),
 ]
 
 PROMPTS = ["flooded fields", "burned forest"]

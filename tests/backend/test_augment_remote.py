@@ -23,11 +23,11 @@ from service_helpers import ThreadServer, mask_tif, rgb_tile
 from service_helpers import wait as wait_job
 from test_augment import FakeEditor, collection, write_inputs
 
-from backend import cli
-from backend.augment import MANIFEST_KEYS, AugmentOptions, run_augment
-from backend.augment_remote import JOBS_FILE, EditRequest, JobClient, RemoteOptions, remote_edit
-from backend.errors import CancelledError, InputError, ParameterError, RemoteError
-from backend.service.config import ServiceConfig
+from rs_edit import cli
+from rs_edit.augment import MANIFEST_KEYS, AugmentOptions, run_augment
+from rs_edit.augment_remote import JOBS_FILE, EditRequest, JobClient, RemoteOptions, remote_edit
+from rs_edit.errors import CancelledError, InputError, ParameterError, RemoteError
+from rs_edit.service.config import ServiceConfig
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -40,7 +40,7 @@ POLL_S = 0.02
 
 @pytest.fixture
 def fake_editor(monkeypatch):
-    import backend.guidance.editor as editor
+    import rs_edit.guidance.editor as editor
 
     monkeypatch.setattr(editor, "TextEditor", FakeEditor)
 
@@ -247,7 +247,7 @@ def test_token(inputs, tmp_path, fake_editor, monkeypatch, capsys):
 def test_cancel_cancels_the_jobs_in_flight(inputs, tmp_path, fake_editor):
     """The first job to start is edited; every other one waits (reporting progress, so that it
     can be cancelled) until it is cancelled. The run stops after its first sample."""
-    from backend.edit import run_edit
+    from rs_edit.edit import run_edit
 
     raster, _, one, _ = inputs
     calls, lock = [], threading.Lock()
@@ -321,7 +321,7 @@ def test_server_restart_is_waited_for_and_interrupted_jobs_resubmitted(
 ):
     """The server stops while the job runs (it is marked failed, retryable) and comes back on the
     same port and data directory: the run reconnects, submits the sample again and finishes."""
-    from backend.edit import run_edit
+    from rs_edit.edit import run_edit
 
     raster, _, one, _ = inputs
     running = threading.Event()
@@ -367,9 +367,9 @@ def test_server_restart_is_waited_for_and_interrupted_jobs_resubmitted(
 def test_full_queue_is_waited_for(inputs, tmp_path, fake_editor, monkeypatch):
     """A server with room for one waiting job answers 429 to the others: they are retried
     (after the server's Retry-After, shortened here) until all samples are made."""
-    import backend.augment_remote as augment_remote
-    from backend.edit import run_edit
-    from backend.service.config import Limits
+    import rs_edit.augment_remote as augment_remote
+    from rs_edit.edit import run_edit
+    from rs_edit.service.config import Limits
 
     raster, _, one, _ = inputs
     retries = []

@@ -1,6 +1,6 @@
 """The `rs-edit` command line: bad input is exit 2 with one clear line and nothing written.
 
-Each case runs in-process through `backend.cli.main` (stderr captured), and a few run as a real
+Each case runs in-process through `rs_edit.cli.main` (stderr captured), and a few run as a real
 subprocess to check the real exit status and that stderr is exactly one line without a traceback.
 """
 
@@ -20,8 +20,8 @@ from pyproj import Transformer
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from backend import __version__
-from backend.cli import EXIT_BAD_INPUT, main
+from rs_edit import __version__
+from rs_edit.cli import EXIT_BAD_INPUT, main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PIXEL = 10.0  # conftest's grid: UTM 33N, 10 m pixels, origin ORIGIN
@@ -120,7 +120,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RS_EDIT_DEBUG"}
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "backend.cli", *args],
+        [sys.executable, "-m", "rs_edit.cli", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -461,7 +461,7 @@ def test_subprocess_unwritable_output_folder_is_refused_before_any_work(tmp_path
         env["RS_EDIT_CACHE_DIR"] = str(base / "cache")
         env["HOME"] = str(base)
         proc = subprocess.run(
-            [*drop, sys.executable, "-m", "backend.cli", *edit_args(image, locked / "o.tif")],
+            [*drop, sys.executable, "-m", "rs_edit.cli", *edit_args(image, locked / "o.tif")],
             cwd=REPO_ROOT,
             env=env,
             capture_output=True,

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.errors import ParameterError
-from backend.guidance import clip as clipmod
-from backend.guidance.clip import (
+from rs_edit.errors import ParameterError
+from rs_edit.guidance import clip as clipmod
+from rs_edit.guidance.clip import (
     CLIP_DIR_ENV,
     TINY_ARCH,
     TINY_RANDOM,

@@ -7,9 +7,9 @@ import pytest
 from conftest import random_data
 from rasterio.enums import ColorInterp
 
-from backend.bands import BandScaling, parse_band_list, rgb_bands
-from backend.composite import composite, roi_alpha
-from backend.errors import ParameterError
+from rs_edit.bands import BandScaling, parse_band_list, rgb_bands
+from rs_edit.composite import composite, roi_alpha
+from rs_edit.errors import ParameterError
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])

@@ -18,20 +18,20 @@ import pytest
 import rasterio
 import torch
 
-from backend.edit import EditOptions, prepare, run_edit
-from backend.errors import CancelledError, ParameterError
-from backend.guidance import resolve_guidance
-from backend.guidance.clip import load_clip
-from backend.guidance.editor import TextEditor
-from backend.guidance.finetune import (
+from rs_edit.edit import EditOptions, prepare, run_edit
+from rs_edit.errors import CancelledError, ParameterError
+from rs_edit.guidance import resolve_guidance
+from rs_edit.guidance.clip import load_clip
+from rs_edit.guidance.editor import TextEditor
+from rs_edit.guidance.finetune import (
     ClipObjective,
     build_scene,
     finetune,
     sample_edits,
     sampling_guide,
 )
-from backend.progress import percent
-from backend.scene import make_scene, roi_geojson, write_scene
+from rs_edit.progress import percent
+from rs_edit.scene import make_scene, roi_geojson, write_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "flooded fields"
@@ -255,7 +255,7 @@ def test_cli_edit_subprocess(scene_files, cache_dir, tmp_path):
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["RS_EDIT_CACHE_DIR"] = str(cache_dir)
     proc = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "edit", str(image), "-o", str(out)]
+        [sys.executable, "-m", "rs_edit.cli", "edit", str(image), "-o", str(out)]
         + ["--prompt", PROMPT, "--roi", str(roi), "--preset", "tiny", "--clip", "tiny-random"]
         + ["--seed", "1", "--quiet"],
         cwd=REPO_ROOT,
@@ -274,7 +274,7 @@ def test_reference_image_condition_moves_the_edit_towards_the_reference(learned,
     image embedding comes closer to the reference's than with the text alone."""
     from conftest import write_raster
 
-    from backend.guidance.reference import load_reference, mixed_target
+    from rs_edit.guidance.reference import load_reference, mixed_target
 
     rng = np.random.default_rng(4)
     patch = np.zeros((3, 32, 32), dtype=np.uint8)

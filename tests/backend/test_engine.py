@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from backend.engine.device import pick_device
-from backend.engine.diffusion import MultiScaleDiffusion
-from backend.engine.model import TileModel
-from backend.engine.network import Denoiser
-from backend.engine.presets import PRESETS, get_preset
-from backend.engine.pyramid import blurry_inputs, build_pyramid, lanczos_resize, pyramid_spec
-from backend.engine.schedule import NoiseSchedule
-from backend.engine.train import Trainer, train_tile
-from backend.errors import ParameterError
-from backend.scene import make_scene
+from rs_edit.engine.device import pick_device
+from rs_edit.engine.diffusion import MultiScaleDiffusion
+from rs_edit.engine.model import TileModel
+from rs_edit.engine.network import Denoiser
+from rs_edit.engine.presets import PRESETS, get_preset
+from rs_edit.engine.pyramid import blurry_inputs, build_pyramid, lanczos_resize, pyramid_spec
+from rs_edit.engine.schedule import NoiseSchedule
+from rs_edit.engine.train import Trainer, train_tile
+from rs_edit.errors import ParameterError
+from rs_edit.scene import make_scene
 
 TINY = PRESETS["tiny"]
 
@@ -255,7 +255,7 @@ def test_blur_augment_blurs_fine_scale_inputs_only():
 
 
 def test_gaussian_blur_keeps_shape_and_mean():
-    from backend.engine.pyramid import gaussian_blur
+    from rs_edit.engine.pyramid import gaussian_blur
 
     x = torch.from_numpy(scene_tile(32))[None]
     y = gaussian_blur(x, 1.0)
@@ -265,7 +265,7 @@ def test_gaussian_blur_keeps_shape_and_mean():
 
 
 def test_auto_preset_resolves_by_device():
-    from backend.engine.presets import AUTO, DEFAULT_PRESET, PRESET_NAMES, resolve_preset
+    from rs_edit.engine.presets import AUTO, DEFAULT_PRESET, PRESET_NAMES, resolve_preset
 
     assert AUTO == "auto" and DEFAULT_PRESET == "auto"
     assert PRESET_NAMES[0] == "auto" and set(PRESET_NAMES) == {"auto", *PRESETS}
@@ -285,7 +285,7 @@ def test_auto_preset_resolves_by_device():
 
 
 def test_unknown_presets_are_refused_listing_auto():
-    from backend.engine.presets import check_preset_name, resolve_preset
+    from rs_edit.engine.presets import check_preset_name, resolve_preset
 
     assert check_preset_name("auto") == "auto" and check_preset_name("fast") == "fast"
     for call in (
@@ -299,7 +299,7 @@ def test_unknown_presets_are_refused_listing_auto():
 
 
 def test_edit_options_accept_auto_and_refuse_unknown_presets():
-    from backend.edit import EditOptions
+    from rs_edit.edit import EditOptions
 
     assert EditOptions(prompt="x").preset == "auto"
     assert EditOptions(prompt="x", preset="auto").validate().preset == "auto"

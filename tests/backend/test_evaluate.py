@@ -12,10 +12,10 @@ from conftest import random_data, write_raster
 from PIL import Image
 from rasterio.transform import from_origin
 
-from backend import evaluate
-from backend.cli import main
-from backend.errors import InputError
-from backend.evaluate import evaluate_edit, quicklook_png
+from rs_edit import evaluate
+from rs_edit.cli import main
+from rs_edit.errors import InputError
+from rs_edit.evaluate import evaluate_edit, quicklook_png
 
 PROMPT = "flooded fields"
 KEYS = {

@@ -1,4 +1,4 @@
-"""The one atomic write (`backend.files`) and the modes of the files written through it."""
+"""The one atomic write (`rs_edit.files`) and the modes of the files written through it."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from backend import files
-from backend.augment import write_chip, write_mask, write_png
-from backend.files import atomic_path, write_bytes_atomic, write_text_atomic
-from backend.roi import Roi
-from backend.scene import make_scene, write_scene
+from rs_edit import files
+from rs_edit.augment import write_chip, write_mask, write_png
+from rs_edit.files import atomic_path, write_bytes_atomic, write_text_atomic
+from rs_edit.roi import Roi
+from rs_edit.scene import make_scene, write_scene
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +66,7 @@ def test_umask_is_read_from_the_process(tmp_path, value, expected):
     target = tmp_path / "x.txt"
     code = (
         f"import os; os.umask({value}); "
-        "from backend.files import write_text_atomic; "
+        "from rs_edit.files import write_text_atomic; "
         f"write_text_atomic({str(target)!r}, 'x')"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
     """
     import json, resource, sys, time
     t0 = time.perf_counter()
-    from backend.edit import EditOptions, edit_raster, prepare
+    from rs_edit.edit import EditOptions, edit_raster, prepare
 
     src, out, roi_path, kind = sys.argv[1:5]
 

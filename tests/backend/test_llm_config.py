@@ -1,4 +1,4 @@
-"""One source for the LLM configuration (`backend.llm`): `/v1/health` reads the variables Prompt
+"""One source for the LLM configuration (`rs_edit.llm`): `/v1/health` reads the variables Prompt
 Ensembling reads, and every secret rs-edit knows (both LLM API key variables, the access token) is
 removed by the one `redact` the service and Prompt Ensembling share."""
 
@@ -10,12 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from llm_server import LlmServer, clean_llm_env
 
-from backend import llm
-from backend.guidance.prompts import expand_prompt, template_prompts
-from backend.llm import REDACTED, LlmConfig, known_secrets, redact, register_secret
-from backend.service import errors
-from backend.service.app import create_app
-from backend.service.standin import standin
+from rs_edit import llm
+from rs_edit.guidance.prompts import expand_prompt, template_prompts
+from rs_edit.llm import REDACTED, LlmConfig, known_secrets, redact, register_secret
+from rs_edit.service import errors
+from rs_edit.service.app import create_app
+from rs_edit.service.standin import standin
 
 pytestmark = pytest.mark.timeout(120)
 

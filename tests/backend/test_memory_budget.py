@@ -14,13 +14,13 @@ import rasterio
 from rasterio.transform import from_origin
 from service_helpers import ThreadServer, rgb_tile, roi_polygon, submit, wait
 
-from backend import memory
-from backend.cli import EXIT_BAD_INPUT, main
-from backend.errors import ParameterError
-from backend.memory import MemoryBudgetError, estimate_mb, resolve_budget
-from backend.service.config import ServiceConfig
-from backend.service.errors import response_for
-from backend.service.standin import standin
+from rs_edit import memory
+from rs_edit.cli import EXIT_BAD_INPUT, main
+from rs_edit.errors import ParameterError
+from rs_edit.memory import MemoryBudgetError, estimate_mb, resolve_budget
+from rs_edit.service.config import ServiceConfig
+from rs_edit.service.errors import response_for
+from rs_edit.service.standin import standin
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.engine.patch_diffusion import (
+from rs_edit.engine.patch_diffusion import (
     STAGE,
     PatchDiffusionSettings,
     noise_levels,
     sample,
 )
-from backend.errors import CancelledError
+from rs_edit.errors import CancelledError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,7 +12,7 @@ import torch
 from conftest import SHARED_IMAGERY
 from rasterio.windows import Window
 
-from backend.engine.patches import (
+from rs_edit.engine.patches import (
     STAGE,
     PatchSettings,
     coarse_size,
@@ -21,9 +21,9 @@ from backend.engine.patches import (
     resize,
     scale_sizes,
 )
-from backend.engine.presets import PRESETS
-from backend.engine.quality import roi_swd_levels
-from backend.errors import CancelledError
+from rs_edit.engine.presets import PRESETS
+from rs_edit.engine.quality import roi_swd_levels
+from rs_edit.errors import CancelledError
 
 SIZE = 64
 # Blue, green, dark and teal in model range (-1..1): no red anywhere.

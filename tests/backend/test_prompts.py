@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from llm_server import GOOD_PROMPTS, LlmServer, clean_llm_env
 
-from backend.errors import ParameterError
-from backend.guidance.prompts import (
+from rs_edit.errors import ParameterError
+from rs_edit.guidance.prompts import (
     DEFAULT_MODEL,
     TEMPLATES,
     LlmConfig,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.engine.quality import (
+from rs_edit.engine.quality import (
     diversity,
     level_names,
     patch_swd,

@@ -12,9 +12,9 @@ from conftest import random_data, write_raster
 from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
-from backend.edit import EditOptions, edit_raster, identity_editor, prepare
-from backend.errors import RasterError
-from backend.raster import RESULT_TAG, inspect_raster, read_tile, write_result
+from rs_edit.edit import EditOptions, edit_raster, identity_editor, prepare
+from rs_edit.errors import RasterError
+from rs_edit.raster import RESULT_TAG, inspect_raster, read_tile, write_result
 
 DTYPES = ["uint8", "int8", "uint16", "int16", "int32", "uint64", "float32", "float64"]
 BAND_LAYOUTS = {

@@ -11,9 +11,9 @@ import torch
 from conftest import SHARED_IMAGERY
 from rasterio.windows import Window
 
-from backend.edit import EditOptions, run_edit
-from backend.engine.pyramid import gaussian_blur
-from backend.engine.quality import largest_copy, roi_swd_levels, seam_ratio
+from rs_edit.edit import EditOptions, run_edit
+from rs_edit.engine.pyramid import gaussian_blur
+from rs_edit.engine.quality import largest_copy, roi_swd_levels, seam_ratio
 
 
 def texture(seed: int = 0, size: int = 96) -> torch.Tensor:

@@ -14,9 +14,9 @@ from rasterio.transform import Affine, from_origin
 from rasterio.windows import Window
 from shapely.geometry import Polygon, box, mapping
 
-from backend.errors import CrsError, GridMismatchError, RoiError
-from backend.raster import inspect_raster
-from backend.roi import read_geojson, roi_from_geojson, roi_from_mask
+from rs_edit.errors import CrsError, GridMismatchError, RoiError
+from rs_edit.raster import inspect_raster
+from rs_edit.roi import read_geojson, roi_from_geojson, roi_from_mask
 
 TO_WGS84 = Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
 FULL = Window(0, 0, 64, 48)

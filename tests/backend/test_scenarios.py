@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_IMAGERY
 
-from backend.engine import presets
+from rs_edit.engine import presets
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `bench` is a plain folder at the repository root

@@ -14,7 +14,7 @@ from rasterio.enums import ColorInterp, Compression
 from rasterio.transform import Affine, array_bounds
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
-from backend.scene import Scene, make_scene, roi_geojson, write_scene
+from rs_edit.scene import Scene, make_scene, roi_geojson, write_scene
 
 FEATURES = ("river", "roads", "buildings", "fields")
 

@@ -1,6 +1,6 @@
 """The job API on the real server (uvicorn on 127.0.0.1), with the stand-in editor.
 
-The stand-in (`backend.service.standin.identity_edit`) runs run_edit's raster path with an
+The stand-in (`rs_edit.service.standin.identity_edit`) runs run_edit's raster path with an
 identity edit and a fake, cached "training", so these tests exercise the service itself in
 seconds: a full job (poll, SSE, download, georeferencing and outside-ROI bytes), cancellation,
 the model cache's LRU bound, 50 concurrent submissions against a bounded queue, the access
@@ -26,12 +26,12 @@ from service_helpers import (
     wait,
 )
 
-from backend.cli import EXIT_BAD_INPUT, main
-from backend.errors import ParameterError
-from backend.service import cache
-from backend.service.app import serve
-from backend.service.config import Limits, ServiceConfig
-from backend.service.standin import standin
+from rs_edit.cli import EXIT_BAD_INPUT, main
+from rs_edit.errors import ParameterError
+from rs_edit.service import cache
+from rs_edit.service.app import serve
+from rs_edit.service.config import Limits, ServiceConfig
+from rs_edit.service.standin import standin
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -94,7 +94,7 @@ def test_variants_are_served_separately(tmp_path: Path, tile: Path):
 
 
 def test_remoteclip_weights_missing_is_refused_at_submission(tmp_path, tile, monkeypatch):
-    from backend.guidance.clip import find_local_weights
+    from rs_edit.guidance.clip import find_local_weights
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RS_EDIT_CACHE_DIR", str(tmp_path / "cache"))
@@ -116,7 +116,7 @@ def test_remoteclip_weights_missing_is_refused_at_submission(tmp_path, tile, mon
 
 
 def test_failed_job_message_names_no_server_folder(tmp_path: Path, tile: Path):
-    from backend.errors import RasterError
+    from rs_edit.errors import RasterError
 
     def unreadable(input_path, output, options, **kw):
         raise RasterError(f"cannot read pixels of {input_path}: TIFFReadEncodedStrip() failed")

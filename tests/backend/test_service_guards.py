@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from service_helpers import ThreadServer, rgb_tile, roi_polygon, submit, wait
 
-from backend.cli import EXIT_BAD_INPUT, main
-from backend.errors import ParameterError
-from backend.service import app as app_module
-from backend.service.config import (
+from rs_edit.cli import EXIT_BAD_INPUT, main
+from rs_edit.errors import ParameterError
+from rs_edit.service import app as app_module
+from rs_edit.service.config import (
     ALLOWED_HOSTS_ENV,
     Limits,
     ServiceConfig,
@@ -22,15 +22,15 @@ from backend.service.config import (
     names_from,
     resolve_token,
 )
-from backend.service.errors import BadHostError, ForbiddenOriginError
-from backend.service.guard import (
+from rs_edit.service.errors import BadHostError, ForbiddenOriginError
+from rs_edit.service.guard import (
     check_host,
     check_origin,
     host_policy,
     normalize_origin,
     split_host,
 )
-from backend.service.standin import standin
+from rs_edit.service.standin import standin
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,8 +17,8 @@ from service_helpers import (
     truncated_tif,
 )
 
-from backend.service.config import Limits, ServiceConfig
-from backend.service.standin import standin
+from rs_edit.service.config import Limits, ServiceConfig
+from rs_edit.service.standin import standin
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,7 @@ It used to stall: the engine named the stage "sample i/n", which is not in the s
 bands (`worker.STAGE_BANDS`), so each variant ran 3 -> 95 % in the default band: the job (whose
 stored progress only rises) sat at 90 % through the first variant and at 95 % through the rest.
 Now "sample", "detail" and "guard" are single stages whose steps run on across variants (as
-`backend.progress.share` does)."""
+`rs_edit.progress.share` does)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from service_helpers import (
     submit,
 )
 
-from backend.progress import share
-from backend.service import worker
-from backend.service.config import ServiceConfig
+from rs_edit.progress import share
+from rs_edit.service import worker
+from rs_edit.service.config import ServiceConfig
 
 VARIANTS = 3
 FIELDS = {
@@ -87,7 +87,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Run:
-    from backend.edit import run_edit
+    from rs_edit.edit import run_edit
 
     engine: list[tuple[str, int, int]] = []
     recorded: list[tuple[str, float]] = []

@@ -21,7 +21,7 @@ from service_helpers import (
     wait,
 )
 
-from backend.service.config import ServiceConfig
+from rs_edit.service.config import ServiceConfig
 
 pytestmark = REAL_EDITOR_MARKS
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from service_helpers import ProcessServer, rgb_tile, submit, wait
 
-from backend.service.jobs import INTERRUPTED_MESSAGE
+from rs_edit.service.jobs import INTERRUPTED_MESSAGE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

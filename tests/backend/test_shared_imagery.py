@@ -22,8 +22,8 @@ from rasterio import features
 from scipy import ndimage
 from shapely.geometry import Polygon, mapping
 
-from backend.edit import EditOptions, edit_raster, prepare
-from backend.raster import RESULT_TAG, inspect_raster
+from rs_edit.edit import EditOptions, edit_raster, prepare
+from rs_edit.raster import RESULT_TAG, inspect_raster
 
 OPTIONS = EditOptions(prompt="x", preset="tiny", clip="tiny-random")
 IMAGES = shared_images()
@@ -253,7 +253,7 @@ def three_band_params():
 def test_rs_edit_edit_tiny_on_three_band_image(tmp_path: Path, image):
     """The contract's command on each real 3-band image: a polygon ROI where the image is
     georeferenced, else a pixel mask."""
-    from backend.cli import main
+    from rs_edit.cli import main
 
     image = require(image)
     out = tmp_path / "out.tif"

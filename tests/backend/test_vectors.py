@@ -1,4 +1,4 @@
-"""`backend.vectors.read_polygons`: GeoJSON by hand, every other format through pyogrio.
+"""`rs_edit.vectors.read_polygons`: GeoJSON by hand, every other format through pyogrio.
 
 Every file is written here, in tmp_path: GeoPackages, Shapefiles and FlatGeobufs with pyogrio's
 raw writer (WKB from shapely), GeoJSON as text.
@@ -16,9 +16,9 @@ import pytest
 import shapely
 from shapely.geometry import Point, box, mapping
 
-from backend.errors import CrsError, ParameterError, RoiError
-from backend.roi import read_geojson
-from backend.vectors import Feature, read_polygons
+from rs_edit.errors import CrsError, ParameterError, RoiError
+from rs_edit.roi import read_geojson
+from rs_edit.vectors import Feature, read_polygons
 
 UTM = "EPSG:32633"
 # Three squares in UTM 33N, 100 m apart.

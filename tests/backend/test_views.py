@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.guidance.views import ViewConfig, clip_views, view_region
+from rs_edit.guidance.views import ViewConfig, clip_views, view_region
 
 PLAIN = ViewConfig(
     min_cover=1.0,

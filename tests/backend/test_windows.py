@@ -10,10 +10,10 @@ import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import box
 
-from backend.edit import EditOptions, prepare_windows, run_edit
-from backend.progress import percent
-from backend.raster import inspect_raster
-from backend.roi import _group_boxes, roi_from_geojson
+from rs_edit.edit import EditOptions, prepare_windows, run_edit
+from rs_edit.progress import percent
+from rs_edit.raster import inspect_raster
+from rs_edit.roi import _group_boxes, roi_from_geojson
 
 ORIGIN_X, ORIGIN_Y, PIXEL = 500_000.0, 4_000_000.0, 1.0
 

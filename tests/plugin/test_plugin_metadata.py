@@ -43,7 +43,7 @@ def test_icon_is_a_64px_png():
 
 
 def backend_version():
-    text = (ROOT / "backend" / "__init__.py").read_text(encoding="utf-8")
+    text = (ROOT / "backend" / "rs_edit" / "__init__.py").read_text(encoding="utf-8")
     return re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE).group(1)
 
 
@@ -55,10 +55,10 @@ def test_one_version_everywhere():
     project = pyproject["project"]
     if "version" in project.get("dynamic", []):
         attr = pyproject["tool"]["setuptools"]["dynamic"]["version"]["attr"]
-        assert attr == "backend.__version__"
+        assert attr == "rs_edit.__version__"
     else:
         assert project["version"] == version
-    app = (ROOT / "backend" / "service" / "app.py").read_text(encoding="utf-8")
+    app = (ROOT / "backend" / "rs_edit" / "service" / "app.py").read_text(encoding="utf-8")
     assert re.search(r'"version": __version__', app)  # the health answer
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert set(re.findall(r"Status \(([\d.]+)\)", readme)) == {version}

@@ -233,7 +233,7 @@ def create_app(
     edit_fn=None,
     host: str | None = None,
 ) -> FastAPI:
-    """The ASGI app. `edit_fn` replaces `backend.edit.run_edit` (tests, benchmarks). `host`:
+    """The ASGI app. `edit_fn` replaces `rs_edit.edit.run_edit` (tests, benchmarks). `host`:
     the address it will be bound to, for the Host check (`guard`); None: judged per request by
     the address the connection arrived on."""
     config = (config or ServiceConfig()).validate()

@@ -44,7 +44,7 @@ MODEL_CACHE_FORMAT = "tile-model-v2"  # part of the cache key: bump when trainin
 
 
 class TextEditor:
-    """Edits a prepared tile (see `backend.edit.prepare`) by the options' prompt."""
+    """Edits a prepared tile (see `rs_edit.edit.prepare`) by the options' prompt."""
 
     def __init__(
         self,

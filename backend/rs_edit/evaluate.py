@@ -63,7 +63,7 @@ def evaluate_edit(
     """Score the edit BEFORE -> AFTER of the ROI by `prompt`; a JSON-serialisable dict.
 
     The ROI, the window (ROI bounding box + `context_px`, as the editor reads it) and the band
-    scaling are exactly those of `backend.edit.prepare` on BEFORE. AFTER must be on the same
+    scaling are exactly those of `rs_edit.edit.prepare` on BEFORE. AFTER must be on the same
     grid (size, band count, CRS, geotransform), else `InputError`. `dilate_px` grows the ROI as
     `--dilate` does (the editor may change those pixels too). `prompts` replaces the prompt
     ensemble (e.g. the one an edit used); otherwise the prompt is expanded as the editor does
@@ -80,7 +80,7 @@ def evaluate_edit(
     - `clip_score_input` / `clip_score_edit`: 100 * max(cosine, 0), the CLIP score in %;
     - `swd_ratio`: multi-scale patch sliced-Wasserstein distance between the edited window and
       the input window, divided by the distance between the input window's own halves
-      (`backend.engine.quality.swd_ratio`, on model-range images). It measures patch realism
+      (`rs_edit.engine.quality.swd_ratio`, on model-range images). It measures patch realism
       relative to the tile's own variation: 0 = no change, up to about 1 = the edit's local
       textures and colours are as close to the tile's as two parts of the tile are to each other,
       well above 1 = patches unlike anything in the tile (a strong edit, or artefacts). The

@@ -1,7 +1,7 @@
 """`rs-edit augment --server URL`: each sample's edit made as a job of `rs-edit serve`.
 
 The client side of the job API (`JobClient`, `remote_edit`) and the pool that keeps up to
-`parallel` jobs in flight (`RemoteEdits`) while `backend.augment.run_augment` finishes each sample
+`parallel` jobs in flight (`RemoteEdits`) while `rs_edit.augment.run_augment` finishes each sample
 (evaluation, PNGs, manifest) in its own thread, one at a time.
 
 `OUTDIR/.jobs.json` records the server job of every sample in flight, so a rerun after an

@@ -2,7 +2,7 @@
 
 `execute_edit` is the same call whether the job runs in a thread of the server or inside a Ray
 task on another machine (`ray_edit_task`). The edit function is injectable (default
-`backend.edit.run_edit`); it receives a progress callback that raises `CancelledError` once the
+`rs_edit.edit.run_edit`); it receives a progress callback that raises `CancelledError` once the
 job is cancelled, which stops the work with nothing written.
 """
 

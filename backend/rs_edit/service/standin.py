@@ -7,7 +7,7 @@ reports progress, honours cancellation (the progress callback raises) and writes
 edit atomically (`edit_raster`). The service's tests and load benchmark use it; the real edit is
 tested end to end with `preset="tiny"`.
 
-    python -m backend.service.standin --data-dir DIR [--port 0] [--steps 20] [--step-s 0.05]
+    python -m rs_edit.service.standin --data-dir DIR [--port 0] [--steps 20] [--step-s 0.05]
 
 starts `rs-edit serve` with it and prints `RS_EDIT_SERVICE_PORT=<port>` once listening.
 """
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import serve
     from .config import Limits, ServiceConfig
 
-    parser = argparse.ArgumentParser(prog="python -m backend.service.standin")
+    parser = argparse.ArgumentParser(prog="python -m rs_edit.service.standin")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--steps", type=int, default=10, help="stand-in training steps")

@@ -1,14 +1,14 @@
 """`rs-edit augment`: edited imagery as labelled training data.
 
 For every polygon of a vector layer (GeoJSON, GeoPackage or any vector format GDAL reads, see
-`backend.vectors`) a chip of `chip` x `chip` pixels centred on the polygon is cut from the raster
+`rs_edit.vectors`) a chip of `chip` x `chip` pixels centred on the polygon is cut from the raster
 (shifted, not shrunk, to stay inside it; smaller only when the raster is), and the polygon is
 edited by each prompt, `variants` times. The output folder holds:
 
 - `pre/<polygon>.tif`: the chip, native values, same CRS and pixel grid as the raster;
 - `mask/<polygon>.tif`: uint8 0/1 on the chip's grid: ONLY this polygon (the region that was
   edited, so the only place that can have changed; other polygons in the chip are unchanged);
-- `post/<polygon>_<prompt slug>_v<k>.tif`: the edited chip (`backend.edit.run_edit`, the mask as
+- `post/<polygon>_<prompt slug>_v<k>.tif`: the edited chip (`rs_edit.edit.run_edit`, the mask as
   ROI, seed `seed + k - 1`); the tile model is trained once per chip and kept in
   `OUTDIR/.cache`, so every prompt and variant of a chip reuses it;
 - `levircd/{A,B,label}/<sample>.png`: the LEVIR-CD layout: pre and post as 8-bit RGB (the edit's
@@ -18,7 +18,7 @@ edited by each prompt, `variants` times. The output folder holds:
   sample's files exist. A rerun skips every sample whose manifest line and files exist.
 
 With `remote` (`rs-edit augment --server URL`) the post chips are made as jobs of an
-`rs-edit serve` job API, several at a time (`backend.augment_remote`; the server keeps the model
+`rs-edit serve` job API, several at a time (`rs_edit.augment_remote`; the server keeps the model
 cache then); everything else, and the result, is as above.
 """
 
@@ -502,7 +502,7 @@ def run_augment(
     `limit` stops after that many new samples (the rest is made by a rerun); `on_sample` is
     called after each sample with (done, total) and may raise CancelledError to stop there.
     `remote` sends each sample's edit to an `rs-edit serve` job API, `remote.parallel` jobs at a
-    time (`backend.augment_remote`); everything else is done here, one sample at a time.
+    time (`rs_edit.augment_remote`); everything else is done here, one sample at a time.
     """
     from tqdm import tqdm
 

@@ -10,7 +10,7 @@ Two sources, the first that works wins:
 Endpoint problems (timeout, refused connection, HTTP errors, garbage) never raise: they fall back to
 the templates and say why in `PromptEnsemble.note`. Bad user input raises `ParameterError`. The API
 key never appears in a repr, a note, a log line, an exception we raise or a cache file: notes and
-log lines go through `backend.llm.redact`, as the service's messages do.
+log lines go through `rs_edit.llm.redact`, as the service's messages do.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Checking a submission before it becomes a job: everything knowable now is refused now.
 
-The same validation as `backend.edit.prepare`, minus reading the pixels: options, the raster's
+The same validation as `rs_edit.edit.prepare`, minus reading the pixels: options, the raster's
 header and integrity (`inspect_raster`), the ROI (GeoJSON reprojected and clipped, or a mask on
 the same grid), the band choice and the size of the window to edit. Before any of that, the
 service's own rules: only GeoTIFF uploads (no VRT or other formats that could name other files),

@@ -517,7 +517,7 @@ def _remote_options(args: argparse.Namespace):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import print_result, run_bench
+    from .training_speed import print_result, run_bench
 
     if args.steps is not None and args.steps < 2:
         raise ParameterError("--steps must be at least 2 (one warm-up step is not timed)")

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from backend.cli import main
-from backend.engine.presets import PRESETS
-from backend.engine.quality import patch_swd, self_swd
-from backend.engine.train import train_tile
-from backend.scene import make_scene, write_scene
+from rs_edit.cli import main
+from rs_edit.engine.presets import PRESETS
+from rs_edit.engine.quality import patch_swd, self_swd
+from rs_edit.engine.train import train_tile
+from rs_edit.scene import make_scene, write_scene
 
 CONTRACT_FIELDS = {"sec_per_step", "steps", "seconds", "swd", "swd_self", "peak_rss_mb"}
 

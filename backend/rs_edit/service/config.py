@@ -55,7 +55,7 @@ class ServiceConfig:
     device: str = "auto"  # passed to the edit ("auto", "cpu", "cuda")
     allowed_hosts: tuple[str, ...] = ()  # more Host names to answer (`guard.host_policy`)
     allowed_origins: tuple[str, ...] = ()  # web origins whose requests are accepted
-    # A job whose estimated peak memory (`backend.memory.estimate_mb`) exceeds this many MB is
+    # A job whose estimated peak memory (`rs_edit.memory.estimate_mb`) exceeds this many MB is
     # refused at submission (413). None: RS_EDIT_MEMORY_BUDGET, else half of this machine's
     # memory (`memory_budget`).
     memory_budget_mb: int | None = None
