@@ -1,4 +1,4 @@
-"""HTTP calls to the rs-edit backend (the job API of CONTRACT.md).
+"""HTTP calls to the rs-edit backend (its job API: docs/openapi.json, `/docs` on a server).
 
 Requests go through QgsNetworkAccessManager so that the user's QGIS proxy, SSL and network
 settings apply (urllib would silently bypass them). QGIS's network timeout is global (60 s by

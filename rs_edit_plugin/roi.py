@@ -22,7 +22,7 @@ from qgis.core import (
 from .area import GTIFF_OPTIONS, TileWindow
 from .compat import POLYGON_GEOMETRY
 
-MASK_VALUE = 1  # non-zero = edit (CONTRACT.md)
+MASK_VALUE = 1  # non-zero = edit (the `mask` field of POST /v1/jobs, docs/openapi.json)
 
 
 class RoiError(Exception):

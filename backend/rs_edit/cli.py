@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -36,6 +37,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number (not nan or inf), else a usage error (exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +186,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MB",
         help="refuse jobs estimated to need more memory, 413 (default: env "
         "RS_EDIT_MEMORY_BUDGET, else half of this machine's memory)",
+    )
+    serve.add_argument(
+        "--job-memory-factor",
+        type=_finite_float,
+        default=2.0,
+        metavar="F",
+        help="each edit's process may allocate F times the job's memory estimate; one beyond "
+        "fails alone (default 2; 0: no limit; else 1 to 64)",
+    )
+    serve.add_argument(
+        "--no-job-process",
+        dest="job_process",
+        action="store_false",
+        help="run edits in the server's threads, not child processes (for debugging: no "
+        "isolation, no memory limit)",
+    )
+    serve.add_argument(
+        "--retention-days",
+        type=_finite_float,
+        default=30.0,
+        metavar="N",
+        help="remove finished, failed and cancelled jobs (record, upload, results) N days after "
+        "they ended (default 30; 0 keeps them forever)",
+    )
+    serve.add_argument(
+        "--max-data-gb",
+        type=_finite_float,
+        default=None,
+        metavar="X",
+        help="refuse submissions (507) while the data directory holds more than X GB "
+        "(default: no bound)",
     )
 
     demo = sub.add_parser("demo", help="the main job on a generated scene, offline")
@@ -455,9 +498,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=names_from(args.allowed_host, ALLOWED_HOSTS_ENV),
         allowed_origins=names_from(args.allowed_origin, ALLOWED_ORIGINS_ENV),
         memory_budget_mb=resolve_budget(args.memory_budget),
+        job_memory_factor=args.job_memory_factor,
+        job_process=args.job_process,
+        retention_days=_retention_days(args.retention_days),
+        max_data_bytes=_data_bytes(args.max_data_gb),
     ).validate()
     serve(host=args.host, port=args.port, data_dir=args.data_dir, config=config)
     return EXIT_OK
+
+
+def _retention_days(days: float) -> float:
+    if days < 0:
+        raise ParameterError(f"--retention-days must be 0 (keep forever) or more, got {days:g}")
+    return days
+
+
+def _data_bytes(gb: float | None) -> int | None:
+    """`--max-data-gb` in bytes (None: no bound)."""
+    if gb is None:
+        return None
+    nbytes = int(gb * 1024**3)
+    if nbytes < 1:
+        hint = "leave it out for no bound"
+        raise ParameterError(f"--max-data-gb must be more than 0 ({hint}), got {gb:g}")
+    return nbytes
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -58,7 +58,7 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with ThreadServer(
-        tmp_path_factory.mktemp("server"), ServiceConfig(device="cpu", workers=2)
+        tmp_path_factory.mktemp("server"), ServiceConfig(device="cpu", workers=2, job_process=False)
     ) as srv:
         yield srv
 
@@ -224,7 +224,7 @@ def test_server_refusal_names_the_server_message(server, tmp_path):
 
 def test_token(inputs, tmp_path, fake_editor, monkeypatch, capsys):
     raster, _, one, _ = inputs
-    config = ServiceConfig(device="cpu", workers=1, token=TOKEN)
+    config = ServiceConfig(device="cpu", workers=1, token=TOKEN, job_process=False)
     with ThreadServer(tmp_path / "data", config) as srv:
         with pytest.raises(ParameterError, match="token") as caught:
             run_augment(raster, one, tmp_path / "o", options(), remote=remote(srv))
@@ -333,7 +333,7 @@ def test_server_restart_is_waited_for_and_interrupted_jobs_resubmitted(
             time.sleep(0.02)
 
     data, out, logged, outcome = tmp_path / "data", tmp_path / "out", [], {}
-    config = ServiceConfig(device="cpu", workers=1)
+    config = ServiceConfig(device="cpu", workers=1, job_process=False)
 
     def augment(url):
         try:

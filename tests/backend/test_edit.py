@@ -127,6 +127,8 @@ def test_second_prompt_reuses_the_trained_model(scene_files, cache_dir, tmp_path
         progress=lambda stage, step, total, loss=None: stages.append((stage, step, total)),
     )
     assert result.report["model_cached"] is True
+    # The report names the cache file it reused: the one the service's LRU bound keeps.
+    assert (cache_dir / "models" / result.report["model_entry"]).is_file()
     assert max(total for stage, _, total in stages if stage == "train") == 1
     assert any(stage == "finetune" for stage, _, _ in stages)
 

@@ -10,6 +10,7 @@ token and the body limit. The real edit is in test_service_real.py.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -26,9 +27,9 @@ from service_helpers import (
     wait,
 )
 
+from rs_edit import model_cache
 from rs_edit.cli import EXIT_BAD_INPUT, main
 from rs_edit.errors import ParameterError
-from rs_edit.service import cache
 from rs_edit.service.app import serve
 from rs_edit.service.config import Limits, ServiceConfig
 from rs_edit.service.standin import standin
@@ -191,14 +192,25 @@ def test_prune_cache_by_count_and_bytes(tmp_path: Path):
 
         os.utime(path, (t, t))
     (root / ".m9.pt.123.part").write_bytes(b"x" * 1000)  # a write in progress: untouched
-    removed = cache.prune_cache(root, max_models=3, max_bytes=10_000, keep={"m0.pt"})
+    removed = model_cache.prune_cache(root, max_models=3, max_bytes=10_000, keep={"m0.pt"})
     assert sorted(p.name for p in removed) == ["m1.pt", "m2.pt"]
-    removed = cache.prune_cache(root, max_models=10, max_bytes=150)
+    removed = model_cache.prune_cache(root, max_models=10, max_bytes=150)
     assert sorted(p.name for p in removed) == ["m0.pt", "m3.pt"]
     assert sorted(p.name for p in root.iterdir()) == [".m9.pt.123.part", "m4.pt"]
-    cache.mark_used(root, {"m4.pt"})
-    assert cache.used_entries(root, {"tile_hash": "m4" + "0" * 30}) == set()
-    assert cache.used_entries(root, {"model_path": str(root / "m4.pt")}) == {"m4.pt"}
+
+
+def test_after_job_keeps_and_marks_the_model_the_job_used(tmp_path: Path):
+    folder = model_cache.models_dir(tmp_path)
+    folder.mkdir()
+    for i, name in enumerate(["old.pt", "used.pt", "new.pt"]):
+        (folder / name).write_bytes(b"x" * 100)
+        os.utime(folder / name, (1_000_000 + i, 1_000_000 + i))
+    # "used.pt" is the second oldest: the bound of one model would remove it but for the job.
+    removed = model_cache.after_job(tmp_path, "used.pt", max_models=1, max_bytes=10_000)
+    assert sorted(p.name for p in removed) == ["new.pt", "old.pt"]
+    assert (folder / "used.pt").stat().st_mtime > 2_000_000  # marked used now
+    # A job that used no model (None) keeps nothing back.
+    assert [p.name for p in model_cache.after_job(tmp_path, None, 0, 10_000)] == ["used.pt"]
 
 
 def test_50_concurrent_submissions_bounded_queue(tmp_path: Path, tile: Path):

@@ -1,4 +1,4 @@
-"""A loopback HTTP server that implements the job API of CONTRACT.md faithfully enough to test
+"""A loopback HTTP server that implements the job API (docs/openapi.json) faithfully enough to test
 the plugin's job flow while the real backend's job API is being written.
 
 It accepts the multipart upload, checks the image with GDAL and the mask's grid against the

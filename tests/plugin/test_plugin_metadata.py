@@ -58,8 +58,9 @@ def test_one_version_everywhere():
         assert attr == "rs_edit.__version__"
     else:
         assert project["version"] == version
-    app = (ROOT / "backend" / "rs_edit" / "service" / "app.py").read_text(encoding="utf-8")
-    assert re.search(r'"version": __version__', app)  # the health answer
+    service = ROOT / "backend" / "rs_edit" / "service"  # the health answer (app.py or health.py)
+    sources = [p.read_text(encoding="utf-8") for p in sorted(service.glob("*.py"))]
+    assert any(re.search(r'"version": __version__', text) for text in sources)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert set(re.findall(r"Status \(([\d.]+)\)", readme)) == {version}
     assert set(re.findall(r"rs_edit_plugin-([\d.]+)\.zip", readme)) == {version}

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import model_cache
 from ..engine import patch_diffusion
 from ..engine.device import pick_device
-from ..engine.model import TileModel, tile_hash
+from ..engine.model import TileModel
 from ..engine.patches import coarse_size, mask_at, refine, resize
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
@@ -39,8 +40,6 @@ from .finetune import (
 )
 from .prompts import PromptEnsemble, expand_prompt
 from .reference import load_reference, mixed_target
-
-MODEL_CACHE_FORMAT = "tile-model-v2"  # part of the cache key: bump when training changes
 
 
 class TextEditor:
@@ -110,7 +109,7 @@ class TextEditor:
             progress = synthesis(progress)
             scene = single_scale_scene(image, tile.alpha, tile.rgb, self.device)
             sampler = _PatchSampler(scene, tile, preset.sampler)
-            model, cached, key = None, False, tile_hash(image, preset.name, MODEL_CACHE_FORMAT)
+            model, cached, key = None, False, model_cache.model_key(image, preset.name)
         seconds["train"] = time.perf_counter() - mark
 
         objective = ClipObjective(clip, target, scene, preset.guide_views, seed)
@@ -168,6 +167,12 @@ class TextEditor:
             "reference_weight": opts.reference_weight if opts.reference else None,
             "model_cached": cached,
             "tile_hash": key,
+            # The cache file this edit trained or reused (None: no model, or no cache).
+            "model_entry": (
+                model_cache.model_path(self.cache_dir, key).name
+                if trained and self.cache_dir
+                else None
+            ),
             "clip_similarity_input": round(before, 4),
             "clip_similarity_edits": [round(a, 4) for a in after],
             "realism": [round(level, 3) for level, _ in realism],
@@ -248,8 +253,8 @@ class TextEditor:
 
     def _tile_model(self, image: np.ndarray, seed: int, progress) -> tuple[TileModel, bool]:
         """The trained model for this tile and preset: from the cache, or trained (and cached)."""
-        key = tile_hash(image, self.preset.name, MODEL_CACHE_FORMAT)
-        path = self.cache_dir / "models" / f"{key[:40]}.pt" if self.cache_dir else None
+        key = model_cache.model_key(image, self.preset.name)
+        path = model_cache.model_path(self.cache_dir, key) if self.cache_dir else None
         if path is not None and path.is_file():
             try:
                 model = TileModel.load(path, self.device)

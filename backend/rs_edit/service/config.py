@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,17 @@ class ServiceConfig:
     # refused at submission (413). None: RS_EDIT_MEMORY_BUDGET, else half of this machine's
     # memory (`memory_budget`).
     memory_budget_mb: int | None = None
+    # Each edit runs in a child process (`executor.LocalBackend`) whose data segment
+    # (RLIMIT_DATA) is limited to this factor times the job's memory estimate (at most this
+    # factor times the budget): a job beyond it fails alone, the server survives. 0: no limit.
+    job_memory_factor: float = 2.0
+    job_process: bool = True  # False: edit in the server's threads (no isolation, no limit)
+    # Finished, failed and cancelled jobs (record, upload, results) are removed this many days
+    # after they ended (`retention.sweep`); 0 keeps them forever.
+    retention_days: float = 30.0
+    # Submissions are refused (507) while the data directory holds more than this many bytes
+    # (`retention.check_disk_budget`); None: no bound.
+    max_data_bytes: int | None = None
 
     def validate(self) -> ServiceConfig:
         self.limits.validate()
@@ -85,6 +97,29 @@ class ServiceConfig:
         ):
             raise ParameterError(
                 f"the memory budget must be a positive number of MB, got {self.memory_budget_mb!r}"
+            )
+        if not isinstance(self.job_memory_factor, int | float) or not (
+            self.job_memory_factor == 0 or 1.0 <= self.job_memory_factor <= 64
+        ):
+            raise ParameterError(
+                f"the job memory factor must be 0 (no limit) or between 1 and 64, "
+                f"got {self.job_memory_factor!r}"
+            )
+        if (
+            not isinstance(self.retention_days, int | float)
+            or not math.isfinite(self.retention_days)
+            or self.retention_days < 0
+        ):
+            raise ParameterError(
+                f"the retention must be a number of days >= 0 (0: keep forever), "
+                f"got {self.retention_days!r}"
+            )
+        if self.max_data_bytes is not None and (
+            not isinstance(self.max_data_bytes, int) or self.max_data_bytes < 1
+        ):
+            raise ParameterError(
+                f"the data directory bound must be a positive number of bytes, "
+                f"got {self.max_data_bytes!r}"
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ParameterError(f"unknown device {self.device!r} (auto, cpu, cuda)")

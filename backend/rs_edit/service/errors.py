@@ -2,9 +2,12 @@
 
 Backend `InputError`s are 400 (each subclass its own code; a job over the server's limits or
 over its memory budget, `memory.MemoryBudgetError`, is 413); request shape errors from FastAPI
-(missing field, wrong type) are 422; the service's own conditions carry their status (the
-outermost layer, `guard`, answers with these too). Anything else is a 500 whose message names
-no internals: the traceback goes to the server log only.
+(missing field, wrong type) are 422, a form value that breaks its field's constraint
+(`submit.job_form`: out of range, not among the choices) 400 `bad_parameter`; the service's own
+conditions carry their status (the outermost layer, `guard`, answers with these too). A method
+a path does not have is a 405 whose `Allow` header lists the methods it has. Anything else is a
+500 whose message names no internals: the traceback goes to the server log only. `ErrorBody` is
+the body's model, for the OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from ..errors import (
     CrsError,
@@ -31,6 +36,20 @@ from ..llm import known_secrets, redact  # the one scrubbing of secrets (both LL
 from ..memory import MemoryBudgetError
 
 log = logging.getLogger("rs_edit.service")
+
+# The pydantic error type of a form value that breaks its field's constraint (`submit.job_form`).
+BAD_PARAMETER = "bad_parameter"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="what went wrong, for programs: not_found, bad_roi, ...")
+    message: str = Field(description="what went wrong, for people")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's body."""
+
+    error: ErrorDetail
 
 
 class ServiceError(RsEditError):
@@ -125,6 +144,9 @@ def install_error_handlers(app: FastAPI, max_roi_bytes: int | None = None) -> No
         return response_for(exc)
 
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if errors and all(err.get("type") == BAD_PARAMETER for err in errors):
+            return error_response(400, BAD_PARAMETER, "; ".join(e["msg"] for e in errors[:5]))
         return error_response(422, "invalid_request", validation_message(exc))
 
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -142,12 +164,28 @@ def install_error_handlers(app: FastAPI, max_roi_bytes: int | None = None) -> No
                 detail = f"malformed form data: {getattr(cause, 'message', cause)}"
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path[:200]}"
-        return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            allowed = allowed_methods(request)
+            detail = f"{request.method} is not allowed here; allowed: {', '.join(allowed)}"
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        return error_response(exc.status_code, code, detail, headers)
 
     app.add_exception_handler(RsEditError, _known)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _known)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the request's path has, over all the app's routes for it (Starlette's own
+    405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _multipart_error(exc: BaseException | None) -> BaseException | None:

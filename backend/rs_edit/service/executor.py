@@ -6,23 +6,33 @@ the outputs into the job's folder by rename, and only then records success: a cl
 `succeeded` always finds complete files.
 
 Backends:
-- `LocalBackend` calls the edit function in the worker thread (the default; one thread per GPU,
-  or `--workers` threads on CPU).
+- `LocalBackend` runs each edit in a child process of its own (multiprocessing "spawn", one
+  worker thread per GPU, or `--workers` threads on CPU, each watching its child). The child's
+  data segment is limited (RLIMIT_DATA, `ServiceConfig.job_memory_factor` x the job's memory
+  estimate, at most that factor x the memory budget): a job that runs out of memory or crashes
+  fails alone, with a message naming the limit; the server survives. Progress and log lines come
+  back through a pipe; cancelling terminates the child (SIGTERM, SIGKILL after 1 s). An edit
+  function that cannot be pickled (a test's closure) runs in the worker thread instead, as
+  before. The child's start and end are recorded in the job store (`jobs.recover`'s retry rule).
 - `RayBackend` submits each edit as a Ray task asking for `ray_gpus_per_task` GPUs, so the
   machines of a Ray cluster serve one API; the worker thread relays the task's progress (through
   a `ProgressBoard` actor) and its cancellation.
 
-Cancellation really stops the work: the progress callback raises `CancelledError` inside the
-edit (in a Ray task too), the edit stops at its next step and writes nothing.
+Cancellation really stops the work: a child process is terminated whatever it is doing; in a
+thread or a Ray task the progress callback raises `CancelledError` inside the edit, which stops
+at its next step and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
+import pickle
 import queue
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -40,10 +50,20 @@ from .jobs import (
     Job,
     JobStore,
 )
+from .retention import Sweeper
 
 log = logging.getLogger("rs_edit.service")
 
 PROGRESS_INTERVAL_S = 0.2  # at most this often a progress update is written per job
+CHILD_POLL_S = 0.05  # how often a worker thread looks at its child's pipe and the cancel flag
+CHILD_TERM_GRACE_S = 1.0  # after SIGTERM, SIGKILL: a cancelled child is gone within ~1.1 s
+CHILD_EXIT_WAIT_S = 10.0  # a child that sent its result gets this long to exit by itself
+MB = 1024 * 1024
+
+
+class EditProcessError(Exception):
+    """The job's child process ran out of memory, crashed or was killed: the job fails (not
+    retryable), the server carries on."""
 
 
 class Reporter:
@@ -76,7 +96,7 @@ class Reporter:
 
 
 class LocalBackend:
-    """Edits in the worker thread of this process."""
+    """Edits in a child process per job (memory-limited), or in the worker thread."""
 
     name = "local"
 
@@ -84,9 +104,34 @@ class LocalBackend:
         self.edit_fn = edit_fn
         self.config = config
         self.cache_dir = cache_dir
+        self._payload: bytes | None = None  # the pickled edit function (None: run_edit)
+        self.isolated = False
+        self._budget_mb: int | None = None
 
     def start(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.isolated = bool(self.config.job_process)
+        if self.isolated and self.edit_fn is not None:
+            try:
+                self._payload = pickle.dumps(self.edit_fn)
+                pickle.loads(self._payload)
+            except Exception as exc:  # a closure or lambda (tests): no child can import it
+                log.warning(
+                    "the edit function cannot be sent to a child process (%s): jobs run in "
+                    "the server's threads, without a memory limit",
+                    exc,
+                )
+                self.isolated = False
+        self._budget_mb = self.config.memory_budget()
+
+    def memory_limit_mb(self, job: Job) -> int | None:
+        """The child's RLIMIT_DATA in MB: factor x the job's estimate (at most factor x the
+        budget; a job recorded without an estimate gets factor x the budget). None: no limit."""
+        factor = self.config.job_memory_factor
+        if not factor or self._budget_mb is None:
+            return None
+        estimate = job.inputs.get("memory_estimate_mb") or self._budget_mb
+        return int(factor * min(int(estimate), self._budget_mb))
 
     def stop(self) -> None:
         pass
@@ -104,6 +149,8 @@ class LocalBackend:
             torch.cuda.set_device(slot % n)
 
     def run(self, job: Job, job_dir: Path, work: Path, reporter: Reporter, slot: int):
+        if self.isolated:
+            return self._run_child(job, job_dir, work, reporter, slot)
         self._pin_gpu(slot)
         result = worker.execute_edit(
             self.edit_fn or worker.default_edit_fn(),
@@ -121,8 +168,119 @@ class LocalBackend:
         )
         return [Path(p) for p in result.outputs], result.report
 
+    def _run_child(self, job: Job, job_dir: Path, work: Path, reporter: Reporter, slot: int):
+        from ..engine import presets
+
+        limit_mb = self.memory_limit_mb(job)
+        n = _gpu_count() if self.config.device != "cpu" else 0
+        spec = {
+            "job_id": job.id,
+            "edit_fn": self._payload,
+            "input_path": str(job_dir / "input.tif"),
+            "output": str(work / "result.tif"),
+            "options": job.options,
+            "roi": _read_roi(job_dir),
+            "mask_path": str(job_dir / "mask.tif") if job.inputs.get("mask") else None,
+            "device": self.config.device,
+            "cache_dir": str(self.cache_dir),
+            "cache_models": self.config.cache_models,
+            "cache_bytes": self.config.cache_bytes,
+            "memory_limit_bytes": limit_mb * MB if limit_mb else None,
+            "gpu": slot % n if n > 1 else None,
+            "parent_pid": os.getpid(),
+            # The presets this server validated and estimated the job with (a fresh process
+            # would see only the built-in ones, not any registered or changed since).
+            "presets": dict(presets.PRESETS),
+        }
+        ctx = multiprocessing.get_context("spawn")
+        receive, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=worker.job_child, args=(spec, send), name=f"rs-edit-job-{job.id[:8]}"
+        )
+        proc.start()
+        send.close()  # ours: EOF on `receive` once the child has gone
+        reporter.store.child_started(job.id, proc.pid)
+        log.info("job %s: edit process %d (memory limit %s MB)", job.id, proc.pid, limit_mb)
+        try:
+            outcome = self._watch(proc, receive, reporter)
+            if outcome is not None:
+                proc.join(CHILD_EXIT_WAIT_S)
+        finally:
+            if proc.is_alive():
+                _stop(proc)
+            proc.join()
+            receive.close()
+            reporter.store.child_finished(job.id)
+        return self._outcome(job, outcome, proc.exitcode, limit_mb, work)
+
+    def _watch(self, proc, receive, reporter: Reporter):
+        """Relay the child's progress and log lines until it sends its outcome (returned) or
+        ends without one (None). A cancel terminates it at once (CancelledError)."""
+        while True:
+            if reporter.cancel.is_set():
+                _stop(proc)
+                raise CancelledError("cancelled (the edit process was stopped)")
+            if not receive.poll(CHILD_POLL_S):
+                if not proc.is_alive() and not receive.poll(0):
+                    return None
+                continue
+            try:
+                message = receive.recv()
+            except (EOFError, OSError):
+                return None
+            except Exception:  # a message that does not unpickle here: skipped
+                log.exception("job %s: unreadable message from the edit process", reporter.job_id)
+                continue
+            kind = message[0]
+            if kind == "progress":
+                reporter.update(*message[1:])
+            elif kind == "log":
+                reporter.log(message[1])
+            else:
+                return message
+
+    def _outcome(self, job: Job, outcome, exitcode, limit_mb: int | None, work: Path):
+        limit = _limit_text(limit_mb, job, self.config.job_memory_factor)
+        if outcome is not None and outcome[0] == "done":
+            _, outputs, report = outcome
+            return [Path(p) for p in outputs], {**report, "memory_limit_mb": limit_mb}
+        if outcome is not None:
+            _, kind, message, exc, detail = outcome
+            if kind == "cancelled":
+                raise CancelledError(message)
+            if kind == "input":
+                raise exc if isinstance(exc, InputError) else InputError(message)
+            if kind == "memory":
+                log.error("job %s: out of memory in its edit process: %s", job.id, message)
+                raise EditProcessError(
+                    f"the edit ran out of memory: it needed more than {limit} ({message}); "
+                    "edit a smaller area or choose a smaller preset (tiny or fast)"
+                )
+            log.error("job %s failed in its edit process:\n%s", job.id, detail)
+            if isinstance(exc, Exception):
+                raise exc
+            raise EditProcessError(f"internal error: {message}")
+        if exitcode is not None and exitcode < 0:
+            try:
+                name = signal.Signals(-exitcode).name
+            except ValueError:
+                name = f"signal {-exitcode}"
+            hint = (
+                " (the system's out-of-memory killer sends SIGKILL)"
+                if -exitcode == signal.SIGKILL
+                else ""
+            )
+            message = f"the edit's process was killed by {name}{hint}; {limit}"
+        else:
+            message = f"the edit's process ended (exit code {exitcode}) without a result; {limit}"
+        log.error("job %s: %s", job.id, message)
+        raise EditProcessError(message + "; the job is not retried")
+
     def describe(self) -> dict:
-        return {"executor": "local"}
+        out = {"executor": "local", "job_process": self.isolated}
+        if self.isolated:
+            out["job_memory_factor"] = self.config.job_memory_factor
+        return out
 
 
 class RayBackend:
@@ -268,6 +426,8 @@ class JobRunner:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        days = getattr(getattr(backend, "config", None), "retention_days", 0)
+        self.sweeper = Sweeper(store, jobs_dir, days)  # finished jobs older than the retention
 
     def start(self, queued: list[str]) -> None:
         self.backend.start()
@@ -280,20 +440,27 @@ class JobRunner:
             t.daemon = True
             t.start()
             self._threads.append(t)
+        self.sweeper.start()
 
     def enqueue(self, job_id: str) -> None:
         self._queue.put(job_id)
 
     def cancel(self, job_id: str) -> None:
+        """Stop a running job; a job already cancelled while queued loses its upload now."""
         with self._lock:
             event = self._cancels.get(job_id)
         if event is not None:
             event.set()
+            return
+        job = self.store.get(job_id)
+        if job is not None and job.status == CANCELLED:
+            remove_uploads(self.jobs_dir / job_id)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the workers; running jobs are interrupted (failed, 'resubmit'), queued ones stay
         queued for the next start."""
         self._stopping = True
+        self.sweeper.stop()
         with self._lock:
             for event in self._cancels.values():
                 event.set()
@@ -345,9 +512,11 @@ class JobRunner:
         except CancelledError:
             if self._stopping:
                 self.store.finish(job.id, FAILED, SHUTDOWN_MESSAGE)
-            else:
-                self.store.finish(job.id, CANCELLED, CANCELLED_MESSAGE)
+            elif self.store.finish(job.id, CANCELLED, CANCELLED_MESSAGE):
+                remove_uploads(job_dir)
             log.info("job %s: cancelled", job.id)
+        except EditProcessError as exc:
+            self.store.finish(job.id, FAILED, _public(str(exc), job_dir), retryable=False)
         except InputError as exc:
             self.store.finish(job.id, FAILED, _public(str(exc), job_dir))
             log.info("job %s: failed on its input: %s", job.id, redact(str(exc)))
@@ -365,6 +534,37 @@ def _public(message: str, job_dir: Path) -> str:
     for name, field in (("input.tif", "image"), ("mask.tif", "mask")):
         message = name_field(message, job_dir / name, field)
     return message.replace(str(job_dir), "the job's folder")
+
+
+UPLOADS = ("input.tif", "mask.tif", "roi.geojson")
+
+
+def remove_uploads(job_dir: Path) -> None:
+    """A cancelled job's inputs: nothing will read them again (its record stays)."""
+    for name in UPLOADS:
+        (job_dir / name).unlink(missing_ok=True)
+
+
+def _stop(proc) -> None:
+    """SIGTERM, then SIGKILL after CHILD_TERM_GRACE_S: the child is gone whatever it was doing."""
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(CHILD_TERM_GRACE_S)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5.0)
+
+
+def _limit_text(limit_mb: int | None, job: Job, factor: float) -> str:
+    if not limit_mb:
+        return "no memory limit was set for it"
+    estimate = job.inputs.get("memory_estimate_mb")
+    basis = (
+        f"{factor:g} x its estimate of {int(estimate):,} MB"
+        if estimate
+        else f"{factor:g} x the memory budget"
+    )
+    return f"this job's memory limit of {limit_mb:,} MB ({basis})"
 
 
 def publish(outputs: list[Path], job_dir: Path) -> list[str]:

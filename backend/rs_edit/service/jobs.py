@@ -8,8 +8,15 @@ them, so a client's id never reaches the filesystem.
 States: queued -> running -> succeeded | failed | cancelled; queued -> cancelled. Every
 transition is one guarded UPDATE (`WHERE status = ...`), so two threads can never both finish,
 claim or cancel the same job. After a crash (even `kill -9`) `recover` marks jobs that were
-running as failed ("interrupted by a server restart; resubmit") and returns the queued ones to be
-queued again; committed records are never lost (WAL, synchronous=NORMAL survives a process kill).
+running as failed and returns the queued ones to be queued again; committed records are never
+lost (WAL, synchronous=NORMAL survives a process kill).
+
+Truthful retry: the runner records when a job's edit process (the child that does the work,
+`executor.LocalBackend`) starts, with its pid, and when it ends. A job the restart interrupted
+before its child started, or after its child had ended, cannot have brought the server down: it
+is failed with "interrupted by a server restart; resubmit" and `retryable: true`. A job whose
+child was running when the server died may have caused the death (memory): it is failed with
+`CRASHED_MESSAGE` and `retryable: false`, as is a job whose child ran out of memory or crashed.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import NotFoundError, QueueFullError, redact
+from .errors import NotFoundError, NotReadyError, QueueFullError, redact
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -38,6 +45,12 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 INTERRUPTED_MESSAGE = "interrupted by a server restart; resubmit"
 SHUTDOWN_MESSAGE = "interrupted by a server shutdown; resubmit"
 CANCELLED_MESSAGE = "cancelled by the client; nothing was written"
+CRASHED_MESSAGE = (
+    "the server stopped while this job's edit was running (its process had started), so the job "
+    "may have caused the stop (e.g. by using too much memory): it is not retried; resubmit with "
+    "a smaller ROI or preset if the edit was large, and ask the operator to check the server log"
+)
+RETRYABLE_MESSAGES = (INTERRUPTED_MESSAGE, SHUTDOWN_MESSAGE)
 MAX_LOG_LINES = 50
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -63,6 +76,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
+# Columns added after the first release: added to an older database when it is opened.
+_ADDED_COLUMNS = (
+    ("retryable", "INTEGER NOT NULL DEFAULT 0"),  # a failed job: sending it again may work
+    ("child_pid", "INTEGER"),  # the edit process of the current run (None: none started)
+    ("child_started", "REAL"),
+    ("child_finished", "REAL"),  # set when that process has ended (whatever its outcome)
+)
+
+
+class JobActiveError(NotReadyError):
+    """The job is queued or running: it cannot be removed (409)."""
+
+    code = "job_active"
 
 
 def new_job_id() -> str:
@@ -96,6 +122,10 @@ class Job:
     finished: float | None = None
     updated: float = 0.0
     seq: int = 0
+    retryable: bool = False
+    child_pid: int | None = None
+    child_started: float | None = None
+    child_finished: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -126,8 +156,8 @@ class Job:
         if self.status == SUCCEEDED:
             body["report"] = self.report
             body["results"] = self.result_paths()
-        if self.status == FAILED:  # not the job's fault: the same request may simply be sent again
-            body["retryable"] = self.message in (INTERRUPTED_MESSAGE, SHUTDOWN_MESSAGE)
+        if self.status == FAILED:  # true: not the job's fault, the same request may be sent again
+            body["retryable"] = self.retryable
         return body
 
     def result_paths(self) -> list[str]:
@@ -171,6 +201,19 @@ class JobStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=30000")
             self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, decl in _ADDED_COLUMNS:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+                if name == "retryable":  # what `to_json` said of older records
+                    marks = ",".join("?" * len(RETRYABLE_MESSAGES))
+                    self._db.execute(
+                        f"UPDATE jobs SET retryable = 1 WHERE status = ? AND message IN ({marks})",
+                        (FAILED, *RETRYABLE_MESSAGES),
+                    )
 
     def close(self) -> None:
         with self._lock:
@@ -254,12 +297,33 @@ class JobStore:
         now = time.time()
         changed = self._update(
             "UPDATE jobs SET status = ?, runs = runs + 1, started = ?, updated = ?, "
-            "stage = 'starting', message = 'running' "
+            "stage = 'starting', message = 'running', child_pid = NULL, child_started = NULL, "
+            "child_finished = NULL "
             "WHERE id = ? AND status = ? AND cancel_requested = 0",
             (RUNNING, now, now, job_id, QUEUED),
             job_id,
         )
         return self.get(job_id) if changed else None
+
+    def child_started(self, job_id: str, pid: int) -> None:
+        """The running job's edit process has started (committed before it does any work)."""
+        now = time.time()
+        self._update(
+            "UPDATE jobs SET child_pid = ?, child_started = ?, child_finished = NULL, "
+            "updated = ? WHERE id = ? AND status = ?",
+            (int(pid), now, now, job_id, RUNNING),
+            job_id,
+        )
+
+    def child_finished(self, job_id: str) -> None:
+        """The running job's edit process has ended (exited, crashed or was killed)."""
+        now = time.time()
+        self._update(
+            "UPDATE jobs SET child_finished = ?, updated = ? WHERE id = ? AND status = ? "
+            "AND child_started IS NOT NULL",
+            (now, now, job_id, RUNNING),
+            job_id,
+        )
 
     def update_progress(self, job_id: str, progress: float, stage: str, message: str) -> None:
         self._update(
@@ -289,14 +353,20 @@ class JobStore:
         *,
         outputs: list[str] | None = None,
         report: dict | None = None,
+        retryable: bool | None = None,
     ) -> bool:
-        """running -> a terminal state. False if the job was not running (nothing changes)."""
+        """running -> a terminal state. False if the job was not running (nothing changes).
+
+        `retryable` (failed jobs): whether the same request may simply be sent again; None:
+        only for the restart and shutdown messages."""
         assert status in TERMINAL
+        if retryable is None:
+            retryable = status == FAILED and message in RETRYABLE_MESSAGES
         now = time.time()
         progress = ", progress = 100" if status == SUCCEEDED else ""
         return self._update(
             f"UPDATE jobs SET status = ?, message = ?, outputs = ?, report = ?, finished = ?, "
-            f"updated = ?, stage = ?{progress} WHERE id = ? AND status = ?",
+            f"updated = ?, stage = ?, retryable = ?{progress} WHERE id = ? AND status = ?",
             (
                 status,
                 redact(message)[:2000],
@@ -305,6 +375,7 @@ class JobStore:
                 now,
                 now,
                 "done" if status == SUCCEEDED else status,
+                int(bool(retryable) and status == FAILED),
                 job_id,
                 RUNNING,
             ),
@@ -330,7 +401,11 @@ class JobStore:
         return self.require(job_id)
 
     def recover(self) -> tuple[list[str], list[str]]:
-        """After a restart: running jobs -> failed (interrupted); returns (interrupted, queued)."""
+        """After a restart: running jobs -> failed; returns (interrupted, queued).
+
+        A job whose edit process had not started, or had ended, is retryable
+        (INTERRUPTED_MESSAGE); one whose edit process was running when the server died is not
+        (CRASHED_MESSAGE): it may have been the cause."""
         now = time.time()
         with self._lock:
             interrupted = [
@@ -339,11 +414,23 @@ class JobStore:
                     "SELECT id FROM jobs WHERE status = ? ORDER BY rowid", (RUNNING,)
                 )
             ]
-            self._db.execute(
-                "UPDATE jobs SET status = ?, message = ?, stage = ?, finished = ?, updated = ? "
-                "WHERE status = ?",
-                (FAILED, INTERRUPTED_MESSAGE, FAILED, now, now, RUNNING),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE jobs SET status = ?, message = ?, stage = ?, finished = ?, "
+                    "updated = ?, retryable = 0 WHERE status = ? AND child_started IS NOT NULL "
+                    "AND child_finished IS NULL",
+                    (FAILED, CRASHED_MESSAGE, FAILED, now, now, RUNNING),
+                )
+                self._db.execute(
+                    "UPDATE jobs SET status = ?, message = ?, stage = ?, finished = ?, "
+                    "updated = ?, retryable = 1 WHERE status = ?",
+                    (FAILED, INTERRUPTED_MESSAGE, FAILED, now, now, RUNNING),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             queued = [
                 r[0]
                 for r in self._db.execute(
@@ -353,6 +440,38 @@ class JobStore:
         for job_id in interrupted:
             self._bump(job_id)
         return interrupted, queued
+
+    def purge(self, job_id: str) -> Job:
+        """Delete a finished, failed or cancelled job's record (its files: `retention.purge_job`).
+        NotFoundError if unknown; `JobActiveError` (409) while it is queued or running."""
+        job = self.require(job_id)
+        marks = ",".join("?" * len(TERMINAL))
+        with self._lock:
+            deleted = self._db.execute(
+                f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *TERMINAL)
+            ).rowcount
+            if deleted:
+                self._bump(job_id)
+        if not deleted:
+            job = self.get(job_id)
+            if job is None:  # purged meanwhile by another request
+                raise NotFoundError(f"unknown job id {job_id!r}")
+            raise JobActiveError(
+                f"job {job_id} is {job.status}: cancel it first (DELETE /v1/jobs/{job_id}), "
+                "then remove it once it has stopped"
+            )
+        return job
+
+    def finished_before(self, t: float, limit: int = 1000) -> list[str]:
+        """Ids of finished, failed or cancelled jobs that ended before time `t`, oldest first."""
+        marks = ",".join("?" * len(TERMINAL))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE status IN ({marks}) "
+                "AND COALESCE(finished, updated) < ? ORDER BY COALESCE(finished, updated) LIMIT ?",
+                (*TERMINAL, float(t), int(limit)),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def _update(self, sql: str, args: tuple, job_id: str) -> bool:
         with self._lock:
@@ -388,4 +507,8 @@ def _job(row: sqlite3.Row) -> Job:
         finished=row["finished"],
         updated=row["updated"],
         seq=row["rowid"],
+        retryable=bool(row["retryable"]),
+        child_pid=row["child_pid"],
+        child_started=row["child_started"],
+        child_finished=row["child_finished"],
     )

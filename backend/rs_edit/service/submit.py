@@ -1,7 +1,8 @@
 """Checking a submission before it becomes a job: everything knowable now is refused now.
 
-The same validation as `rs_edit.edit.prepare`, minus reading the pixels: options, the raster's
-header and integrity (`inspect_raster`), the ROI (GeoJSON reprojected and clipped, or a mask on
+The same validation as `rs_edit.edit.prepare`, minus keeping the pixels: options, the raster's
+header and integrity (`inspect_raster`; `check_integrity` decodes every block of the image and
+of the mask once, whatever their size), the ROI (GeoJSON reprojected and clipped, or a mask on
 the same grid), the band choice and the size of the window to edit. Before any of that, the
 service's own rules: only GeoTIFF uploads (no VRT or other formats that could name other files),
 the declared size within limits (read from the header, before any pixel), a GeoJSON ROI parsed
@@ -14,23 +15,42 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Annotated, Literal
 
 import rasterio
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model
+from pydantic_core import PydanticCustomError
 from rasterio.errors import RasterioError
 from shapely.geometry import shape
 from shapely.validation import explain_validity
 
 from ..bands import parse_band_list, rgb_bands
 from ..edit import MAX_WINDOW_PIXELS, EditOptions, context_window
+from ..engine.presets import AUTO, DEFAULT_PRESET, PRESET_NAMES, get_preset
 from ..errors import CrsError, InputError, ParameterError, RasterError, RoiError
-from ..guidance.clip import REMOTECLIP_MODELS, TINY_RANDOM, check_remoteclip_obtainable
+from ..guidance import GUIDANCE_METHODS
+from ..guidance.clip import (
+    DEFAULT_CLIP,
+    REMOTECLIP_MODELS,
+    TINY_RANDOM,
+    check_remoteclip_obtainable,
+)
 from ..memory import check_edit
-from ..raster import gdal_env, inspect_raster
+from ..raster import check_integrity, gdal_env, inspect_raster
 from ..roi import roi_from_geojson, roi_from_mask, whole_image
 from .config import Limits
-from .errors import LimitError, name_field
+from .errors import BAD_PARAMETER, LimitError, name_field
 
 SERVICE_CLIP_MODELS = (TINY_RANDOM, *REMOTECLIP_MODELS)
+# The presets a job may name: `auto` first; `reference` (the published training) is for
+# `rs-edit bench` only.
+EDIT_PRESETS = tuple(n for n in PRESET_NAMES if n == AUTO or not get_preset(n).max_pixels)
+LLM_OPTIONS = ("none", "openai")
+SEED_BOUND = 2**63  # seeds are below (exact as the schema's float, unlike 2**63 - 1)
+MAX_PX = 4096  # feather and dilate, as `EditOptions.validate`
+# One band number (the same band as R, G and B) or three; blank: chosen from the raster.
+RGB_BANDS_PATTERN = r"^\s*(\d{1,4}\s*(,\s*\d{1,4}\s*,\s*\d{1,4}\s*)?)?$"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # A GeoJSON `crs` name: EPSG:4326, urn:ogc:def:crs:EPSG::32633, OGC:CRS84, ... (no paths).
 _CRS_NAME = re.compile(
@@ -53,49 +73,189 @@ def check_clip_weights(clip: str) -> None:
         ) from None
 
 
-def build_options(
-    *,
-    prompt: str,
-    preset: str,
-    seed: int | None,
-    clip: str,
-    llm: str,
-    variants: int,
-    guidance: str,
-    rgb_bands_text: str | None,
-    feather: int,
-    dilate: int,
-    limits: Limits,
-) -> EditOptions:
-    """The job's options, validated (ParameterError on anything bad)."""
-    if len(prompt) > limits.max_prompt_chars:
-        raise ParameterError(
-            f"prompt is too long ({len(prompt)} > {limits.max_prompt_chars} characters)"
+# pydantic's errors for a value of the right type that breaks a field's constraint: refused as a
+# bad parameter (400, `BAD_PARAMETER`); a missing field or a wrong type stays a 422.
+_CONSTRAINT_ERRORS = frozenset(
+    {
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "literal_error",
+        "string_pattern_mismatch",
+        "string_too_long",
+        "string_too_short",
+    }
+)
+
+
+def _refused(message):
+    """A field validator around the field's own constraints (which the OpenAPI schema shows):
+    a value that breaks one is refused with `message(value)` as a `BAD_PARAMETER` error."""
+
+    def wrap(value, handler):
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            if not any(e["type"] in _CONSTRAINT_ERRORS for e in exc.errors()):
+                raise
+            text = message(value)
+        raise PydanticCustomError(BAD_PARAMETER, "{message}", {"message": text})
+
+    return WrapValidator(wrap)
+
+
+def _shown(value) -> str:
+    return repr(value[:80] if isinstance(value, str) else value)
+
+
+def _between(name: str, low: int, high: int, high_text: str | None = None):
+    high_text = high_text or str(high)
+    return _refused(lambda v: f"{name} must be between {low} and {high_text}, got {_shown(v)}")
+
+
+def _preset_message(value) -> str:
+    if value in PRESET_NAMES:
+        return (
+            f"preset {value!r} reproduces the published training for benchmarks (rs-edit bench); "
+            f"edit with {', '.join(EDIT_PRESETS)}"
         )
-    clip = (clip or "").strip()
-    if clip not in SERVICE_CLIP_MODELS:
-        raise ParameterError(
-            f"unknown CLIP model {clip[:80]!r}: the service accepts "
-            + ", ".join(SERVICE_CLIP_MODELS)
-        )
-    if not 1 <= variants <= limits.max_variants:
-        raise ParameterError(
-            f"variants must be between 1 and {limits.max_variants}, got {variants}"
-        )
+    return f"unknown preset {_shown(value)} (known: {', '.join(EDIT_PRESETS)})"
+
+
+def job_form(limits: Limits) -> type[BaseModel]:
+    """The fields of `POST /v1/jobs` (multipart/form-data) under these limits: types, required
+    fields, choices and ranges in one pydantic model, which is also what the OpenAPI schema
+    documents. A missing field or a wrong type is a 422; a value out of range or not among the
+    choices a 400 (`BAD_PARAMETER`) naming the field."""
+
+    def prompt_message(value) -> str:
+        if not str(value).strip():
+            return "prompt is empty"
+        return f"prompt is too long ({len(value)} > {limits.max_prompt_chars} characters)"
+
+    def choice(name: str, known):
+        return _refused(lambda v: f"unknown {name} {_shown(v)} (known: {', '.join(known)})")
+
+    fields = {
+        "image": (UploadFile, Field(description="the GeoTIFF to edit")),
+        "prompt": (
+            Annotated[
+                str,
+                Field(pattern=r"\S", max_length=limits.max_prompt_chars),
+                _refused(prompt_message),
+            ],
+            Field(description="what the ROI should show (not blank)"),
+        ),
+        "roi": (
+            str | None,
+            Field(None, description="GeoJSON polygons (any CRS); without roi and mask: all"),
+        ),
+        "mask": (
+            UploadFile | None,
+            Field(None, description="mask GeoTIFF on the image's grid, non-zero = edit"),
+        ),
+        "preset": (
+            Annotated[Literal[EDIT_PRESETS], _refused(_preset_message)],
+            Field(DEFAULT_PRESET, description="auto: the preset for the server's device"),
+        ),
+        "seed": (
+            Annotated[
+                int, Field(ge=0, lt=SEED_BOUND), _between("seed", 0, SEED_BOUND - 1, "2**63-1")
+            ]
+            | None,
+            Field(None, description="for a reproducible result; none: random"),
+        ),
+        "clip": (
+            Annotated[
+                Literal[SERVICE_CLIP_MODELS],
+                _refused(
+                    lambda v: (
+                        f"unknown CLIP model {_shown(v)}: the service accepts "
+                        + ", ".join(SERVICE_CLIP_MODELS)
+                    )
+                ),
+            ],
+            Field(DEFAULT_CLIP, description="CLIP model name"),
+        ),
+        "llm": (
+            Annotated[Literal[LLM_OPTIONS], choice("LLM option", LLM_OPTIONS)],
+            Field("none", description="none, or openai: prompt ensembling by an LLM"),
+        ),
+        "variants": (
+            Annotated[
+                int,
+                Field(ge=1, le=limits.max_variants),
+                _between("variants", 1, limits.max_variants),
+            ],
+            Field(1, description="how many results"),
+        ),
+        "guidance": (
+            Annotated[Literal[GUIDANCE_METHODS], choice("guidance", GUIDANCE_METHODS)],
+            Field("auto", description="auto (by the preset), finetune, sampling or none"),
+        ),
+        "rgb_bands": (
+            Annotated[
+                str,
+                Field(pattern=RGB_BANDS_PATTERN),
+                _refused(
+                    lambda v: (
+                        "rgb_bands must be 1 or 3 comma-separated band numbers "
+                        f"(e.g. 4,3,2), got {_shown(v)}"
+                    )
+                ),
+            ]
+            | None,
+            Field(None, description="the bands CLIP sees as RGB, e.g. 4,3,2"),
+        ),
+        "feather": (
+            Annotated[int, Field(ge=0, le=MAX_PX), _between("feather", 0, MAX_PX)],
+            Field(2, description="feather width inside the ROI (px)"),
+        ),
+        "dilate": (
+            Annotated[int, Field(ge=0, le=MAX_PX), _between("dilate", 0, MAX_PX)],
+            Field(0, description="grow the ROI by px"),
+        ),
+        "repair_roi": (bool, Field(False, description="repair invalid polygons")),
+    }
+    return create_model(
+        "JobForm",
+        __doc__="The fields of a job submission.",
+        __config__=ConfigDict(json_schema_extra=_absent_not_null),
+        **fields,
+    )
+
+
+def _absent_not_null(schema: dict, model=None) -> None:
+    """A form field is left out to mean 'none' (a form has no null): the schema of an optional
+    field says its type, without pydantic's `anyOf [..., null]`."""
+    for name, prop in schema.get("properties", {}).items():
+        options = prop.get("anyOf")
+        if not options:
+            continue
+        kept = [o for o in options if o.get("type") != "null"]
+        if len(kept) == 1 and len(options) == 2:
+            del prop["anyOf"]
+            schema["properties"][name] = {**kept[0], **prop}
+
+
+def build_options(form) -> EditOptions:
+    """The job's options from a checked `job_form` (ParameterError on what only the options as
+    a whole can tell, `EditOptions.validate`)."""
     bands = None
-    if rgb_bands_text is not None and rgb_bands_text.strip():
-        bands = parse_band_list(rgb_bands_text[:100])
+    if form.rgb_bands is not None and form.rgb_bands.strip():
+        bands = parse_band_list(form.rgb_bands)
     return EditOptions(
-        prompt=prompt,
-        preset=preset,
-        seed=seed,
-        clip=clip,
-        llm=llm,
-        variants=variants,
-        guidance=guidance,
+        prompt=form.prompt,
+        preset=form.preset,
+        seed=form.seed,
+        clip=form.clip,
+        llm=form.llm,
+        variants=form.variants,
+        guidance=form.guidance,
         rgb_bands=bands,
-        dilate_px=dilate,
-        feather_px=feather,
+        dilate_px=form.dilate,
+        feather_px=form.feather,
     ).validate()
 
 
@@ -199,21 +359,25 @@ def validate_inputs(
     memory_budget_mb: int | None = None,
     device_type: str = "cpu",
 ) -> dict:
-    """Everything `prepare` checks, without reading the pixels. Returns a summary for the job.
+    """Everything `prepare` checks, without keeping the pixels: the uploads' blocks are all
+    decoded once (`raster.check_integrity`: a corrupt block is a 400 now, not a job that fails
+    later). Returns a summary for the job.
 
-    With `memory_budget_mb`, an edit whose estimated peak memory (`memory.estimate_edit`: the
-    windows `prepare_windows` will read, the bands, the preset) exceeds it is refused too
-    (`MemoryBudgetError`, 413): a small upload can declare a large raster (a 4600x4600 all-zero
-    DEFLATE GeoTIFF is 72 KB)."""
+        With `memory_budget_mb`, an edit whose estimated peak memory (`memory.estimate_edit`: the
+        windows `prepare_windows` will read, the bands, the preset) exceeds it is refused too
+        (`MemoryBudgetError`, 413): a small upload can declare a large raster (a 4600x4600 all-zero
+        DEFLATE GeoTIFF is 72 KB)."""
     try:
         check_geotiff_header(image, "image", limits)
         info = inspect_raster(image)
+        check_integrity(image)  # every block, whatever the size (`inspect_raster`: up to 64 MB)
         if roi is not None and mask is not None:
             raise ParameterError("send either roi (GeoJSON) or mask (a raster), not both")
         if roi is not None:
             region = roi_from_geojson(roi, info)
         elif mask is not None:
             check_geotiff_header(mask, "mask", limits)
+            check_integrity(mask)
             region = roi_from_mask(mask, info)
         else:
             region = whole_image(info)

@@ -1,18 +1,22 @@
-"""The size bound of the trained-model cache: least recently used models go first.
+"""The trained tile-model cache, its one owner: where a model lives, its key, and the bound.
 
-The editor keeps trained tile models in a cache folder, one entry (a file or a folder) per tile
-content hash and settings. This module only bounds that folder: after every job the models
-beyond `max_models` entries or `max_bytes` bytes are removed, oldest use first. An entry's last
-use is its modification time; `mark_used` sets it when a job reused a cached model (access times
-are unreliable: most systems mount with relatime or noatime).
+A cache folder (`--cache-dir`, the service's data dir, or the user cache) holds trained tile
+models in `models/`, one file per tile content, preset and training format (`model_key`); the
+editor loads and saves them at `model_path`, and its report names the file it used
+(`model_entry`). After every job the service bounds the folder (`after_job`): models beyond
+`max_models` entries or `max_bytes` bytes are removed, oldest use first. An entry's last use is
+its modification time; `mark_used` sets it (access times are unreliable: most systems mount with
+relatime or noatime).
 
 Entries whose names start with "." or contain ".tmp"/".part" are writes in progress and are
-neither counted nor removed.
+neither counted nor removed. Jobs run in child processes of their own, so pruning is serialized
+across processes too (an advisory lock on the folder itself), not only across threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import threading
@@ -21,8 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _LOCK = threading.Lock()
-# Report keys under which an editor may name the model it used (a path or a file name).
-_MODEL_KEYS = ("model_path", "model_file", "cache_path", "model_key", "cache_key", "tile_hash")
+MODELS_SUBDIR = "models"  # prompt expansions (small) live beside it, in prompts/
+MODEL_FORMAT = "tile-model-v2"  # part of every key: bump when training changes
+
+
+def models_dir(cache_dir: str | os.PathLike) -> Path:
+    return Path(cache_dir) / MODELS_SUBDIR
+
+
+def model_key(image, preset: str) -> str:
+    """The key of the model trained on `image` (the model-range array) with `preset`."""
+    from .engine.model import tile_hash  # lazy: the service's process need not import torch
+
+    return tile_hash(image, preset, MODEL_FORMAT)
+
+
+def model_path(cache_dir: str | os.PathLike, key: str) -> Path:
+    """Where the model of `key` is (or will be) stored; its name is the report's
+    `model_entry`."""
+    return models_dir(cache_dir) / f"{key[:40]}.pt"
 
 
 @dataclass(frozen=True)
@@ -75,7 +96,7 @@ def prune_cache(
     removed paths.
     """
     removed: list[Path] = []
-    with _LOCK:
+    with _LOCK, _process_lock(cache_dir):
         entries = cache_entries(cache_dir)
         count, total = len(entries), sum(e.size for e in entries)
         for entry in entries:
@@ -95,30 +116,20 @@ def prune_cache(
     return removed
 
 
-def used_entries(cache_dir: str | os.PathLike, report: dict) -> set[str]:
-    """Names of cache entries the job's report says it used (by path, file name or key)."""
-    root = Path(cache_dir)
-    names: set[str] = set()
-    for key in _MODEL_KEYS:
-        value = report.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        candidate = Path(value)
-        if candidate.parent != Path(".") and candidate.parent.resolve() == root.resolve():
-            names.add(candidate.name)
-            continue
-        try:
-            for path in root.iterdir():
-                stem = path.name.split(".")[0]
-                if (
-                    path.name == candidate.name
-                    or path.name.startswith(value)
-                    or (len(stem) >= 16 and value.startswith(stem))
-                ):
-                    names.add(path.name)
-        except FileNotFoundError:
-            pass
-    return names
+@contextlib.contextmanager
+def _process_lock(cache_dir: str | os.PathLike):
+    """An exclusive advisory lock (flock) on the folder itself, no file made (no lock if the
+    folder cannot be opened: a missing folder has nothing to prune)."""
+    try:
+        fd = os.open(cache_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def mark_used(cache_dir: str | os.PathLike, names: set[str]) -> None:
@@ -130,9 +141,11 @@ def mark_used(cache_dir: str | os.PathLike, names: set[str]) -> None:
 
 
 def after_job(
-    cache_dir: str | os.PathLike, report: dict, max_models: int, max_bytes: int
+    cache_dir: str | os.PathLike, model_entry: str | None, max_models: int, max_bytes: int
 ) -> list[Path]:
-    """Book-keeping after a job: mark the model it used, then prune to the bounds."""
-    names = used_entries(cache_dir, report)
-    mark_used(cache_dir, names)
-    return prune_cache(cache_dir, max_models, max_bytes, keep=names)
+    """Book-keeping after a job: mark the model it used (its report's `model_entry`, a file
+    name in `models/`), then prune the models to the bounds."""
+    folder = models_dir(cache_dir)
+    names = {model_entry} if model_entry else set()
+    mark_used(folder, names)
+    return prune_cache(folder, max_models, max_bytes, keep=names)
