@@ -11,6 +11,7 @@ import torch
 from rs_edit.engine.patch_diffusion import (
     STAGE,
     PatchDiffusionSettings,
+    context_fill,
     noise_levels,
     sample,
 )
@@ -178,6 +179,55 @@ def test_an_roi_in_a_textured_part_takes_the_texture_not_a_flat_colour():
         assert pixels.var(0).sum() >= 0.5 * roi_pixels(known, texture).var(0).sum()
         # Mostly the texture (a patch or two of the flat part is the tile's variety).
         assert share_near(pixels, FLAT[None], 0.2) < 0.5
+
+
+# --- a start anchored on the surroundings -----------------------------------------------------
+
+
+def test_context_fill_continues_each_side_into_the_hole_and_keeps_the_rest():
+    columns = torch.arange(SIZE).float().expand(SIZE, SIZE)
+    known = torch.where(columns < SIZE / 2, -1.0, 1.0).expand(1, 3, SIZE, SIZE).clone()
+    hole = box((8, 6), (24, 26))
+    known[hole.expand_as(known)] = 5.0  # what the hole held must not leak into the fill
+    filled = context_fill(known, hole)
+    assert torch.equal(filled[~hole.expand_as(known)], known[~hole.expand_as(known)])
+    row = filled[0, 0, 16, 6:26]
+    assert row.abs().max() <= 1.0
+    assert row[0] < -0.8 and row[-1] > 0.8, row
+    assert bool((row[1:] >= row[:-1] - 1e-6).all()), "from the left side's value to the right's"
+
+
+def test_an_anchored_start_continues_the_surroundings_more_than_a_start_from_noise():
+    # A textured band on the left; the rest, the commonest content by far, one flat colour. The
+    # ROI fills most of the band. From noise the sampler falls mostly to the flat colour (the
+    # cut the realism benchmark found: a box of sea in the land); anchored on the ROI's
+    # surroundings, clearly less of it.
+    columns = torch.arange(SIZE).expand(SIZE, SIZE)
+    left = (columns < 20)[None, None]
+    known = torch.where(left, two_colours(checker_on(seed=7)), FLAT.view(1, 3, 1, 1))
+    roi = box((3, 2), (29, 16))
+
+    def flat_share(anchor):
+        shares = []
+        for seed in range(4):
+            out = sample(known, roi, seed=seed, anchor=anchor)
+            assert torch.equal(out[~roi.expand_as(out)], known[~roi.expand_as(known)])
+            shares.append(share_near(roi_pixels(out, roi), FLAT[None], 0.2))
+        return sum(shares) / len(shares)
+
+    from_noise, anchored = flat_share(None), flat_share(0.6)
+    assert anchored < from_noise - 0.1, (anchored, from_noise)
+
+
+def test_an_anchor_above_the_highest_noise_level_is_a_start_from_noise():
+    known, roi = flat_blocks(seed=2), square_roi()
+    settings = PatchDiffusionSettings(steps=10)
+    from_noise = sample(known, roi, settings, seed=4)
+    assert not torch.equal(sample(known, roi, settings, seed=4, anchor=0.3), from_noise)
+    # anchor >= sigma_max: the first level is the start; the start image is the fill, but at
+    # that noise the fill's layout is drowned: still a valid ROI of the tile's colours.
+    out = sample(known, roi, settings, seed=4, anchor=settings.sigma_max)
+    assert share_near(roi_pixels(out, roi), PALETTE) >= 0.95
 
 
 # --- nodata ----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from conftest import SHARED_IMAGERY
 from rasterio.windows import Window
 
 from rs_edit.edit import EditOptions, run_edit
+from rs_edit.engine.boundary import cut_ratio
 from rs_edit.engine.pyramid import gaussian_blur
 from rs_edit.engine.quality import largest_copy, roi_swd_levels, seam_ratio
 
@@ -123,3 +124,46 @@ def test_random_clip_finetuning_keeps_a_real_tile_realistic(tmp_path, tile):
     )
     assert np.nanmax(flat_levels) > 2 * np.nanmax(levels)
     assert 0.6 < seam_ratio(torch.from_numpy(edited.astype(np.float32)), src_t, roi) < 1.5
+
+
+LANDSAT = SHARED_IMAGERY / "rasterio__RGB.byte.tif"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LANDSAT.is_file(), reason="needs ../shared/data/imagery")
+def test_the_guard_keeps_the_sea_from_filling_a_box_of_land(tmp_path):
+    """A box on a Landsat coast (land with clouds on three sides, the coast on the fourth): the
+    sampler, started from noise, filled it with the tile's commonest content, the sea, up to
+    the box's straight edges, and every region measure passed it. The guard now sees the
+    outline (`cut_ratio`) and redraws from the surroundings."""
+    crop, mask = tmp_path / "crop.tif", tmp_path / "mask.tif"
+    with rasterio.open(LANDSAT) as src:
+        window = Window(250, 250, 256, 256)
+        profile = {
+            **src.profile,
+            "driver": "GTiff",
+            "width": 256,
+            "height": 256,
+            "transform": src.window_transform(window),
+        }
+        data = src.read(window=window)
+    with rasterio.open(crop, "w", **profile) as dst:
+        dst.write(data)
+    roi = np.zeros((256, 256), dtype=bool)
+    roi[80:176, 80:176] = True
+    with rasterio.open(mask, "w", **{**profile, "count": 1, "nodata": None}) as dst:
+        dst.write(roi.astype(np.uint8)[None])
+
+    out = tmp_path / "edit.tif"
+    options = EditOptions(
+        prompt="flood", preset="tiny", clip="tiny-random", guidance="none", seed=0
+    )
+    result = run_edit(crop, out, options, mask_path=mask, cache_dir=tmp_path / "cache")
+    with rasterio.open(out) as dst:
+        edited = dst.read()
+    assert np.array_equal(edited[:, ~roi], data[:, ~roi]), "pixels outside the ROI changed"
+    (cut,) = result.report["cut"]
+    assert cut < 1.3, result.report  # what the guard measured, on the edited window
+    # The same measure on the whole crop (its unit from a larger area): the sea box scored
+    # 1.39-1.61 here.
+    assert cut_ratio(edited.astype(np.float32), data.astype(np.float32), roi) < 1.35

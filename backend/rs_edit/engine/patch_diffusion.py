@@ -77,12 +77,16 @@ def sample(
     invalid: torch.Tensor | None = None,
     seed: int = 0,
     guide: Guide | None = None,
+    anchor: float | None = None,
     progress: ProgressCallback = no_progress,
 ) -> torch.Tensor:
     """A new ROI for `known` (1, C, h, w, model range) where `roi` (1, 1, h, w, bool) is true;
     outside it the result is `known` exactly. `invalid` (optional, same shape): pixels no patch
     may come from (nodata). `guide(clean, 0)`: a loss whose gradient steers every clean
-    estimate (None: unguided)."""
+    estimate (None: unguided). `anchor`: start from the ROI filled smoothly from its
+    surroundings (`context_fill`), noised to this level, instead of from pure noise: the
+    layout then continues the surroundings (land goes on where land meets the ROI) rather than
+    falling to the tile's commonest content (None: from noise, the most varied)."""
     known = known.float()
     roi = roi.bool()
     invalid = torch.zeros_like(roi) if invalid is None else invalid.bool()
@@ -117,9 +121,13 @@ def sample(
     )
 
     sigmas = noise_levels(settings).tolist()
-    x = torch.where(roi, known + sigmas[0] * noise(), known)
+    first, start = 0, known
+    if anchor is not None:
+        first = next(i for i, s in enumerate(sigmas) if s <= anchor)
+        start = context_fill(known, roi | invalid)
+    x = torch.where(roi, start + sigmas[first] * noise(), known)
     progress(STAGE, 0, settings.steps)
-    for i in range(settings.steps):
+    for i in range(first, settings.steps):
         sigma, following = sigmas[i], sigmas[i + 1]
         # The known image at this noise level around the ROI, so patches across its edge compare
         # like with like.
@@ -146,6 +154,44 @@ def sample(
         progress(STAGE, i + 1, settings.steps)
     progress(STAGE, settings.steps, settings.steps)
     return torch.where(roi, x.clamp(-1, 1), known)
+
+
+def context_fill(known: torch.Tensor, hole: torch.Tensor, *, sigmas=(1, 2, 4, 8, 16, 32)):
+    """`known` (1, C, h, w) with the `hole` (1, 1, h, w, bool) filled smoothly from around it:
+    a normalised Gaussian average of the pixels outside the hole, the narrowest one that
+    reaches each pixel (so the fill keeps the surroundings' layout near the edge and blends it
+    towards the middle). Pixels no average reaches take the mean of those outside."""
+    weight = (~hole).float()
+    if not weight.any():
+        return known
+    total = (known * weight).sum((2, 3), keepdim=True) / weight.sum()
+    fill = total.expand_as(known).clone()
+    for sigma in sorted(sigmas, reverse=True):  # wide first, then narrower where they reach
+        radius = int(3 * sigma)
+        if radius >= min(known.shape[-2:]):
+            continue
+        x = torch.arange(-radius, radius + 1, dtype=known.dtype, device=known.device)
+        g = torch.exp(-(x**2) / (2 * sigma**2))
+        g = g / g.sum()
+
+        def blur(t: torch.Tensor, g: torch.Tensor = g, r: int = radius) -> torch.Tensor:
+            t = F.conv2d(
+                t,
+                g.view(1, 1, 1, -1).expand(t.shape[1], 1, 1, -1),
+                padding=(0, r),
+                groups=t.shape[1],
+            )
+            return F.conv2d(
+                t,
+                g.view(1, 1, -1, 1).expand(t.shape[1], 1, -1, 1),
+                padding=(r, 0),
+                groups=t.shape[1],
+            )
+
+        reach = blur(weight)
+        average = blur(known * weight) / reach.clamp_min(1e-12)
+        fill = torch.where(reach > 0.05, average, fill)
+    return torch.where(hole, fill, known)
 
 
 def _guided(clean: torch.Tensor, guide: Guide, sigma: float, roi: torch.Tensor) -> torch.Tensor:

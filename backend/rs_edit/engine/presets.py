@@ -80,7 +80,14 @@ class Preset:
     # (`seam_ratio`: a straight edge where the ROI cuts through new content), or calmer by more
     # than it (flat new content meeting the tile's texture along the ROI's edge).
     guard_seam: float = 1.5
+    # ... or whose outline shows as a change of texture along it (`boundary.cut_ratio`: the
+    # sea filling a box up to its straight edge) by more than this factor.
+    guard_cut: float = 1.3
     guard_tries: int = 2
+    # While the outline is what shows most, the guard's alternatives start from the ROI filled
+    # smoothly from its surroundings, noised to this level (`patch_diffusion.sample`'s
+    # `anchor`; training-free layouts only), so their layout continues the surroundings.
+    guard_anchor: float = 0.6
 
     def trains_network(self, guidance: str) -> bool:
         """Whether an edit with this guidance trains a network (`auto` guidance fine-tunes

@@ -14,12 +14,14 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .. import model_cache
 from ..engine import patch_diffusion
+from ..engine.boundary import cut_ratio, cut_unit
 from ..engine.device import pick_device
 from ..engine.model import TileModel
 from ..engine.patches import coarse_size, mask_at, refine, resize
@@ -175,8 +177,9 @@ class TextEditor:
             ),
             "clip_similarity_input": round(before, 4),
             "clip_similarity_edits": [round(a, 4) for a in after],
-            "realism": [round(level, 3) for level, _ in realism],
-            "seam": [round(seam, 3) for _, seam in realism],
+            "realism": [round(m.level, 3) for m in realism],
+            "seam": [round(m.seam, 3) for m in realism],
+            "cut": [round(m.cut, 3) for m in realism],
             "realism_replaced": replaced,
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
         }
@@ -185,18 +188,24 @@ class TextEditor:
     def _guard(self, tile, sampler, guided, edits, seeds, progress):
         """The realism guard. An edit fails it when its ROI is far from anything in the tile
         (its worst `roi_swd_levels` level above the preset's `guard_bar`: flat colour, a colour
-        cast, collapsed structure) or when the ROI's boundary shows (`seam_ratio` beyond
-        `guard_seam` either way: an edge the input does not have, or flat content cut off by the
-        ROI's edge). A failing edit is replaced by the best
-        of a few alternatives made without the guidance, then with other seeds. Returns the
-        edits, each one's (worst level, seam) and the variants that were replaced."""
+        cast, collapsed structure), when the ROI's boundary shows as an edge (`seam_ratio`
+        beyond `guard_seam` either way: an edge the input does not have, or a blurred band) or
+        when its outline shows as a change of texture (`cut_ratio` above `guard_cut`: the sea
+        filling a box up to its straight edge). A failing edit is replaced by the best of a few
+        alternatives made without the guidance (the same seed first when guided, then others):
+        while the outline is what shows most, each starts from the surroundings
+        (`guard_anchor`), otherwise from noise. Returns the edits, each one's `_Realism` and
+        the variants that were replaced."""
         preset, tries = self.preset, self.preset.guard_tries
         measure = _RealismScore(tile)
 
-        def badness(m: tuple[float, float]) -> float:  # over 1: fails the guard
-            seam = m[1] if m[1] > 0 else 1.0  # 0: not measurable
+        def terms(m: _Realism) -> tuple[float, float, float]:  # each over 1: fails
+            seam = m.seam if m.seam > 0 else 1.0  # 0: not measurable
             edge = max(seam, 1 / seam) / preset.guard_seam  # busier or calmer than the input
-            return max(m[0] / preset.guard_bar, edge)
+            return m.level / preset.guard_bar, edge, m.cut / preset.guard_cut
+
+        def badness(m: _Realism) -> float:
+            return max(terms(m))
 
         measured = [measure(e) for e in edits]
         replaced = []
@@ -206,9 +215,13 @@ class TextEditor:
             for k in range(tries):
                 if badness(measured[i]) <= 1:
                     break
-                # First the same seed without the guidance; then other seeds.
-                alt_seed = seed if (k == 0 and guided) else seed + 7919 * (k + 1)
-                coarse = sampler([alt_seed], unguided=True)
+                same_seed = k == 0 and guided
+                alt_seed = seed if same_seed else seed + 7919 * (k + 1)
+                # The outline shows most: start from the surroundings, whose layout the new
+                # content then continues; otherwise a fresh draw from noise, the most varied.
+                level, edge, cut = terms(measured[i])
+                anchor = preset.guard_anchor if cut >= max(level, edge) else None
+                coarse = sampler([alt_seed], unguided=True, anchor=anchor)
                 alt = self._add_detail(tile, coarse, [alt_seed], lambda *a, **kw: None)[0]
                 m = measure(alt)
                 progress("guard", i * tries + k + 1, total)
@@ -217,13 +230,14 @@ class TextEditor:
                     if i + 1 not in replaced:
                         replaced.append(i + 1)
         progress("guard", total, total)
-        for i, (level, seam) in enumerate(measured):
-            if badness((level, seam)) > 1:
+        for i, m in enumerate(measured):
+            if badness(m) > 1:
                 self.log(
                     f"variant {i + 1}: the edited area is unlike the rest of the tile or its "
-                    f"edge shows (realism {level:.2f}, limit {preset.guard_bar}; seam "
-                    f"{seam:.2f}, limits {1 / preset.guard_seam:.2f}-{preset.guard_seam}); try "
-                    "another seed, a larger context or a larger area"
+                    f"edge shows (realism {m.level:.2f}, limit {preset.guard_bar}; seam "
+                    f"{m.seam:.2f}, limits {1 / preset.guard_seam:.2f}-{preset.guard_seam}; "
+                    f"outline {m.cut:.2f}, limit {preset.guard_cut}); try another seed, a "
+                    "larger context or a larger area"
                 )
         if replaced:
             self.log(
@@ -276,27 +290,41 @@ class TextEditor:
         return model, False
 
 
+class _Realism(NamedTuple):
+    """What the realism guard measures of an edit (0 where not measurable)."""
+
+    level: float  # worst `roi_swd_levels` level
+    seam: float  # `seam_ratio`
+    cut: float  # `cut_ratio`
+
+
 class _RealismScore:
-    """(worst `roi_swd_levels` level, `seam_ratio`) of an edit of one tile, 0 where not
-    measurable; the tile's realism unit is computed once for all the edits scored."""
+    """The `_Realism` of an edit of one tile; the tile's units are computed once for all the
+    edits scored."""
 
     def __init__(self, tile):
         self.source = torch.from_numpy(tile.model_image)
         self.roi = torch.from_numpy(tile.roi_mask & tile.valid)
-        self.unit = None
+        self.unit = self.cut_unit = None
         if self.roi.any() and not self.roi.all():
             # A window too small for the measure's patches stays unmeasured.
             with contextlib.suppress(ValueError):
                 self.unit = roi_swd_unit(self.source, self.roi)
+            self.cut_unit = cut_unit(self.source, self.roi.numpy())
 
-    def __call__(self, edit: np.ndarray) -> tuple[float, float]:
+    def __call__(self, edit: np.ndarray) -> _Realism:
         if self.unit is None:
-            return 0.0, 0.0
+            return _Realism(0.0, 0.0, 0.0)
         edited = torch.from_numpy(edit)
         levels = roi_swd_levels(edited, self.source, self.roi, unit=self.unit)
         finite = [v for v in levels if v == v]
         seam = seam_ratio(edited, self.source, self.roi)
-        return (max(finite) if finite else 0.0), (seam if seam == seam else 0.0)
+        cut = cut_ratio(edit, self.source, self.roi.numpy(), unit=self.cut_unit)
+        return _Realism(
+            max(finite) if finite else 0.0,
+            seam if seam == seam else 0.0,
+            cut if cut == cut else 0.0,
+        )
 
 
 class _NetworkSampler:
@@ -306,7 +334,9 @@ class _NetworkSampler:
     def __init__(self, model: TileModel, scene, unguided: TileModel | None = None):
         self.model, self.scene, self.unguided = model, scene, unguided or model
 
-    def __call__(self, seeds, *, guide=None, unguided=False, progress=no_progress):
+    def __call__(self, seeds, *, guide=None, unguided=False, anchor=None, progress=no_progress):
+        # `anchor` (the patch sampler's start from the surroundings) has no counterpart here:
+        # a trained model's sampler always starts from noise.
         model = self.unguided if unguided else self.model
         guide = None if unguided else guide
         return sample_edits(model, self.scene, seeds, guide=guide, progress=progress)
@@ -323,7 +353,7 @@ class _PatchSampler:
         self.invalid = mask_at(torch.from_numpy(~tile.valid)[None, None], size).to(device)
         self.settings = settings
 
-    def __call__(self, seeds, *, guide=None, unguided=False, progress=no_progress):
+    def __call__(self, seeds, *, guide=None, unguided=False, anchor=None, progress=no_progress):
         edits = []
         for i, seed in enumerate(seeds):
             x = patch_diffusion.sample(
@@ -333,6 +363,7 @@ class _PatchSampler:
                 invalid=self.invalid,
                 seed=seed,
                 guide=None if unguided else guide,
+                anchor=anchor,
                 progress=share(progress, i, len(seeds)),
             )
             edits.append(x[0].float().cpu().numpy())
