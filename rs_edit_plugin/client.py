@@ -53,6 +53,14 @@ class Health:
     max_width: int = 0
     max_height: int = 0
     auth: bool = False  # the backend wants an access token
+    clip_default: str = ""  # the backend's default CLIP model
+    clip_weights: tuple = ()  # ((name, weights present), ...) as the backend reports them
+    presets: tuple = ()  # the backend's preset names ("auto" first); () from older backends
+    preset_auto: str = ""  # the preset "auto" picks on the backend's device
+
+    def clip_available(self, name: str) -> bool | None:
+        """Whether the backend has weights for CLIP `name` (None: not reported)."""
+        return dict(self.clip_weights).get(name)
 
     @property
     def summary(self) -> str:
@@ -106,6 +114,25 @@ def _int(value) -> int:
         return 0
 
 
+def _clip_weights(value) -> tuple[str, tuple]:
+    """(default, ((name, available), ...)) from the backend's clip status."""
+    if not isinstance(value, dict):
+        return "", ()
+    available = value.get("weights_available")
+    weights = ()
+    if isinstance(available, dict):
+        weights = tuple((str(k), v is True) for k, v in available.items())
+    return str(value.get("default") or ""), weights
+
+
+def _presets(value) -> tuple[tuple, str]:
+    """(names, what auto picks) from the backend's presets status; ((), "") when absent."""
+    if not isinstance(value, dict) or not isinstance(value.get("names"), list):
+        return (), ""
+    names = tuple(str(n) for n in value["names"] if isinstance(n, str) and n.strip())
+    return names, str(value.get("auto") or "")
+
+
 def parse_health(base_url: str, body) -> Health:
     if not isinstance(body, dict) or body.get("status") != "ok":
         return Health(
@@ -113,6 +140,8 @@ def parse_health(base_url: str, body) -> Health:
         )
     version, device = str(body.get("version", "?")), str(body.get("device", "?"))
     limits = body.get("limits") if isinstance(body.get("limits"), dict) else {}
+    clip_default, clip_weights = _clip_weights(body.get("clip"))
+    presets, preset_auto = _presets(body.get("presets"))
     return Health(
         True,
         f"Backend OK at {base_url}: version {version}, device {device}",
@@ -124,6 +153,10 @@ def parse_health(base_url: str, body) -> Health:
         _int(limits.get("max_width")),
         _int(limits.get("max_height")),
         bool(body.get("auth")),
+        clip_default,
+        clip_weights,
+        presets,
+        preset_auto,
     )
 
 
@@ -151,7 +184,7 @@ def check_health(
     return parse_health(base_url, body)
 
 
-def _error_message(status: int, content: bytes) -> tuple[str, str]:
+def error_message(status: int, content: bytes) -> tuple[str, str]:
     """(message, code) from an error answer: the contract's {"error": {...}} when present."""
     try:
         body = json.loads(content.decode("utf-8"))
@@ -297,7 +330,7 @@ class BackendClient:
     def _checked(self, method: str, path: str, what: str, **kw) -> bytes:
         status, content = self._send(method, path, **kw)
         if status >= 400:
-            message, code = _error_message(status, content)
+            message, code = error_message(status, content)
             raise BackendError(f"{what} failed: {message}", status, code)
         return content
 
@@ -324,7 +357,7 @@ class BackendClient:
         body, content_type = multipart_body(fields, files)
         status, content = self._send("POST", JOBS_PATH, body, content_type)
         if status >= 400:
-            message, code = _error_message(status, content)
+            message, code = error_message(status, content)
             raise BackendError(message, status, code)
         try:
             job = json.loads(content.decode("utf-8"))
@@ -363,7 +396,7 @@ class BackendClient:
         """DELETE /v1/jobs/{id}; the job may already be finished (not an error)."""
         status, content = self._send("DELETE", f"{JOBS_PATH}/{job_id}")
         if status >= 400 and status not in (404, 409):
-            message, code = _error_message(status, content)
+            message, code = error_message(status, content)
             raise BackendError(f"cancelling the job failed: {message}", status, code)
 
 

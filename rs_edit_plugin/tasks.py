@@ -1,23 +1,23 @@
-"""Jobs in the background: one QgsTask per job, and the JobManager that the dock shows.
+"""Jobs in the background and the JobManager that the dock shows.
 
-The task runs `jobs.run_job` in QGIS's task manager (the GUI never waits on the network);
-cancelling it (from the dock or from QGIS's task manager) aborts the running request and
-asks the backend to cancel the job. Results are added and errors reported on the main
-thread, when the task has finished.
+Each job is a `runner.JobRunner`: short QgsTasks for the blocking steps (export + submit,
+download) and polling from the main thread in between, so waiting jobs hold no thread of
+QGIS's pool. Cancelling (from the dock, or from QGIS's task manager while a step runs) aborts
+the running request and asks the backend to cancel the job. Results are added and errors
+and the backend's warnings reported on the main thread, when the job has ended.
 """
 
-import contextlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qgis.core import Qgis, QgsApplication, QgsFeedback, QgsMessageLog, QgsProject, QgsTask
+from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
-from . import settings
-from .client import BackendError, CancelledError
-from .jobs import EditRequest, JobError, run_job
+from . import report, settings
+from .jobs import EditRequest
 from .results import add_result_layer
+from .runner import JobRunner
 
 LOG_TAG = "RS Edit"
 _ids = itertools.count(1)
@@ -65,7 +65,10 @@ class JobRecord:
     job_id: str = ""
     outputs: list = field(default_factory=list)
     layers: list = field(default_factory=list)  # ids of the result layers added
-    task: object = field(default=None, repr=False)
+    runner: object = field(default=None, repr=False)
+    warnings: list = field(default_factory=list)  # the backend's warnings about the result
+    report: dict = field(default_factory=dict)  # the backend's report of a finished job
+    created: str = ""  # when the backend created it (jobs listed from the backend)
 
     @property
     def finished(self) -> bool:
@@ -74,7 +77,9 @@ class JobRecord:
     @property
     def source_name(self) -> str:
         """The name of the raster layer the job edits."""
-        return self.request.source.name if self.request is not None else ""
+        if self.request is not None:
+            return self.request.source.name
+        return str(self.report.get("source_layer") or "")
 
     @property
     def title(self) -> str:
@@ -89,67 +94,12 @@ class JobRecord:
         return stage_label(self.stage or self.state)
 
 
-class EditJobTask(QgsTask):
-    """One job. Signals are emitted from the worker thread and delivered on the main one."""
-
-    statusChanged = pyqtSignal(str, float, dict)  # state, overall progress, backend job JSON
-
-    def __init__(self, request: EditRequest):
-        title = f"{request.source.name} – {request.prompt[:50]}"
-        super().__init__(f"RS Edit: {title}", QgsTask.Flag.CanCancel)
-        self.request = request
-        self.feedback = QgsFeedback()
-        self.outputs: list[Path] = []
-        self.error = ""
-        self.cancelled = False
-        self.job_id = ""
-        self.done_callbacks = []
-
-    def cancel(self):
-        """From the dock or the task manager: abort the request now, then the job."""
-        self.feedback.cancel()
-        super().cancel()
-
-    def _update(self, stage, progress, job):
-        if job.get("id"):
-            self.job_id = str(job["id"])
-        self.setProgress(progress)
-        self.statusChanged.emit(stage, float(progress), dict(job))
-
-    def run(self) -> bool:
-        """True when the job succeeded or was cancelled: QGIS announces every task that
-        returns False as "Task failed", and a cancel the user asked for is no failure (the
-        plugin reports it as cancelled). False only for a real error, kept in `error`."""
-        try:
-            if self.isCanceled():
-                raise CancelledError("cancelled")
-            self.outputs = run_job(self.request, self.feedback, self._update)
-            return True
-        except CancelledError:
-            self.cancelled = True
-            return True
-        except (BackendError, JobError) as exc:
-            if self.isCanceled():  # e.g. the aborted request's own error: still a cancel
-                self.cancelled = True
-                return True
-            self.error = str(exc)
-        except Exception as exc:  # a bug must end the task with a message, not kill QGIS
-            self.error = f"unexpected error: {exc!r}"
-        return False
-
-    def finished(self, result: bool):
-        if self.isCanceled() and not self.outputs:
-            # Cancelled before it ran (QGIS then never calls run) or while it ran.
-            self.cancelled = True
-        for callback in self.done_callbacks:
-            callback(self, result)
-
-
 class JobManager(QObject):
     """Starts jobs as tasks, keeps their records, adds results, reports errors."""
 
     jobAdded = pyqtSignal(object)
     jobChanged = pyqtSignal(object)
+    resultsAdded = pyqtSignal(object, list)  # record, the layers added
 
     def __init__(self, message_bar=None, project=None, task_manager=None, parent=None):
         super().__init__(parent)
@@ -163,20 +113,22 @@ class JobManager(QObject):
 
     def start(self, request: EditRequest) -> JobRecord:
         record = JobRecord(next(_ids), request.prompt, request)
-        task = EditJobTask(request)
-        record.task = task
-        task.statusChanged.connect(lambda s, p, j, r=record: self._on_status(r, s, p, j))
-        task.done_callbacks.append(lambda t, ok, r=record: self._on_done(r, ok))
+        self._run(record, JobRunner(request, self.task_manager, parent=self))
         self.records.append(record)
         self.jobAdded.emit(record)
-        self.task_manager.addTask(task)
+        record.runner.start()
         return record
 
+    def _run(self, record, runner):
+        record.runner = runner
+        runner.updated.connect(lambda s, p, j, r=record: self._on_status(r, s, p, j))
+        runner.ended.connect(lambda _runner, r=record: self._on_done(r))
+
     def cancel(self, record: JobRecord) -> None:
-        if record.task is not None and not record.finished:
+        if record.runner is not None and not record.finished:
             record.stage = "cancelling"
             self.jobChanged.emit(record)
-            record.task.cancel()
+            record.runner.cancel()
 
     def cancel_all(self) -> None:
         for record in self.records:
@@ -184,20 +136,18 @@ class JobManager(QObject):
 
     def shutdown(self) -> None:
         """Plugin unload: cancel running jobs and detach them from this (dying) manager, so
-        that tasks ending later touch nothing that was deleted."""
+        that steps ending later touch nothing that was deleted."""
         for record in self.records:
-            task = record.task
-            if task is None:
-                continue
-            task.done_callbacks.clear()
-            with contextlib.suppress(TypeError):  # nothing connected
-                task.statusChanged.disconnect()
-            task.cancel()
+            if record.runner is not None:
+                record.runner.shutdown()
+                record.runner = None
+                if not record.finished:
+                    record.state, record.message = "cancelled", "cancelled (plugin unloaded)"
 
     def _on_status(self, record, stage, progress, job):
         if record.finished:
             return
-        # Final states come from the task's end only (results downloaded, layers added).
+        # Final states come from the job's end only (results downloaded, layers added).
         record.state = stage if stage in ACTIVE_STATES else "finishing"
         record.stage = str(job.get("stage") or stage)
         record.progress = progress
@@ -205,23 +155,33 @@ class JobManager(QObject):
         record.message = str(job.get("message") or "")
         self.jobChanged.emit(record)
 
-    def _on_done(self, record, ok):
-        task = record.task
-        record.task = None
-        record.job_id = task.job_id or record.job_id
-        if task.cancelled:
-            record.state, record.message = "cancelled", "cancelled"
+    def _on_done(self, record):
+        runner = record.runner
+        record.runner = None
+        record.job_id = runner.job_id or record.job_id
+        record.report = report.job_report(runner.job)
+        record.warnings = report.job_warnings(runner.job)
+        if runner.state == "cancelled":
+            record.state, record.message = "cancelled", runner.message or "cancelled"
             self._push(f"“{record.prompt}” was cancelled.", Qgis.MessageLevel.Info, 5)
-        elif ok and task.outputs:
-            record.state, record.progress, record.outputs = "succeeded", 100.0, task.outputs
-            record.message = f"{len(task.outputs)} result(s) in {task.outputs[0].parent}"
+        elif runner.state == "succeeded" and runner.outputs:
+            record.state, record.progress, record.outputs = "succeeded", 100.0, runner.outputs
+            record.message = f"{len(runner.outputs)} result(s) in {runner.outputs[0].parent}"
             if settings.option("add_results"):
                 self.add_results(record)
-            self._push(
-                f"“{record.prompt}” finished: {record.message}", Qgis.MessageLevel.Success, 5
-            )
+            if record.warnings:
+                text = "; ".join(record.warnings)
+                self._push(
+                    f"“{record.prompt}” finished with warnings: {text}",
+                    Qgis.MessageLevel.Warning,
+                    15,
+                )
+            else:
+                self._push(
+                    f"“{record.prompt}” finished: {record.message}", Qgis.MessageLevel.Success, 5
+                )
         else:
-            record.state, record.message = "failed", task.error or "the job failed"
+            record.state, record.message = "failed", runner.message or "the job failed"
             self._push(f"“{record.prompt}” failed: {record.message}", Qgis.MessageLevel.Critical, 0)
         QgsMessageLog.logMessage(f"job {record.key} {record.state}: {record.message}", LOG_TAG)
         self.jobChanged.emit(record)
@@ -242,6 +202,8 @@ class JobManager(QObject):
             layer = add_result_layer(path, job_settings, source, project)
             layers.append(layer)
         record.layers = [layer.id() for layer in layers]
+        if layers:
+            self.resultsAdded.emit(record, layers)
         return layers
 
     def _push(self, text, level, duration):

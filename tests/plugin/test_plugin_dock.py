@@ -14,6 +14,7 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtWidgets import QPlainTextEdit
 
 from rs_edit_plugin import area, results, settings
 from rs_edit_plugin.dock import RsEditDock
@@ -39,6 +40,8 @@ def dock(qgis_iface, project, tmp_path, fake_backend):
     canvas.refresh()
     widget = RsEditDock(qgis_iface.mainWindow(), qgis_iface)
     widget.layer_combo.setLayer(layer)
+    widget.asked = []  # what the dock asked the user; answered "Yes"
+    widget.confirm = lambda text: widget.asked.append(text) or True
     yield widget, layer, to_web
     widget.cleanup()
     wait_for(lambda: all(r.finished for r in widget.jobs.records), 20, "jobs to end")
@@ -105,6 +108,16 @@ def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_ifa
     widget.add_button.click()
     assert len(group.findLayers()) == 2
 
+    # The backend's warning (tiny-random: random CLIP weights) and report, from the row.
+    assert "(1 warning(s))" in item.text(1)
+    assert "random weights" in item.toolTip(0) and "CLIP similarity after" in item.toolTip(0)
+    actions = {text: enabled for text, _slot, enabled in widget.job_actions(record)}
+    assert actions == {"Details…": True, "Add result": True, "Cancel": False}
+    dialog = widget.show_details(record)
+    text = dialog.findChild(QPlainTextEdit, "jobDetailsText").toPlainText()
+    assert "random weights" in text and "clip_similarity_input" in text
+    dialog.close()
+
 
 def test_cancel_button(dock, fake_backend):
     widget, _layer, to_web = dock
@@ -119,6 +132,25 @@ def test_cancel_button(dock, fake_backend):
     assert record.state == "cancelled" and fake_backend.deleted == [record.job_id]
     assert widget.job_tree.topLevelItem(0).text(1) == "cancelled"
     assert fake_backend.jobs[record.job_id].mask is None  # whole area: no mask sent
+
+
+def test_whole_area_edits_are_confirmed_first(dock, fake_backend):
+    """Map extent + "The whole area": the whole tile would be regenerated; the dock asks."""
+    widget, _layer, to_web = dock
+    widget.prompt_edit.setText("a new road")
+    widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("whole"))
+    widget.confirm = lambda text: widget.asked.append(text) or False  # "No"
+    assert widget.start_job() is None and not fake_backend.jobs
+    assert len(widget.asked) == 1
+    assert "whole area sent" in widget.asked[0] and "px of scene" in widget.asked[0]
+    assert "there is no ROI" in widget.asked[0]
+
+    draw_square(widget, to_web)  # 10 x 10 px of a 40 x 35 px area: no question
+    widget.asked.clear()
+    record = widget.start_job()
+    assert record is not None and widget.asked == []
+    assert record.request.roi_share() < 0.1
+    widget.jobs.cancel(record)
 
 
 def test_problems_are_reported_before_a_job_starts(dock, qgis_iface, project):
@@ -301,3 +333,48 @@ def test_wheel_still_changes_a_focused_combo(dock):
     combo.hasFocus = lambda: True  # offscreen windows never get focus; the guard asks this
     wheel_down(combo)
     assert combo.currentIndex() == 1
+
+
+def test_dock_opens_wide_enough_for_its_form(dock, qgis_iface):
+    """QGIS opened the dock 298 px wide for 519 px of content: fields cut off."""
+    from qgis.PyQt.QtCore import QCoreApplication, Qt
+
+    widget, _layer, _to_web = dock
+    qgis_iface.mainWindow().addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, widget)
+    widget.show()
+    widget.resize(150, 700)  # as narrow as a user (or QGIS's saved state) may make it
+    QCoreApplication.processEvents()
+    scroll = widget.widget()
+    need = widget.body.minimumSizeHint().width()
+    assert need < 450  # long combo items and labels wrap instead of widening the dock
+    assert widget.width() >= need and scroll.viewport().width() >= need
+    assert widget.body.width() >= need  # nothing cut off
+    assert scroll.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    # The job list is reachable: in the scrolled form, below the Edit button.
+    assert widget.body.isAncestorOf(widget.job_tree)
+    qgis_iface.mainWindow().removeDockWidget(widget)
+
+
+def test_overlays_make_way_for_the_result_and_can_be_cleared(dock, project, fake_backend):
+    """The red ROI polygons and the blue area tint covered the edited pixels, and the tint
+    could not be removed at all."""
+    widget, _layer, to_web = dock
+    draw_square(widget, to_web)
+    rect = to_web.transformBoundingBox(QgsRectangle(utm(8, 25), utm(30, 6)))
+    widget.rectangle_tool.band.setToGeometry(QgsGeometry.fromRect(rect), WEB)  # as dragged
+    widget.set_rectangle(rect, WEB)
+    polygons, tint = widget.polygon_tool.shown, widget.rectangle_tool.band
+    assert polygons.isVisible() and tint.isVisible() and tint.numberOfVertices() > 0
+    widget.prompt_edit.setText("flooded fields")
+    record = widget.start_job()
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded" and record.layers
+    assert not polygons.isVisible() and not tint.isVisible()  # the result shows
+    assert widget.overlay_button.text() == "Show overlays"
+    assert len(widget.polygon_tool.polygons) == 1  # kept for the next job
+    widget.overlay_button.click()
+    assert polygons.isVisible() and tint.isVisible()
+
+    widget.clear_button.click()
+    assert widget.polygon_tool.polygons == [] and widget.rectangle is None
+    assert tint.numberOfVertices() == 0 and polygons.numberOfVertices() == 0
