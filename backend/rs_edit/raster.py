@@ -187,21 +187,12 @@ def _check_complete(src, path: str) -> None:
     small = small <= _HEAVY_READ_LIMIT
     if src.driver == "GTiff":
         size = os.path.getsize(path)
-        for bidx in range(1, src.count + 1):
-            rows, cols = _block_grid(src, bidx)
-            for j in range(rows):
-                for i in range(cols):
-                    offset = src.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=bidx)
-                    nbytes = src.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=bidx)
-                    if offset is None or nbytes is None:
-                        continue
-                    if int(offset) + int(nbytes) > size:
-                        raise RasterError(
-                            f"raster is truncated or corrupt (block {i},{j} of band {bidx} lies "
-                            f"past the end of the file): {path}"
-                        )
-            if src.interleaving is not None and src.interleaving.name == "pixel":
-                break  # pixel-interleaved: all bands share the blocks of band 1
+        for bidx, i, j, offset, nbytes in _tiff_blocks(src):
+            if offset + nbytes > size:
+                raise RasterError(
+                    f"raster is truncated or corrupt (block {i},{j} of band {bidx} lies "
+                    f"past the end of the file): {path}"
+                )
         if small and src.compression is not None:
             _check_blocks(src, path)
     elif small:
