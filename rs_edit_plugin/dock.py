@@ -13,6 +13,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsRasterBandComboBox
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QEvent, QObject, Qt
 from qgis.PyQt.QtWidgets import (
     QAbstractSpinBox,
@@ -80,6 +81,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.iface = iface
         self.rectangle = None  # (QgsRectangle, crs) of the drawn area
         self.health: Health | None = None
+        self.listed_url = ""  # the backend whose jobs were listed last
         canvas = self.canvas()
         self.polygon_tool = PolygonTool(canvas) if canvas is not None else None
         self.rectangle_tool = RectangleTool(canvas) if canvas is not None else None
@@ -108,11 +110,14 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.visibilityChanged.connect(self._visibility_changed)
         self.layer_combo.layerChanged.connect(self._layer_changed)
         self._layer_changed(self.layer_combo.currentLayer())
+        self._previous_tool = None  # the map tool to go back to after drawing
         if self.polygon_tool is not None:
             self.polygon_tool.polygonsChanged.connect(self._polygons_changed)
-            self.rectangle_tool.rectangleDrawn.connect(self.set_rectangle)
+            self.polygon_tool.polygonFinished.connect(self._polygon_finished)
+            self.rectangle_tool.rectangleDrawn.connect(self._rectangle_drawn)
         self.jobs.jobAdded.connect(self._job_added)
         self.jobs.jobChanged.connect(self._job_changed)
+        self.jobs.jobRemoved.connect(self._job_removed)
         self.jobs.resultsAdded.connect(self._results_added)
         self.overlays_visible = True
 
@@ -350,7 +355,15 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         url = settings.backend_url()
         if self.url_edit.text() != url:
             self.url_edit.setText(url)
+        if url != self.listed_url:  # another backend: list its jobs
+            self.reload_jobs()
         return url
+
+    def reload_jobs(self) -> None:
+        """List the backend's jobs in the job list (earlier sessions' too)."""
+        url = settings.backend_url()
+        if self.jobs.load_history(url, settings.token()):
+            self.listed_url = url
 
     def check_backend(self) -> Health:
         """Run the health check now and show its outcome."""
@@ -375,8 +388,10 @@ class RsEditDock(JobListMixin, QgsDockWidget):
     def _visibility_changed(self, visible):
         if visible:
             self.monitor.start()
+            self.reload_jobs()
         else:
             self.monitor.stop()
+            self.jobs.stop_history()
 
     def ask_token(self) -> None:
         text, ok = QInputDialog.getText(
@@ -427,18 +442,45 @@ class RsEditDock(JobListMixin, QgsDockWidget):
     def draw_rectangle(self):
         if self.rectangle_tool is not None:
             self.set_overlays_visible(True)
-            self.canvas().setMapTool(self.rectangle_tool)
+            self._use_tool(self.rectangle_tool)
 
     def set_rectangle(self, rect, crs):
         self.rectangle = (rect, QgsCoordinateReferenceSystem(crs))
         self.area_combo.setCurrentIndex(self.area_combo.findData("rectangle"))
         self.roi_label.setText(self._roi_text())
 
+    def _rectangle_drawn(self, rect, crs):
+        self.set_rectangle(rect, crs)
+        self._restore_tool(self.rectangle_tool)
+
     def draw_polygons(self):
         if self.polygon_tool is not None:
             self.roi_combo.setCurrentIndex(self.roi_combo.findData("drawn"))
             self.set_overlays_visible(True)
-            self.canvas().setMapTool(self.polygon_tool)
+            self._use_tool(self.polygon_tool)
+
+    def _polygon_finished(self):
+        self._restore_tool(self.polygon_tool)
+
+    def _use_tool(self, tool):
+        """Activate a drawing tool, remembering the map tool in use (pan, identify...)."""
+        canvas = self.canvas()
+        current = canvas.mapTool()
+        if current is not self.polygon_tool and current is not self.rectangle_tool:
+            self._previous_tool = current
+        canvas.setMapTool(tool)
+
+    def _restore_tool(self, tool):
+        """A drawing is finished: back to the map tool that was in use before it (none:
+        the drawing tool is just unset)."""
+        canvas = self.canvas()
+        if canvas is None or canvas.mapTool() is not tool:
+            return
+        previous, self._previous_tool = self._previous_tool, None
+        if previous is not None and not sip.isdeleted(previous):
+            canvas.setMapTool(previous)
+        else:
+            canvas.unsetMapTool(tool)
 
     def clear_polygons(self):
         """Remove the drawn polygons and the drawn rectangle (map overlays and choices)."""

@@ -54,9 +54,18 @@ class JobListMixin:
         item = QTreeWidgetItem(["", "", ""])
         item.setData(0, Qt.ItemDataRole.UserRole, record.key)
         self._show_job(item, record)
-        self.job_tree.insertTopLevelItem(0, item)
-        self.job_tree.setCurrentItem(item)
+        if record.listed:  # the backend's history, newest first, below this session's jobs
+            self.job_tree.addTopLevelItem(item)
+        else:
+            self.job_tree.insertTopLevelItem(0, item)
+            self.job_tree.setCurrentItem(item)
         self._update_job_buttons()
+
+    def _job_removed(self, record):
+        item = self._item(record)
+        if item is not None:
+            self.job_tree.takeTopLevelItem(self.job_tree.indexOfTopLevelItem(item))
+            self._update_job_buttons()
 
     def _item(self, record):
         for i in range(self.job_tree.topLevelItemCount()):
@@ -89,6 +98,8 @@ class JobListMixin:
         for column, text in enumerate(texts):
             item.setText(column, text)
         tip = [record.title] + ([f"backend job {record.job_id}"] if record.job_id else [])
+        if record.listed:
+            tip.append(f"listed from {record.backend}, created {record.created or '?'}")
         tip += [f"⚠ {w}" for w in record.warnings] + report.key_figures(record.report)
         if record.finished and (record.report or record.warnings):
             tip.append("Right-click: Details…")
@@ -105,13 +116,18 @@ class JobListMixin:
     def _update_job_buttons(self):
         record = self.selected_record()
         self.cancel_button.setEnabled(record is not None and not record.finished)
-        self.add_button.setEnabled(record is not None and record.state == "succeeded")
+        self.add_button.setEnabled(self._can_add(record))
+
+    @staticmethod
+    def _can_add(record) -> bool:
+        """A succeeded job whose results were downloaded (not a job only listed)."""
+        return record is not None and record.state == "succeeded" and bool(record.outputs)
 
     def job_actions(self, record):
         """(text, callable, enabled) of the job row's context menu."""
         return [
             ("Details…", lambda: self.show_details(record), record is not None),
-            ("Add result", self.add_selected, record is not None and record.state == "succeeded"),
+            ("Add result", self.add_selected, self._can_add(record)),
             ("Cancel", self.cancel_selected, record is not None and not record.finished),
         ]
 
@@ -155,5 +171,5 @@ class JobListMixin:
 
     def add_selected(self):
         record = self.selected_record()
-        if record is not None and record.state == "succeeded":
+        if self._can_add(record):
             self.jobs.add_results(record)

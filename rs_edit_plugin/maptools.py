@@ -25,9 +25,11 @@ ROI_FILL = QColor(220, 40, 40, 60)
 
 
 class PolygonTool(QgsMapTool):
-    """Draw ROI polygons; `polygonsChanged` fires whenever the finished set changes."""
+    """Draw ROI polygons; `polygonsChanged` fires whenever the finished set changes,
+    `polygonFinished` when a polygon has been finished (drawn to the end)."""
 
     polygonsChanged = pyqtSignal()
+    polygonFinished = pyqtSignal()
 
     def __init__(self, canvas):
         super().__init__(canvas)
@@ -111,6 +113,7 @@ class PolygonTool(QgsMapTool):
         self._redraw_sketch()
         self._redraw_shown()
         self.polygonsChanged.emit()
+        self.polygonFinished.emit()
         return polygon
 
     def undo(self) -> None:

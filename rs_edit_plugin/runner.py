@@ -10,14 +10,17 @@ flight use no pool thread while they wait.
                  \\-> failed, retryable: submit again (the tile is already exported)
 
 Cancelling aborts the running task or request and asks the backend to cancel the job
-(asynchronously); the runner then ends as "cancelled".
+(asynchronously); the runner then ends as "cancelled". A submission whose upload is complete
+is not aborted but waited for: the backend may have made the job already, and only its answer
+names the job to cancel (see client.BackendClient._send).
 """
 
 import contextlib
+import functools
 import json
 import time
 
-from qgis.core import QgsFeedback, QgsNetworkAccessManager, QgsTask
+from qgis.core import QgsFeedback, QgsTask
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal, pyqtSlot
 from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
@@ -25,13 +28,23 @@ from . import jobs
 from .client import (
     JOBS_PATH,
     REQUEST_TIMEOUT_MS,
-    BackendClient,
     BackendError,
     CancelledError,
     error_message,
+    send_async,
 )
 
 CANCEL_TIMEOUT_MS = 5000
+
+
+def _cancel_orphan(request: jobs.EditRequest, task, _ok) -> None:
+    """A submission that outlived its runner (plugin unload) and made a job after all:
+    cancel that job (fire and forget: the reply belongs to the network manager)."""
+    value = task.value
+    if isinstance(value, dict) and value.get("id"):
+        path = f"{JOBS_PATH}/{value['id']}"
+        reply = send_async(request.base_url, request.token, path, "DELETE", CANCEL_TIMEOUT_MS)
+        reply.finished.connect(reply.deleteLater)
 
 
 class BlockingTask(QgsTask):
@@ -180,23 +193,9 @@ class JobRunner(QObject):
     def _schedule_poll(self, seconds: float) -> None:
         self.timer.start(int(max(0.0, seconds) * 1000))
 
-    def _client(self, timeout_ms=REQUEST_TIMEOUT_MS) -> BackendClient:
-        return BackendClient(self.request.base_url, self.request.token, timeout_ms=timeout_ms)
-
     def _send_async(self, path: str, method: str, timeout_ms: int):
-        request = self._client(timeout_ms)._request(path)
-        nam = QgsNetworkAccessManager.instance()
-        if nam.cache() is not None:  # live state: never a cached answer (see client._send)
-            nam.cache().remove(request.url())
-        if method == "GET":
-            reply = nam.get(request)
-        else:
-            reply = nam.sendCustomRequest(request, method.encode())
-        guard = QTimer(reply)
-        guard.setSingleShot(True)
-        guard.timeout.connect(reply.abort)
-        guard.start(timeout_ms)
-        return reply
+        request = self.request
+        return send_async(request.base_url, request.token, path, method, timeout_ms)
 
     def _poll(self) -> None:
         if self.ended_already or self.cancelling or self.reply is not None:
@@ -332,9 +331,9 @@ class JobRunner(QObject):
         self.cancelling = True
         self.timer.stop()
         if self.task is not None:
-            self.task.done_callbacks.clear()
-            self.task.cancel()
-            self.task = None
+            task, self.task = self.task, None
+            task.done_callbacks[:] = [functools.partial(_cancel_orphan, self.request)]
+            task.cancel()
         self._abort_reply()
         if self.job_id:  # fire and forget: the reply belongs to the network manager
             reply = self._send_async(f"{JOBS_PATH}/{self.job_id}", "DELETE", CANCEL_TIMEOUT_MS)

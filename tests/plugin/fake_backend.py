@@ -85,6 +85,7 @@ class Job:
         self.status = "queued"
         self.cancelled = False
         self.interrupted = False
+        self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def advance(self, behaviour):
         """One poll: queued -> running -> succeeded (or what the behaviour says)."""
@@ -121,13 +122,15 @@ class Job:
         progress = {"queued": 0, "running": 50, "succeeded": 100}.get(self.status, 0)
         message = ""
         if self.status == "failed":
-            message = INTERRUPTED if self.interrupted else behaviour["fail_with"]
+            message = INTERRUPTED if self.interrupted else behaviour.get("fail_with", "failed")
         body = {
             "id": self.id,
             "status": self.status,
             "progress": progress,
             "stage": {"running": "training", "succeeded": "done"}.get(self.status, self.status),
             "message": message,
+            "created": self.created,
+            "options": {"prompt": self.fields.get("prompt", "")},
         }
         if self.status == "failed":
             body["retryable"] = self.interrupted
@@ -224,6 +227,13 @@ class FakeBackend:
                             **backend.behaviour.get("health", {}),
                         },
                     )
+                    return
+                listing = re.fullmatch(r"/v1/jobs(?:\?limit=(\d+))?", self.path)
+                if listing:  # GET /v1/jobs: the most recent jobs, newest first
+                    with backend.lock:
+                        newest = list(backend.jobs.values())[::-1][: int(listing.group(1) or 100)]
+                        body = {"jobs": [job.as_json(backend.behaviour) for job in newest]}
+                    self._send(200, body)
                     return
                 match = re.fullmatch(r"/v1/jobs/([^/?]+)(/result)?(?:\?variant=(\d+))?", self.path)
                 job = backend.jobs.get(match.group(1)) if match else None

@@ -216,6 +216,43 @@ def test_rectangle_drawn_on_the_map_is_the_area(dock, qgis_iface):
     canvas.unsetMapTool(tool)
 
 
+def test_drawing_returns_to_the_map_tool_used_before(dock):
+    """After a finished polygon or rectangle, the map tool in use before (pan, say) is back;
+    an unfinished polygon keeps the polygon tool."""
+    from qgis.gui import QgsMapToolPan
+
+    widget, _layer, to_web = dock
+    canvas = widget.canvas()
+    pan = QgsMapToolPan(canvas)
+    canvas.setMapTool(pan)
+    widget.draw_polygons()
+    tool = widget.polygon_tool
+    assert canvas.mapTool() is tool
+    tool.add_point(to_web.transform(utm(10.5, 10.5)))
+    tool.add_point(to_web.transform(utm(20.5, 10.5)))
+    assert tool.finish() is None  # two vertices: no polygon, keep drawing
+    assert canvas.mapTool() is tool
+    tool.add_point(to_web.transform(utm(20.5, 20.5)))
+    assert tool.finish() is not None
+    assert canvas.mapTool() is pan and len(tool.polygons) == 1
+
+    # The rectangle, and a drawing tool chosen while another one is active: still pan after.
+    widget.draw_polygons()
+    widget.draw_rectangle()
+    assert canvas.mapTool() is widget.rectangle_tool
+    rect = QgsRectangle(to_web.transform(utm(10.5, 20.5)), to_web.transform(utm(30.5, 8.5)))
+    widget.rectangle_tool.rectangleDrawn.emit(rect, WEB)
+    assert canvas.mapTool() is pan and widget.area_combo.currentData() == "rectangle"
+
+    # No map tool before: the drawing tool is unset.
+    canvas.unsetMapTool(pan)
+    widget.draw_polygons()
+    for c, r in [(30.5, 30.5), (40.5, 30.5), (40.5, 40.5)]:
+        tool.add_point(to_web.transform(utm(c, r)))
+    tool.finish()
+    assert canvas.mapTool() is None and len(tool.polygons) == 2
+
+
 def test_three_band_layers_let_the_backend_choose(dock, project, tmp_path):
     widget, _layer, _to_web = dock
     path, _data, _gt = make_geotiff(tmp_path / "rgb.tif", width=10, height=10, bands=3)
@@ -378,3 +415,98 @@ def test_overlays_make_way_for_the_result_and_can_be_cleared(dock, project, fake
     widget.clear_button.click()
     assert widget.polygon_tool.polygons == [] and widget.rectangle is None
     assert tint.numberOfVertices() == 0 and polygons.numberOfVertices() == 0
+
+
+def test_job_list_comes_back_from_the_backend(dock, fake_backend, qgis_iface):
+    """After a restart of QGIS (a new dock), the list shows the backend's jobs (GET /v1/jobs)
+    with their state, prompt and report; listed jobs that still run are followed and can be
+    cancelled; listing again (the dock opens again) adds no duplicate; another backend URL
+    lists that backend's jobs too."""
+    from fake_backend import FakeBackend, Job
+
+    before, layer, _to_web = dock  # the dock of the session before the restart
+    before.roi_combo.setCurrentIndex(before.roi_combo.findData("whole"))
+    before.prompt_edit.setText("flooded fields")
+    done = before.start_job()
+    wait_for(lambda: done.finished, 30, "the first job")
+    assert done.state == "succeeded", done.message
+    fake_backend.behaviour["hang"] = True
+    before.prompt_edit.setText("a new road")
+    running = before.start_job()
+    wait_for(lambda: running.state == "running", 20, "the second job to run")
+    fake_backend.jobs[running.job_id].polls_to_finish = 10**9  # runs on and on
+
+    fake_backend.behaviour["warnings"] = ["the LLM was not reachable"]
+    widget = RsEditDock(qgis_iface.mainWindow(), qgis_iface)  # QGIS started again
+    try:
+        widget.layer_combo.setLayer(layer)
+        widget.confirm = lambda _text: True
+        assert widget.job_tree.topLevelItemCount() == 0
+        loaded = []
+        widget.jobs.historyLoaded.connect(loaded.append)
+        widget._visibility_changed(True)  # the dock opens
+        wait_for(lambda: loaded, 10, "the job list")
+        assert loaded == [2] and widget.jobs.history_error == ""
+        tree = widget.job_tree
+        rows = [tree.topLevelItem(i) for i in range(tree.topLevelItemCount())]
+        assert [(r.text(0), r.text(2)) for r in rows] == [
+            ("a new road", "50%"),
+            ("flooded fields", "succeeded"),
+        ]
+        listed_done = widget.jobs.records[1]
+        assert listed_done.listed and listed_done.job_id == done.job_id
+        assert listed_done.warnings == ["the LLM was not reachable"]
+        assert listed_done.report["clip_similarity_edits"] == [0.2745]
+        assert "(1 warning(s))" in rows[1].text(1)
+        tree.setCurrentItem(rows[1])
+        assert not widget.add_button.isEnabled()  # nothing downloaded in this session
+
+        # A job of this session comes first; listed again (the dock opens again): no
+        # duplicate.
+        fake_backend.behaviour["hang"] = False
+        widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("whole"))
+        widget.prompt_edit.setText("burnt forest")
+        record = widget.start_job()
+        wait_for(lambda: record.finished, 30, "this session's job")
+        assert record.state == "succeeded", record.message
+        loaded.clear()
+        widget._visibility_changed(False)
+        widget._visibility_changed(True)
+        wait_for(lambda: loaded == [3], 10, "the job list again")
+        assert tree.topLevelItemCount() == 3
+        assert tree.topLevelItem(0).text(0) == "scene – burnt forest"
+
+        # The listed job still running: followed, and cancelled from the list.
+        listed_running = next(r for r in widget.jobs.records if r.job_id == running.job_id)
+        assert listed_running.listed and widget.jobs.history_timer.isActive()
+        tree.setCurrentItem(tree.topLevelItem(1))
+        assert widget.selected_record() is listed_running and widget.cancel_button.isEnabled()
+        widget.cancel_button.click()
+        wait_for(lambda: listed_running.finished, 10, "the listed job's cancel")
+        assert listed_running.state == "cancelled"
+        assert fake_backend.deleted == [running.job_id]
+        assert tree.topLevelItem(1).text(2) == "cancelled"
+        wait_for(lambda: running.finished, 10, "the earlier session's runner")  # it saw that
+        widget._visibility_changed(False)
+        assert not widget.jobs.history_timer.isActive()
+
+        # Another backend URL set: its jobs are listed too.
+        other = FakeBackend().start()
+        try:
+            other.jobs["elsewhere1"] = Job("elsewhere1", {"prompt": "dry lake"}, b"", None, 1, 1)
+            other.jobs["elsewhere1"].status = "failed"
+            loaded.clear()
+            widget.url_edit.setText(other.url)
+            widget.save_url()
+            wait_for(lambda: loaded == [1], 10, "the other backend's job list")
+            assert tree.topLevelItemCount() == 4
+            assert (tree.topLevelItem(3).text(0), tree.topLevelItem(3).text(2)) == (
+                "dry lake",
+                "failed",
+            )
+            assert widget.jobs.records[-1].backend == other.url
+        finally:
+            other.stop()
+    finally:
+        widget.cleanup()
+        widget.deleteLater()

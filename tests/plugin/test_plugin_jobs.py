@@ -3,6 +3,7 @@ result layers in the group, exact CRS/extent/pixels, cancel, errors in the messa
 the token as a Bearer header."""
 
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from qgis.core import (
     QgsRectangle,
     QgsSettings,
 )
+from qgis.PyQt.QtCore import QCoreApplication
 
 from rs_edit_plugin import jobs, results, settings
 from rs_edit_plugin.tasks import JobManager
@@ -279,6 +281,32 @@ def test_cancel_stops_the_job_on_the_backend(
     assert any("cancelled" in m for m in messages(qgis_iface, Qgis.MessageLevel.Info))
 
 
+def test_cancel_at_any_moment_of_the_submission_ends_the_job(fake_backend, scene, project, manager):
+    """Cancels landing anywhere in export + upload: every job ends as cancelled, no pool
+    thread is left waiting (QGIS's blocking requests could miss a cancel that came between
+    their two feedback connections and wait forever), and every job the backend made is
+    cancelled there."""
+    import random
+
+    layer, _data = scene
+    fake_backend.behaviour["hang"] = True
+    fake_backend.behaviour["submit_delay"] = 0.05
+    rng = random.Random(16)
+    for i in range(25):
+        record = manager.start(make_request(layer, project, f"road {i}"))
+        wait_for(lambda r=record: r.state in ("exporting", "uploading"), 20, "the submission")
+        end = time.monotonic() + rng.uniform(0, 0.03)
+        while time.monotonic() < end:
+            QCoreApplication.processEvents()
+        manager.cancel(record)
+        wait_for(lambda r=record: r.finished, 10, f"cancelled job {i}")
+        assert record.state == "cancelled", record.message
+    tasks = QgsApplication.taskManager()
+    wait_for(lambda: tasks.countActiveTasks() == 0, 5, "the tasks to end")
+    wait_for(lambda: len(fake_backend.deleted) == len(fake_backend.jobs), 5, "the DELETEs")
+    assert sorted(fake_backend.deleted) == sorted(fake_backend.jobs)
+
+
 def test_waiting_jobs_hold_no_thread(fake_backend, scene, project, manager):
     """Three jobs in flight on the backend: none holds a thread of QGIS's pool (a 2-core
     laptop has two), so the map still renders; each one can still be cancelled."""
@@ -297,6 +325,25 @@ def test_waiting_jobs_hold_no_thread(fake_backend, scene, project, manager):
     wait_for(lambda: all(r.finished for r in records), 20, "the cancelled jobs")
     assert [r.state for r in records] == ["cancelled"] * 3
     assert sorted(fake_backend.deleted) == sorted(r.job_id for r in records)
+
+
+def test_a_job_listed_while_it_was_submitted_has_one_row(fake_backend, scene, project, manager):
+    """A listing of the backend's jobs that came while a job was being submitted shows that
+    job as a listed row; once the submission names the job, that row goes."""
+    from rs_edit_plugin.tasks import JobRecord
+
+    layer, _data = scene
+    listed = JobRecord(999, "flooded fields", None, state="queued", job_id="job1")
+    listed.backend_url = fake_backend.url
+    elsewhere = JobRecord(998, "flooded fields", None, state="succeeded", job_id="job1")
+    elsewhere.backend_url = "http://127.0.0.1:1"  # the same id on another backend: kept
+    manager.records += [listed, elsewhere]
+    removed = []
+    manager.jobRemoved.connect(removed.append)
+    record = manager.start(make_request(layer, project))
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded" and record.job_id == "job1"
+    assert removed == [listed] and manager.records == [elsewhere, record]
 
 
 def test_backend_refusal_appears_in_the_message_bar(
