@@ -7,6 +7,7 @@ Calls block: they are meant for a QgsTask's worker thread (QgsNetworkAccessManag
 instance per thread) or, for the tiny health check, for a short moment on the main thread.
 """
 
+import contextlib
 import json
 import secrets
 import time
@@ -53,6 +54,14 @@ class Health:
     max_width: int = 0
     max_height: int = 0
     auth: bool = False  # the backend wants an access token
+    clip_default: str = ""  # the backend's default CLIP model
+    clip_weights: tuple = ()  # ((name, weights present), ...) as the backend reports them
+    presets: tuple = ()  # the backend's preset names ("auto" first); () from older backends
+    preset_auto: str = ""  # the preset "auto" picks on the backend's device
+
+    def clip_available(self, name: str) -> bool | None:
+        """Whether the backend has weights for CLIP `name` (None: not reported)."""
+        return dict(self.clip_weights).get(name)
 
     @property
     def summary(self) -> str:
@@ -106,6 +115,25 @@ def _int(value) -> int:
         return 0
 
 
+def _clip_weights(value) -> tuple[str, tuple]:
+    """(default, ((name, available), ...)) from the backend's clip status."""
+    if not isinstance(value, dict):
+        return "", ()
+    available = value.get("weights_available")
+    weights = ()
+    if isinstance(available, dict):
+        weights = tuple((str(k), v is True) for k, v in available.items())
+    return str(value.get("default") or ""), weights
+
+
+def _presets(value) -> tuple[tuple, str]:
+    """(names, what auto picks) from the backend's presets status; ((), "") when absent."""
+    if not isinstance(value, dict) or not isinstance(value.get("names"), list):
+        return (), ""
+    names = tuple(str(n) for n in value["names"] if isinstance(n, str) and n.strip())
+    return names, str(value.get("auto") or "")
+
+
 def parse_health(base_url: str, body) -> Health:
     if not isinstance(body, dict) or body.get("status") != "ok":
         return Health(
@@ -113,6 +141,8 @@ def parse_health(base_url: str, body) -> Health:
         )
     version, device = str(body.get("version", "?")), str(body.get("device", "?"))
     limits = body.get("limits") if isinstance(body.get("limits"), dict) else {}
+    clip_default, clip_weights = _clip_weights(body.get("clip"))
+    presets, preset_auto = _presets(body.get("presets"))
     return Health(
         True,
         f"Backend OK at {base_url}: version {version}, device {device}",
@@ -124,6 +154,10 @@ def parse_health(base_url: str, body) -> Health:
         _int(limits.get("max_width")),
         _int(limits.get("max_height")),
         bool(body.get("auth")),
+        clip_default,
+        clip_weights,
+        presets,
+        preset_auto,
     )
 
 
@@ -151,7 +185,7 @@ def check_health(
     return parse_health(base_url, body)
 
 
-def _error_message(status: int, content: bytes) -> tuple[str, str]:
+def error_message(status: int, content: bytes) -> tuple[str, str]:
     """(message, code) from an error answer: the contract's {"error": {...}} when present."""
     try:
         body = json.loads(content.decode("utf-8"))
@@ -192,9 +226,35 @@ def multipart_body(fields: dict, files: dict) -> tuple[bytes, str]:
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def _content(reply) -> bytes:
+    """What a finished reply received (nothing from an aborted one, which is closed)."""
+    return bytes(reply.readAll()) if reply.isOpen() else b""
+
+
+class _Transfer(QObject):
+    """Watches one reply from the reply's thread: when bytes last moved, and whether the
+    request's body has been sent completely."""
+
+    def __init__(self):
+        super().__init__()
+        self.moved = time.monotonic()
+        self.body_sent = False
+
+    @pyqtSlot("qint64", "qint64")
+    def uploaded(self, sent, total):
+        self.moved = time.monotonic()
+        if total > 0 and sent >= total:
+            self.body_sent = True
+
+    @pyqtSlot("qint64", "qint64")
+    def downloaded(self, _received, _total):
+        self.moved = time.monotonic()
+
+
 class BackendClient:
     """Blocking job-API calls; `feedback` (a QgsFeedback) aborts a running request when
-    cancelled, which then raises CancelledError."""
+    cancelled, which then raises CancelledError (except a submission whose upload is complete:
+    see `_send`)."""
 
     def __init__(
         self,
@@ -216,7 +276,7 @@ class BackendClient:
     def _request(self, path: str, accept: str = "application/json") -> QNetworkRequest:
         request = QNetworkRequest(QUrl(self.base_url + path))
         request.setRawHeader(b"Accept", accept.encode())
-        # Live state (health, job status): never from a cache (see `_send` for the blocking calls).
+        # Live state (health, job status): never from a cache (see `_send`).
         request.setAttribute(
             QNetworkRequest.Attribute.CacheLoadControlAttribute,
             QNetworkRequest.CacheLoadControl.AlwaysNetwork,
@@ -234,70 +294,90 @@ class BackendClient:
             raise CancelledError("cancelled")
 
     def _send(self, method: str, path: str, data: bytes = b"", content_type: str = "", **kw):
-        """Send one request and return (status, content bytes); raise for no HTTP answer."""
+        """Send one request and return (status, content bytes); raise for no HTTP answer.
+
+        A cancel aborts the request and raises CancelledError, with one exception: a POST
+        whose body has been sent completely is waited for (the backend may have made the job
+        already; its answer names the job, so that the caller can cancel it) and returned."""
         self._check_cancel()
         request = self._request(path, **kw)
         if content_type:
             request.setHeader(QNetworkRequest.KnownHeaders.ContentTypeHeader, content_type)
         nam = QgsNetworkAccessManager.instance()
         if nam.cache() is not None:
-            # Every answer is live state. QGIS's blocking calls save answers in its disk cache,
-            # and Qt then serves an old cached body for a later error answer at the same URL
-            # (an earlier server on the same port): no entry may be there when we ask.
+            # Every answer is live state: Qt could serve an old cached body for a later error
+            # answer at the same URL (an earlier server on the same port), so no entry may be
+            # there when we ask.
             nam.cache().remove(request.url())
-        if method in ("GET", "POST"):  # a QgsNetworkReplyContent: no live QObject in Python
-            if method == "GET":
-                reply = nam.blockingGet(request, "", True, self.feedback)
-            else:
-                reply = nam.blockingPost(request, data, "", True, self.feedback)
-            status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
-            error, error_string = reply.error(), reply.errorString()
-            content = bytes(reply.content())
-        else:
-            status, error, error_string, content = self._exchange(method, request, data)
-        if self.feedback is not None and self.feedback.isCanceled():
-            raise CancelledError("cancelled")
+        status, error, error_string, content = self._exchange(method, request, data)
         if status is None:
+            self._check_cancel()
             reason = error_string or "no answer"
             if error == QNetworkReply.NetworkError.OperationCanceledError:
                 reason = f"no answer within {self.timeout_ms / 1000:g} s"
             raise BackendError(
                 f"backend not reachable at {self.base_url}: {reason}. Is `rs-edit serve` running?"
             )
+        if method != "POST":
+            self._check_cancel()
         return int(status), content
 
     def _exchange(self, method: str, request: QNetworkRequest, data: bytes):
-        """Methods without a blocking helper in QGIS 3.22 (DELETE): a local event loop.
+        """One request in a local event loop on the calling thread: (status, error, error
+        string, content).
 
-        (status, error, error string, content). The loop wakes every 100 ms to look at the
-        feedback (it lives on the main thread) and the deadline. No Python callable is connected
-        to the reply: PyQt would keep its wrapper alive past the reply, and a later reply at the
-        same address could get that dead wrapper."""
+        Not QgsNetworkAccessManager's blockingGet/blockingPost with the feedback: QGIS
+        connects the feedback's `canceled` to the request twice, queued across threads, and a
+        cancel landing between the two connections deletes the reply without finishing it;
+        that blocking call then waits forever (no timeout timer left), holding its pool
+        thread. Here the loop wakes every 50 ms and looks at the feedback (a flag) itself, and
+        aborts the reply on the reply's own thread. Without bytes moving for `timeout_ms` the
+        request is aborted too (an inactivity limit: big uploads and downloads may take
+        longer). No Python callable holding the reply is connected to it: PyQt would keep its
+        wrapper alive past the reply, and a later reply at the same address could get that
+        dead wrapper."""
         nam = QgsNetworkAccessManager.instance()
-        reply = nam.sendCustomRequest(request, method.encode(), data or None)
-        deadline = time.monotonic() + self.timeout_ms / 1000
+        if method == "GET":
+            reply = nam.get(request)
+        elif method == "POST":
+            reply = nam.post(request, data)
+        else:
+            reply = nam.sendCustomRequest(request, method.encode(), data or None)
+        transfer = _Transfer()
+        reply.uploadProgress.connect(transfer.uploaded)
+        reply.downloadProgress.connect(transfer.downloaded)
         loop = QEventLoop()
         reply.finished.connect(loop.quit)
         tick = QTimer()
         tick.timeout.connect(loop.quit)
-        tick.start(100)
+        tick.start(50)
         try:
             while not reply.isFinished():
                 loop.exec_()
+                if reply.isFinished():
+                    break
                 cancelled = self.feedback is not None and self.feedback.isCanceled()
-                if (cancelled or time.monotonic() > deadline) and not reply.isFinished():
+                committed = method == "POST" and transfer.body_sent
+                idle = time.monotonic() - transfer.moved > self.timeout_ms / 1000
+                if (cancelled and not committed) or idle:
                     reply.abort()  # finishes the reply (OperationCanceledError)
         finally:
             tick.stop()
+            for signal, slot in (
+                (reply.uploadProgress, transfer.uploaded),
+                (reply.downloadProgress, transfer.downloaded),
+            ):
+                with contextlib.suppress(TypeError):
+                    signal.disconnect(slot)
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
-        answer = (status, reply.error(), reply.errorString(), bytes(reply.readAll()))
+        answer = (status, reply.error(), reply.errorString(), _content(reply))
         reply.deleteLater()
         return answer
 
     def _checked(self, method: str, path: str, what: str, **kw) -> bytes:
         status, content = self._send(method, path, **kw)
         if status >= 400:
-            message, code = _error_message(status, content)
+            message, code = error_message(status, content)
             raise BackendError(f"{what} failed: {message}", status, code)
         return content
 
@@ -324,7 +404,7 @@ class BackendClient:
         body, content_type = multipart_body(fields, files)
         status, content = self._send("POST", JOBS_PATH, body, content_type)
         if status >= 400:
-            message, code = _error_message(status, content)
+            message, code = error_message(status, content)
             raise BackendError(message, status, code)
         try:
             job = json.loads(content.decode("utf-8"))
@@ -363,8 +443,42 @@ class BackendClient:
         """DELETE /v1/jobs/{id}; the job may already be finished (not an error)."""
         status, content = self._send("DELETE", f"{JOBS_PATH}/{job_id}")
         if status >= 400 and status not in (404, 409):
-            message, code = _error_message(status, content)
+            message, code = error_message(status, content)
             raise BackendError(f"cancelling the job failed: {message}", status, code)
+
+
+def send_async(base_url: str, token: str, path: str, method: str, timeout_ms: int):
+    """An asynchronous request (GET, DELETE, ...) to the backend, aborted after `timeout_ms`;
+    connect its `finished` to a decorated slot (see BackendClient._exchange)."""
+    client = BackendClient(base_url, token, timeout_ms=timeout_ms)
+    request = client._request(path)
+    nam = QgsNetworkAccessManager.instance()
+    if nam.cache() is not None:  # live state: never a cached answer (see BackendClient._send)
+        nam.cache().remove(request.url())
+    get = method == "GET"
+    reply = nam.get(request) if get else nam.sendCustomRequest(request, method.encode())
+    guard = QTimer(reply)
+    guard.setSingleShot(True)
+    guard.timeout.connect(reply.abort)
+    guard.start(timeout_ms)
+    return reply
+
+
+def reply_json(reply):
+    """(HTTP status or None, the answer's JSON or None, reason) of a finished reply, which
+    is then deleted later."""
+    status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
+    content = _content(reply)
+    reason = reply.errorString() or "no answer"
+    reply.deleteLater()
+    if status is None:
+        return None, None, reason
+    if int(status) >= 400:
+        return int(status), None, error_message(int(status), content)[0]
+    try:
+        return int(status), json.loads(content.decode("utf-8")), ""
+    except (UnicodeDecodeError, ValueError):
+        return int(status), None, "the backend's answer is not JSON"
 
 
 class HealthMonitor(QObject):

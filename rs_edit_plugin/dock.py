@@ -13,9 +13,9 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsRasterBandComboBox
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QEvent, QObject, Qt
 from qgis.PyQt.QtWidgets import (
-    QAbstractItemView,
     QAbstractSpinBox,
     QApplication,
     QCheckBox,
@@ -26,19 +26,21 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
     QLabel,
+    QLayout,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QScrollArea,
     QSpinBox,
-    QTreeWidget,
-    QTreeWidgetItem,
+    QStyle,
     QVBoxLayout,
     QWidget,
 )
 
-from . import area, jobs, roi, settings
+from . import area, choices, jobs, roi, settings
 from .client import Health, HealthMonitor, check_health
 from .compat import POLYGON_LAYER_FILTER, RASTER_LAYER_FILTER
+from .joblist import JobListMixin
 from .maptools import PolygonTool, RectangleTool
 from .tasks import JobManager
 
@@ -72,13 +74,14 @@ class WheelGuard(QObject):
         widget.installEventFilter(self)
 
 
-class RsEditDock(QgsDockWidget):
+class RsEditDock(JobListMixin, QgsDockWidget):
     def __init__(self, parent=None, iface=None):
         super().__init__("RS Edit", parent)
         self.setObjectName(DOCK_OBJECT_NAME)
         self.iface = iface
         self.rectangle = None  # (QgsRectangle, crs) of the drawn area
         self.health: Health | None = None
+        self.listed_url = ""  # the backend whose jobs were listed last
         canvas = self.canvas()
         self.polygon_tool = PolygonTool(canvas) if canvas is not None else None
         self.rectangle_tool = RectangleTool(canvas) if canvas is not None else None
@@ -92,25 +95,54 @@ class RsEditDock(QgsDockWidget):
         layout.addWidget(self._jobs_box(body))
         layout.addStretch(1)
         scroll = QScrollArea(self)
+        scroll.setObjectName("dockScrollArea")
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
         self.setWidget(scroll)
+        self.body = body
         self.wheel_guard = WheelGuard(self)
         for box in body.findChildren(QComboBox) + body.findChildren(QAbstractSpinBox):
             self.wheel_guard.guard(box)
+        self._fit_width(scroll, body)
 
         self.monitor = HealthMonitor(settings.backend_url, settings.token, parent=self)
         self.monitor.updated.connect(self.show_health)
         self.visibilityChanged.connect(self._visibility_changed)
         self.layer_combo.layerChanged.connect(self._layer_changed)
         self._layer_changed(self.layer_combo.currentLayer())
+        self._previous_tool = None  # the map tool to go back to after drawing
         if self.polygon_tool is not None:
             self.polygon_tool.polygonsChanged.connect(self._polygons_changed)
-            self.rectangle_tool.rectangleDrawn.connect(self.set_rectangle)
+            self.polygon_tool.polygonFinished.connect(self._polygon_finished)
+            self.rectangle_tool.rectangleDrawn.connect(self._rectangle_drawn)
         self.jobs.jobAdded.connect(self._job_added)
         self.jobs.jobChanged.connect(self._job_changed)
+        self.jobs.jobRemoved.connect(self._job_removed)
+        self.jobs.resultsAdded.connect(self._results_added)
+        self.overlays_visible = True
 
     # --- building -------------------------------------------------------------------------
+
+    def _fit_width(self, scroll, body):
+        """Open wide enough for the form (QGIS gave the dock 298 px for 519 px of content,
+        cutting the fields off): never narrower than the form, scrolling only vertically;
+        and keep the form narrow (long combo items and form rows must not widen it)."""
+        for combo in body.findChildren(QComboBox):  # long item texts must not widen the dock
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            combo.setMinimumContentsLength(4 if combo in self.band_combos else 8)
+            # Qt keeps the minimum size hint of the items already there until a style change.
+            QApplication.sendEvent(combo, QEvent(QEvent.Type.StyleChange))
+        for box_layout in body.findChildren(QLayout):
+            if isinstance(box_layout, QFormLayout):  # narrow: fields go below their labels
+                box_layout.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+            box_layout.invalidate()
+        for child in body.findChildren(QWidget):  # forget the sizes of before
+            child.updateGeometry()
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        bar = scroll.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        scroll.setMinimumWidth(body.minimumSizeHint().width() + bar + 2 * scroll.frameWidth())
 
     def _backend_box(self, parent):
         box = QGroupBox("Backend", parent)
@@ -187,8 +219,16 @@ class RsEditDock(QgsDockWidget):
         )
         self.clear_button = QPushButton("Clear", box)
         self.clear_button.setObjectName("clearPolygonsButton")
+        self.clear_button.setToolTip("Remove the drawn polygons and rectangle")
+        self.overlay_button = QPushButton("Hide overlays", box)
+        self.overlay_button.setObjectName("overlayButton")
+        self.overlay_button.setToolTip(
+            "Show or hide the drawn polygons and rectangle (kept for the next job); they are "
+            "hidden when a result is added, so that they do not cover the edited pixels"
+        )
         row.addWidget(self.draw_button)
         row.addWidget(self.clear_button)
+        row.addWidget(self.overlay_button)
         form.addRow("", row)
         self.roi_label = self._label("No polygon drawn.", "roiLabel", box)
         form.addRow("", self.roi_label)
@@ -196,6 +236,9 @@ class RsEditDock(QgsDockWidget):
         self.rectangle_button.clicked.connect(self.draw_rectangle)
         self.draw_button.clicked.connect(self.draw_polygons)
         self.clear_button.clicked.connect(self.clear_polygons)
+        self.overlay_button.clicked.connect(
+            lambda: self.set_overlays_visible(not self.overlays_visible)
+        )
         self.area_combo.currentIndexChanged.connect(
             lambda _i: settings.set_option("area_source", self.area_combo.currentData())
         )
@@ -213,8 +256,7 @@ class RsEditDock(QgsDockWidget):
         form.addRow("Prompt", self.prompt_edit)
         self.preset_combo = QComboBox(box)
         self.preset_combo.setObjectName("presetCombo")
-        self.preset_combo.addItems(settings.PRESETS)
-        self.preset_combo.setCurrentText(settings.option("preset"))
+        choices.fill_presets(self.preset_combo, None, settings.option("preset"))
         form.addRow("Preset", self.preset_combo)
         self.variants_spin = QSpinBox(box)
         self.variants_spin.setObjectName("variantsSpin")
@@ -230,8 +272,7 @@ class RsEditDock(QgsDockWidget):
         self.clip_combo = QComboBox(box)
         self.clip_combo.setObjectName("clipCombo")
         self.clip_combo.setEditable(True)  # a checkpoint path on the backend also works
-        self.clip_combo.addItems(settings.CLIP_MODELS)
-        self.clip_combo.setCurrentText(settings.option("clip"))
+        choices.fill_clips(self.clip_combo, None, settings.option("clip"))
         form.addRow("CLIP", self.clip_combo)
         self.llm_combo = QComboBox(box)
         self.llm_combo.setObjectName("llmCombo")
@@ -263,29 +304,6 @@ class RsEditDock(QgsDockWidget):
             lambda: settings.set_results_dir(self.results_edit.text())
         )
         self.add_check.toggled.connect(lambda on: settings.set_option("add_results", on))
-        return box
-
-    def _jobs_box(self, parent):
-        box = QGroupBox("Jobs", parent)
-        layout = QVBoxLayout(box)
-        self.job_tree = QTreeWidget(box)
-        self.job_tree.setObjectName("jobTree")
-        self.job_tree.setHeaderLabels(["Job", "Stage", "Progress"])
-        self.job_tree.setRootIsDecorated(False)
-        self.job_tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        layout.addWidget(self.job_tree)
-        row = QHBoxLayout()
-        self.cancel_button = QPushButton("Cancel", box)
-        self.cancel_button.setObjectName("cancelJobButton")
-        self.add_button = QPushButton("Add result", box)
-        self.add_button.setObjectName("addResultButton")
-        row.addWidget(self.cancel_button)
-        row.addWidget(self.add_button)
-        layout.addLayout(row)
-        self.cancel_button.clicked.connect(self.cancel_selected)
-        self.add_button.clicked.connect(self.add_selected)
-        self.job_tree.itemSelectionChanged.connect(self._update_job_buttons)
-        self._update_job_buttons()
         return box
 
     @staticmethod
@@ -337,7 +355,15 @@ class RsEditDock(QgsDockWidget):
         url = settings.backend_url()
         if self.url_edit.text() != url:
             self.url_edit.setText(url)
+        if url != self.listed_url:  # another backend: list its jobs
+            self.reload_jobs()
         return url
+
+    def reload_jobs(self) -> None:
+        """List the backend's jobs in the job list (earlier sessions' too)."""
+        url = settings.backend_url()
+        if self.jobs.load_history(url, settings.token()):
+            self.listed_url = url
 
     def check_backend(self) -> Health:
         """Run the health check now and show its outcome."""
@@ -355,12 +381,17 @@ class RsEditDock(QgsDockWidget):
         self.status_label.setText(health.message)
         self.status_label.setStyleSheet(OK_STYLE if health.ok else BAD_STYLE)
         self.health_label.setText(health.summary if health.ok else "")
+        if health.ok:  # what this backend can run: CLIP weights present, its presets
+            choices.fill_clips(self.clip_combo, health, choices.clip_name(self.clip_combo))
+            choices.fill_presets(self.preset_combo, health, choices.preset_name(self.preset_combo))
 
     def _visibility_changed(self, visible):
         if visible:
             self.monitor.start()
+            self.reload_jobs()
         else:
             self.monitor.stop()
+            self.jobs.stop_history()
 
     def ask_token(self) -> None:
         text, ok = QInputDialog.getText(
@@ -410,21 +441,66 @@ class RsEditDock(QgsDockWidget):
 
     def draw_rectangle(self):
         if self.rectangle_tool is not None:
-            self.canvas().setMapTool(self.rectangle_tool)
+            self.set_overlays_visible(True)
+            self._use_tool(self.rectangle_tool)
 
     def set_rectangle(self, rect, crs):
         self.rectangle = (rect, QgsCoordinateReferenceSystem(crs))
         self.area_combo.setCurrentIndex(self.area_combo.findData("rectangle"))
         self.roi_label.setText(self._roi_text())
 
+    def _rectangle_drawn(self, rect, crs):
+        self.set_rectangle(rect, crs)
+        self._restore_tool(self.rectangle_tool)
+
     def draw_polygons(self):
         if self.polygon_tool is not None:
             self.roi_combo.setCurrentIndex(self.roi_combo.findData("drawn"))
-            self.canvas().setMapTool(self.polygon_tool)
+            self.set_overlays_visible(True)
+            self._use_tool(self.polygon_tool)
+
+    def _polygon_finished(self):
+        self._restore_tool(self.polygon_tool)
+
+    def _use_tool(self, tool):
+        """Activate a drawing tool, remembering the map tool in use (pan, identify...)."""
+        canvas = self.canvas()
+        current = canvas.mapTool()
+        if current is not self.polygon_tool and current is not self.rectangle_tool:
+            self._previous_tool = current
+        canvas.setMapTool(tool)
+
+    def _restore_tool(self, tool):
+        """A drawing is finished: back to the map tool that was in use before it (none:
+        the drawing tool is just unset)."""
+        canvas = self.canvas()
+        if canvas is None or canvas.mapTool() is not tool:
+            return
+        previous, self._previous_tool = self._previous_tool, None
+        if previous is not None and not sip.isdeleted(previous):
+            canvas.setMapTool(previous)
+        else:
+            canvas.unsetMapTool(tool)
 
     def clear_polygons(self):
+        """Remove the drawn polygons and the drawn rectangle (map overlays and choices)."""
         if self.polygon_tool is not None:
             self.polygon_tool.clear()
+            self.rectangle_tool.clear()
+        self.rectangle = None
+        self.set_overlays_visible(True)
+        self.roi_label.setText(self._roi_text())
+
+    def set_overlays_visible(self, on: bool) -> None:
+        """Show or hide the plugin's overlays (ROI polygons, area tint); they stay usable."""
+        self.overlays_visible = on
+        for tool in (self.polygon_tool, self.rectangle_tool):
+            if tool is not None:
+                tool.set_visible(on)
+        self.overlay_button.setText("Hide overlays" if on else "Show overlays")
+
+    def _results_added(self, _record, _layers):
+        self.set_overlays_visible(False)  # they would cover the edited pixels
 
     def _polygons_changed(self):
         self.roi_label.setText(self._roi_text())
@@ -496,10 +572,10 @@ class RsEditDock(QgsDockWidget):
     # --- jobs -----------------------------------------------------------------------------
 
     def _save_options(self):
-        settings.set_option("preset", self.preset_combo.currentText())
+        settings.set_option("preset", choices.preset_name(self.preset_combo))
         settings.set_option("variants", self.variants_spin.value())
         settings.set_option("seed", self.seed_spin.value())
-        settings.set_option("clip", self.clip_combo.currentText())
+        settings.set_option("clip", choices.clip_name(self.clip_combo))
         settings.set_option("llm", self.llm_combo.currentText())
         settings.set_results_dir(self.results_edit.text())
 
@@ -508,9 +584,9 @@ class RsEditDock(QgsDockWidget):
         self._save_options()
         fields = jobs.job_fields(
             self.prompt_edit.text(),
-            preset=self.preset_combo.currentText(),
+            preset=choices.preset_name(self.preset_combo),
             seed=self.seed_spin.value(),
-            clip=self.clip_combo.currentText().strip(),
+            clip=choices.clip_name(self.clip_combo),
             llm=self.llm_combo.currentText(),
             variants=self.variants_spin.value(),
             rgb_bands=self.rgb_bands(),
@@ -540,70 +616,24 @@ class RsEditDock(QgsDockWidget):
         except (area.AreaError, roi.RoiError, jobs.JobError, settings.TokenError) as exc:
             self._push(f"Cannot start: {exc}", Qgis.MessageLevel.Warning)
             return None
+        large = request.large_roi_text()
+        if large and not self.confirm(
+            f"{large[0].upper()}{large[1:]}.\n\nEdit it all? (To edit a part, draw ROI "
+            "polygons, or zoom in / draw a rectangle for a smaller area.)"
+        ):
+            return None
         return self.jobs.start(request)
 
-    def _job_added(self, record):
-        item = QTreeWidgetItem(["", "", ""])
-        item.setData(0, Qt.ItemDataRole.UserRole, record.key)
-        self._show_job(item, record)
-        self.job_tree.insertTopLevelItem(0, item)
-        self.job_tree.setCurrentItem(item)
-        self._update_job_buttons()
-
-    def _item(self, record):
-        for i in range(self.job_tree.topLevelItemCount()):
-            item = self.job_tree.topLevelItem(i)
-            if item.data(0, Qt.ItemDataRole.UserRole) == record.key:
-                return item
-        return None
-
-    def _job_changed(self, record):
-        item = self._item(record)
-        if item is None:
-            return
-        self._show_job(item, record)
-        self._update_job_buttons()
-
-    @staticmethod
-    def job_row(record) -> list[str]:
-        """The row's texts: "<layer> – <prompt>"; the stage in words (with the backend's
-        message); the progress, or the end state once the job has finished."""
-        status = record.stage_text
-        if record.message and record.message != status:
-            status = f"{status}: {record.message}"
-        progress = record.state if record.finished else f"{record.progress:.0f}%"
-        return [record.title, status, progress]
-
-    def _show_job(self, item, record):
-        texts = self.job_row(record)
-        for column, text in enumerate(texts):
-            item.setText(column, text)
-        tip = record.title + (f"\nbackend job {record.job_id}" if record.job_id else "")
-        item.setToolTip(0, tip)
-        item.setToolTip(1, texts[1])
-        item.setToolTip(2, texts[2])
-
-    def selected_record(self):
-        item = self.job_tree.currentItem()
-        if item is None:
-            return None
-        key = item.data(0, Qt.ItemDataRole.UserRole)
-        return next((r for r in self.jobs.records if r.key == key), None)
-
-    def _update_job_buttons(self):
-        record = self.selected_record()
-        self.cancel_button.setEnabled(record is not None and not record.finished)
-        self.add_button.setEnabled(record is not None and record.state == "succeeded")
-
-    def cancel_selected(self):
-        record = self.selected_record()
-        if record is not None:
-            self.jobs.cancel(record)
-
-    def add_selected(self):
-        record = self.selected_record()
-        if record is not None and record.state == "succeeded":
-            self.jobs.add_results(record)
+    def confirm(self, text: str) -> bool:
+        """Ask the user (Yes/No); tests replace this."""
+        answer = QMessageBox.question(
+            self,
+            "RS Edit: edit the whole area?",
+            text,
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def browse_results(self):
         folder = QFileDialog.getExistingDirectory(

@@ -23,6 +23,9 @@ from . import area, roi, settings
 from .client import BackendClient, BackendError, CancelledError
 
 RESUBMITS = 2  # how often a job that a backend restart interrupted is submitted again
+# An ROI covering more than this share of the area sent regenerates (nearly) the whole tile:
+# the dock asks first, the Processing algorithm refuses unless told to go ahead.
+LARGE_ROI_SHARE = 0.5
 
 
 class JobError(Exception):
@@ -73,6 +76,27 @@ class EditRequest:
             return [self.out_stem.with_suffix(".tif")]
         stem = self.out_stem
         return [stem.with_name(f"{stem.name}_v{i}.tif") for i in range(1, self.variants + 1)]
+
+    def roi_share(self) -> float:
+        """The share (0-1) of the area sent that the ROI covers; 1 without an ROI."""
+        if not self.roi_wkb:
+            return 1.0
+        tile = area_geometry(self.window)
+        if tile.area() <= 0:
+            return 1.0
+        union = QgsGeometry.unaryUnion([_from_wkb(w) for w in self.roi_wkb])
+        return min(1.0, union.intersection(tile).area() / tile.area())
+
+    def large_roi_text(self) -> str:
+        """Why the edit is large: '' when the ROI covers at most LARGE_ROI_SHARE."""
+        share = self.roi_share()
+        if share <= LARGE_ROI_SHARE:
+            return ""
+        what = "there is no ROI" if not self.roi_wkb else f"the ROI covers {share:.0%} of it"
+        return (
+            f"the whole area sent ({self.window.width} x {self.window.height} px of "
+            f"{self.source.name}) is regenerated: {what}"
+        )
 
     def settings_record(self) -> dict:
         """What goes into the result layer's metadata (never the token)."""
@@ -149,6 +173,12 @@ def prepare_request(
             raise roi.RoiError("no ROI polygon: draw one on the map or select polygon features")
         in_tile = roi.transform_geometries(geometries, roi_crs or layer.crs(), window.crs, project)
         if not any(g.intersects(area_geometry(window)) for g in in_tile):
+            raster = QgsGeometry.fromRect(layer.extent())  # the window's CRS is the layer's
+            if not any(g.intersects(raster) for g in in_tile):
+                raise roi.RoiError(
+                    f"the ROI lies outside the raster {layer.name()}: draw it on the raster "
+                    "(or choose the raster layer it was drawn on)"
+                )
             raise roi.RoiError(
                 "the ROI lies outside the area: draw it inside the area, or enlarge the area"
             )
@@ -186,19 +216,8 @@ def _sleep(seconds: float, feedback: QgsFeedback) -> None:
         time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
 
-def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list[Path]:
-    """Export, rasterize, submit, poll, download; blocking. Returns the result files.
-
-    `on_update(stage, progress, job)` reports along the way (progress 0-100 overall).
-    Raises CancelledError (after asking the backend to cancel), BackendError, JobError.
-    """
-
-    def update(stage, progress, job=None):
-        feedback.setProgress(progress)
-        if on_update is not None:
-            on_update(stage, progress, job or {})
-
-    update("exporting", 1)
+def prepare_inputs(request: EditRequest, feedback: QgsFeedback | None = None) -> None:
+    """Export the tile and rasterize the ROI mask (blocking, local). Raises JobError."""
     try:
         area.export_window(
             request.source, request.window, request.tile_path, request.transform_context
@@ -214,23 +233,64 @@ def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list
             roi.write_mask(mask, request.window, mask_path)
     except (area.AreaError, roi.RoiError) as exc:
         raise JobError(str(exc)) from exc
-    if feedback.isCanceled():
+    if feedback is not None and feedback.isCanceled():
         raise CancelledError("cancelled")
 
+
+def submit_job(request: EditRequest, feedback: QgsFeedback | None = None) -> dict:
+    """POST the prepared tile (and mask); returns the backend's job JSON (with its id)."""
+    client = BackendClient(request.base_url, request.token, feedback)
+    return client.submit(request.tile_path, request.fields, request.mask_path)
+
+
+def job_progress(job: dict) -> float:
+    """The plugin's overall progress (5-95) for a backend job JSON."""
+    try:
+        backend_progress = float(job.get("progress") or 0)
+    except (TypeError, ValueError):
+        backend_progress = 0.0
+    return 5 + 0.9 * max(0.0, min(100.0, backend_progress))
+
+
+def download_results(
+    request: EditRequest, job: dict, feedback: QgsFeedback | None = None, on_progress=None
+) -> list[Path]:
+    """Download a succeeded job's results to the request's output paths (blocking)."""
+    client = BackendClient(request.base_url, request.token, feedback)
+    paths = client.result_paths(job, request.variants)
+    outputs = []
+    for i, (url_path, destination) in enumerate(zip(paths, request.output_paths(), strict=False)):
+        if on_progress is not None:
+            on_progress(95 + 5 * i / len(paths))
+        outputs.append(client.download(url_path, destination))
+    return outputs
+
+
+def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list[Path]:
+    """Export, rasterize, submit, poll, download; blocking (the Processing algorithm runs it in
+    Processing's own task; the dock's jobs poll from the main thread, see runner.py).
+
+    `on_update(stage, progress, job)` reports along the way (progress 0-100 overall).
+    Raises CancelledError (after asking the backend to cancel), BackendError, JobError.
+    """
+
+    def update(stage, progress, job=None):
+        feedback.setProgress(progress)
+        if on_update is not None:
+            on_update(stage, progress, job or {})
+
+    update("exporting", 1)
+    prepare_inputs(request, feedback)
     client = BackendClient(request.base_url, request.token, feedback)
     update("uploading", 3)
-    job = client.submit(request.tile_path, request.fields, request.mask_path)
+    job = submit_job(request, feedback)
     job_id = str(job["id"])
     update("queued", 5, job)
     resubmits, down_since = 0, None
     try:
         while True:
             status = str(job.get("status", ""))
-            try:
-                backend_progress = float(job.get("progress") or 0)
-            except (TypeError, ValueError):
-                backend_progress = 0.0
-            progress = 5 + 0.9 * max(0.0, min(100.0, backend_progress))
+            progress = job_progress(job)
             update(status or "queued", progress, job)
             if status == "succeeded":
                 break
@@ -238,11 +298,11 @@ def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list
                 # A backend restart interrupted it: the same request is good to send again.
                 resubmits += 1
                 update("uploading", 3, {**job, "message": "backend restarted: submitting again"})
-                job = client.submit(request.tile_path, request.fields, request.mask_path)
+                job = submit_job(request, feedback)
                 job_id = str(job["id"])
                 continue
             if status == "failed":
-                raise BackendError(_job_message(job) or "the backend reported a failed job")
+                raise BackendError(job_message(job) or "the backend reported a failed job")
             if status == "cancelled":
                 raise CancelledError("the job was cancelled on the backend")
             _sleep(request.poll_interval_s, feedback)
@@ -257,13 +317,7 @@ def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list
                 waiting = f"waiting for the backend to come back ({exc})"
                 update(status or "queued", progress, {**job, "message": waiting})
 
-        outputs = []
-        paths = client.result_paths(job, request.variants)
-        for i, (url_path, destination) in enumerate(
-            zip(paths, request.output_paths(), strict=False)
-        ):
-            update("downloading", 95 + 5 * i / len(paths), job)
-            outputs.append(client.download(url_path, destination))
+        outputs = download_results(request, job, feedback, lambda p: update("downloading", p, job))
     except CancelledError:
         cancel_remote(request, job_id)
         raise
@@ -277,7 +331,7 @@ def _from_wkb(wkb: bytes) -> QgsGeometry:
     return geometry
 
 
-def _job_message(job: dict) -> str:
+def job_message(job: dict) -> str:
     error = job.get("error")
     if isinstance(error, dict) and error.get("message"):
         return str(error["message"])

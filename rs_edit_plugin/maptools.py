@@ -25,9 +25,11 @@ ROI_FILL = QColor(220, 40, 40, 60)
 
 
 class PolygonTool(QgsMapTool):
-    """Draw ROI polygons; `polygonsChanged` fires whenever the finished set changes."""
+    """Draw ROI polygons; `polygonsChanged` fires whenever the finished set changes,
+    `polygonFinished` when a polygon has been finished (drawn to the end)."""
 
     polygonsChanged = pyqtSignal()
+    polygonFinished = pyqtSignal()
 
     def __init__(self, canvas):
         super().__init__(canvas)
@@ -90,6 +92,7 @@ class PolygonTool(QgsMapTool):
         point = QgsPointXY(point)
         if self.points and self.points[-1] == point:
             return  # a double-click's second press
+        self.set_visible(True)  # drawing again: show what there is
         self.points.append(point)
         self._redraw_sketch()
 
@@ -110,6 +113,7 @@ class PolygonTool(QgsMapTool):
         self._redraw_sketch()
         self._redraw_shown()
         self.polygonsChanged.emit()
+        self.polygonFinished.emit()
         return polygon
 
     def undo(self) -> None:
@@ -157,6 +161,11 @@ class PolygonTool(QgsMapTool):
             union = QgsGeometry.collectGeometry([QgsGeometry(g) for g in self.polygons])
             self.shown.setToGeometry(union, self.crs)
 
+    def set_visible(self, on: bool) -> None:
+        """Show or hide the polygons (kept either way)."""
+        for band in (self.sketch, self.shown):
+            band.setVisible(on)
+
     def remove_bands(self):
         """Take the rubber bands off the canvas (plugin unload)."""
         for band in (self.sketch, self.shown):
@@ -185,6 +194,7 @@ class RectangleTool(QgsMapTool):
     def canvasPressEvent(self, event):
         if event.button() == Qt.MouseButton.LeftButton:
             self.start = QgsPointXY(event.mapPoint())
+            self.band.setVisible(True)
 
     def canvasMoveEvent(self, event):
         if self.start is None:
@@ -206,11 +216,18 @@ class RectangleTool(QgsMapTool):
 
     def keyPressEvent(self, event):
         if event.key() == Qt.Key.Key_Escape:
-            self.start = None
-            self.band.reset(POLYGON_GEOMETRY)
+            self.clear()
             event.accept()
         else:
             event.ignore()
+
+    def clear(self):
+        """Abandon a drag and take the rectangle's tint off the map."""
+        self.start = None
+        self.band.reset(POLYGON_GEOMETRY)
+
+    def set_visible(self, on: bool) -> None:
+        self.band.setVisible(on)
 
     def remove_bands(self):
         self.band.reset(POLYGON_GEOMETRY)

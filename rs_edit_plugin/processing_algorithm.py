@@ -9,6 +9,7 @@ from osgeo import gdal
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -24,7 +25,7 @@ from . import settings
 from .area import AreaError
 from .client import BackendError, CancelledError
 from .compat import NUMBER_INTEGER, PARAMETER_ADVANCED, SOURCE_POLYGON
-from .jobs import JobError, job_fields, prepare_request, run_job
+from .jobs import LARGE_ROI_SHARE, JobError, job_fields, prepare_request, run_job
 from .roi import RoiError
 
 ALGORITHM_ID = "editraster"
@@ -38,6 +39,7 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
     PRESET = "PRESET"
     SEED = "SEED"
     CLIP = "CLIP"
+    EDIT_ALL = "EDIT_ALL"
     BACKEND_URL = "BACKEND_URL"
     OUTPUT = "OUTPUT"
 
@@ -63,7 +65,9 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
             "match the prompt, and writes the result with the layer's CRS and grid. Pixels "
             "outside the ROI are unchanged. The backend (`rs-edit serve`) must be running; its "
             "URL comes from the RS Edit settings unless given here. Without an extent the whole "
-            "layer is sent; without an ROI layer the whole area is edited."
+            "layer is sent. An ROI covering more than half of the area sent (or no ROI: the whole "
+            "area) regenerates the whole tile, which is refused unless 'Edit the whole area' is "
+            "checked."
         )
 
     def initAlgorithm(self, config=None):
@@ -76,12 +80,19 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 self.ROI,
-                "ROI polygons (default: the whole area)",
+                "ROI polygons (without: the whole area, see 'Edit the whole area')",
                 [SOURCE_POLYGON],
                 optional=True,
             )
         )
         self.addParameter(QgsProcessingParameterString(self.PROMPT, "Prompt"))
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.EDIT_ALL,
+                "Edit the whole area (allow an ROI covering more than half of the area, or none)",
+                defaultValue=False,
+            )
+        )
         self.addParameter(
             QgsProcessingParameterEnum(
                 self.PRESET,
@@ -151,6 +162,15 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
                 out_dir=work,
                 project=context.project(),
             )
+            large = request.large_roi_text()
+            if large and not self.parameterAsBoolean(parameters, self.EDIT_ALL, context):
+                raise QgsProcessingException(
+                    f"{large}. Give ROI polygons covering at most "
+                    f"{LARGE_ROI_SHARE:.0%} of the area, or set {self.EDIT_ALL} "
+                    "('Edit the whole area') to edit it all"
+                )
+            if large:
+                feedback.pushWarning(f"{large} (Edit the whole area is set)")
             stem = output.with_suffix("") if as_tiff else work / "result"
             request = dataclasses.replace(request, out_stem=stem, work_dir=work)
             feedback.pushInfo(

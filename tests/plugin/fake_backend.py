@@ -14,6 +14,7 @@ import json
 import re
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -84,6 +85,7 @@ class Job:
         self.status = "queued"
         self.cancelled = False
         self.interrupted = False
+        self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def advance(self, behaviour):
         """One poll: queued -> running -> succeeded (or what the behaviour says)."""
@@ -103,20 +105,39 @@ class Job:
             else:
                 self.status = "succeeded"
 
+    def report(self):
+        return {
+            "clip": self.fields.get("clip", ""),
+            "clip_random": self.fields.get("clip") == "tiny-random",
+            "preset": self.fields.get("preset", DEFAULT_PRESET),
+            "prompt_source": "templates",
+            "prompt_note": "using the built-in remote-sensing templates (8 templates)",
+            "clip_similarity_input": 0.2113,
+            "clip_similarity_edits": [0.2745],
+            "model_cached": False,
+            "job_seconds": 1.5,
+        }
+
     def as_json(self, behaviour):
         progress = {"queued": 0, "running": 50, "succeeded": 100}.get(self.status, 0)
         message = ""
         if self.status == "failed":
-            message = INTERRUPTED if self.interrupted else behaviour["fail_with"]
+            message = INTERRUPTED if self.interrupted else behaviour.get("fail_with", "failed")
         body = {
             "id": self.id,
             "status": self.status,
             "progress": progress,
             "stage": {"running": "training", "succeeded": "done"}.get(self.status, self.status),
             "message": message,
+            "created": self.created,
+            "options": {"prompt": self.fields.get("prompt", "")},
         }
         if self.status == "failed":
             body["retryable"] = self.interrupted
+        if self.status == "succeeded":  # as rs-edit serve reports a finished job
+            body["report"] = behaviour.get("report", self.report())
+            if behaviour.get("warnings"):
+                body["warnings"] = list(behaviour["warnings"])
         variants = int(self.fields.get("variants", 1))
         if self.status == "succeeded" and variants > 1:  # as rs-edit serve lists them
             base = f"/v1/jobs/{self.id}/result"
@@ -126,7 +147,9 @@ class Job:
 
 class FakeBackend:
     """Start with `FakeBackend().start()`; `url`, `jobs`, `requests` and `behaviour` are there
-    for the tests (behaviour keys: hang, fail_with, submit_error, polls_to_finish, token,
+    for the tests (behaviour keys: hang, fail_with, submit_error, submit_delay (seconds),
+    polls_to_finish, token, report and warnings (of a succeeded job), health (keys that
+    replace those of the health answer),
     interrupt_jobs: that many jobs fail as if a restart interrupted them, drop_polls: that many
     status polls get no HTTP answer)."""
 
@@ -187,12 +210,30 @@ class FakeBackend:
                             "device": "cpu",
                             "clip": {
                                 "default": "RemoteCLIP-ViT-B-32",
-                                "weights_available": {"RemoteCLIP-ViT-B-32": False},
+                                "weights_available": {
+                                    "tiny-random": True,
+                                    "RemoteCLIP-ViT-B-32": False,
+                                    "RemoteCLIP-RN50": False,
+                                    "RemoteCLIP-ViT-L-14": False,
+                                },
                             },
                             "llm": {"openai": False},
                             "limits": {"max_pixels": 400_000_000, "max_width": 40_000},
+                            "presets": {
+                                "default": DEFAULT_PRESET,
+                                "auto": "fast",
+                                "names": list(PRESETS),
+                            },
+                            **backend.behaviour.get("health", {}),
                         },
                     )
+                    return
+                listing = re.fullmatch(r"/v1/jobs(?:\?limit=(\d+))?", self.path)
+                if listing:  # GET /v1/jobs: the most recent jobs, newest first
+                    with backend.lock:
+                        newest = list(backend.jobs.values())[::-1][: int(listing.group(1) or 100)]
+                        body = {"jobs": [job.as_json(backend.behaviour) for job in newest]}
+                    self._send(200, body)
                     return
                 match = re.fullmatch(r"/v1/jobs/([^/?]+)(/result)?(?:\?variant=(\d+))?", self.path)
                 job = backend.jobs.get(match.group(1)) if match else None
@@ -240,6 +281,8 @@ class FakeBackend:
                 if self.path != "/v1/jobs":
                     self._error(404, "not_found", "no such route")
                     return
+                if backend.behaviour.get("submit_delay"):  # a slow upload
+                    time.sleep(backend.behaviour["submit_delay"])
                 if backend.behaviour.get("submit_error"):
                     status, message = backend.behaviour["submit_error"]
                     self._error(status, "bad_input", message)

@@ -14,6 +14,7 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtWidgets import QPlainTextEdit
 
 from rs_edit_plugin import area, results, settings
 from rs_edit_plugin.dock import RsEditDock
@@ -39,6 +40,8 @@ def dock(qgis_iface, project, tmp_path, fake_backend):
     canvas.refresh()
     widget = RsEditDock(qgis_iface.mainWindow(), qgis_iface)
     widget.layer_combo.setLayer(layer)
+    widget.asked = []  # what the dock asked the user; answered "Yes"
+    widget.confirm = lambda text: widget.asked.append(text) or True
     yield widget, layer, to_web
     widget.cleanup()
     wait_for(lambda: all(r.finished for r in widget.jobs.records), 20, "jobs to end")
@@ -105,6 +108,16 @@ def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_ifa
     widget.add_button.click()
     assert len(group.findLayers()) == 2
 
+    # The backend's warning (tiny-random: random CLIP weights) and report, from the row.
+    assert "(1 warning(s))" in item.text(1)
+    assert "random weights" in item.toolTip(0) and "CLIP similarity after" in item.toolTip(0)
+    actions = {text: enabled for text, _slot, enabled in widget.job_actions(record)}
+    assert actions == {"Details…": True, "Add result": True, "Cancel": False}
+    dialog = widget.show_details(record)
+    text = dialog.findChild(QPlainTextEdit, "jobDetailsText").toPlainText()
+    assert "random weights" in text and "clip_similarity_input" in text
+    dialog.close()
+
 
 def test_cancel_button(dock, fake_backend):
     widget, _layer, to_web = dock
@@ -119,6 +132,25 @@ def test_cancel_button(dock, fake_backend):
     assert record.state == "cancelled" and fake_backend.deleted == [record.job_id]
     assert widget.job_tree.topLevelItem(0).text(1) == "cancelled"
     assert fake_backend.jobs[record.job_id].mask is None  # whole area: no mask sent
+
+
+def test_whole_area_edits_are_confirmed_first(dock, fake_backend):
+    """Map extent + "The whole area": the whole tile would be regenerated; the dock asks."""
+    widget, _layer, to_web = dock
+    widget.prompt_edit.setText("a new road")
+    widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("whole"))
+    widget.confirm = lambda text: widget.asked.append(text) or False  # "No"
+    assert widget.start_job() is None and not fake_backend.jobs
+    assert len(widget.asked) == 1
+    assert "whole area sent" in widget.asked[0] and "px of scene" in widget.asked[0]
+    assert "there is no ROI" in widget.asked[0]
+
+    draw_square(widget, to_web)  # 10 x 10 px of a 40 x 35 px area: no question
+    widget.asked.clear()
+    record = widget.start_job()
+    assert record is not None and widget.asked == []
+    assert record.request.roi_share() < 0.1
+    widget.jobs.cancel(record)
 
 
 def test_problems_are_reported_before_a_job_starts(dock, qgis_iface, project):
@@ -182,6 +214,43 @@ def test_rectangle_drawn_on_the_map_is_the_area(dock, qgis_iface):
     window = area.window_for_extent(layer, extent, crs)
     assert (window.xoff, window.yoff, window.width, window.height) == (10, 8, 21, 13)
     canvas.unsetMapTool(tool)
+
+
+def test_drawing_returns_to_the_map_tool_used_before(dock):
+    """After a finished polygon or rectangle, the map tool in use before (pan, say) is back;
+    an unfinished polygon keeps the polygon tool."""
+    from qgis.gui import QgsMapToolPan
+
+    widget, _layer, to_web = dock
+    canvas = widget.canvas()
+    pan = QgsMapToolPan(canvas)
+    canvas.setMapTool(pan)
+    widget.draw_polygons()
+    tool = widget.polygon_tool
+    assert canvas.mapTool() is tool
+    tool.add_point(to_web.transform(utm(10.5, 10.5)))
+    tool.add_point(to_web.transform(utm(20.5, 10.5)))
+    assert tool.finish() is None  # two vertices: no polygon, keep drawing
+    assert canvas.mapTool() is tool
+    tool.add_point(to_web.transform(utm(20.5, 20.5)))
+    assert tool.finish() is not None
+    assert canvas.mapTool() is pan and len(tool.polygons) == 1
+
+    # The rectangle, and a drawing tool chosen while another one is active: still pan after.
+    widget.draw_polygons()
+    widget.draw_rectangle()
+    assert canvas.mapTool() is widget.rectangle_tool
+    rect = QgsRectangle(to_web.transform(utm(10.5, 20.5)), to_web.transform(utm(30.5, 8.5)))
+    widget.rectangle_tool.rectangleDrawn.emit(rect, WEB)
+    assert canvas.mapTool() is pan and widget.area_combo.currentData() == "rectangle"
+
+    # No map tool before: the drawing tool is unset.
+    canvas.unsetMapTool(pan)
+    widget.draw_polygons()
+    for c, r in [(30.5, 30.5), (40.5, 30.5), (40.5, 40.5)]:
+        tool.add_point(to_web.transform(utm(c, r)))
+    tool.finish()
+    assert canvas.mapTool() is None and len(tool.polygons) == 2
 
 
 def test_three_band_layers_let_the_backend_choose(dock, project, tmp_path):
@@ -301,3 +370,143 @@ def test_wheel_still_changes_a_focused_combo(dock):
     combo.hasFocus = lambda: True  # offscreen windows never get focus; the guard asks this
     wheel_down(combo)
     assert combo.currentIndex() == 1
+
+
+def test_dock_opens_wide_enough_for_its_form(dock, qgis_iface):
+    """QGIS opened the dock 298 px wide for 519 px of content: fields cut off."""
+    from qgis.PyQt.QtCore import QCoreApplication, Qt
+
+    widget, _layer, _to_web = dock
+    qgis_iface.mainWindow().addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, widget)
+    widget.show()
+    widget.resize(150, 700)  # as narrow as a user (or QGIS's saved state) may make it
+    QCoreApplication.processEvents()
+    scroll = widget.widget()
+    need = widget.body.minimumSizeHint().width()
+    assert need < 450  # long combo items and labels wrap instead of widening the dock
+    assert widget.width() >= need and scroll.viewport().width() >= need
+    assert widget.body.width() >= need  # nothing cut off
+    assert scroll.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    # The job list is reachable: in the scrolled form, below the Edit button.
+    assert widget.body.isAncestorOf(widget.job_tree)
+    qgis_iface.mainWindow().removeDockWidget(widget)
+
+
+def test_overlays_make_way_for_the_result_and_can_be_cleared(dock, project, fake_backend):
+    """The red ROI polygons and the blue area tint covered the edited pixels, and the tint
+    could not be removed at all."""
+    widget, _layer, to_web = dock
+    draw_square(widget, to_web)
+    rect = to_web.transformBoundingBox(QgsRectangle(utm(8, 25), utm(30, 6)))
+    widget.rectangle_tool.band.setToGeometry(QgsGeometry.fromRect(rect), WEB)  # as dragged
+    widget.set_rectangle(rect, WEB)
+    polygons, tint = widget.polygon_tool.shown, widget.rectangle_tool.band
+    assert polygons.isVisible() and tint.isVisible() and tint.numberOfVertices() > 0
+    widget.prompt_edit.setText("flooded fields")
+    record = widget.start_job()
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded" and record.layers
+    assert not polygons.isVisible() and not tint.isVisible()  # the result shows
+    assert widget.overlay_button.text() == "Show overlays"
+    assert len(widget.polygon_tool.polygons) == 1  # kept for the next job
+    widget.overlay_button.click()
+    assert polygons.isVisible() and tint.isVisible()
+
+    widget.clear_button.click()
+    assert widget.polygon_tool.polygons == [] and widget.rectangle is None
+    assert tint.numberOfVertices() == 0 and polygons.numberOfVertices() == 0
+
+
+def test_job_list_comes_back_from_the_backend(dock, fake_backend, qgis_iface):
+    """After a restart of QGIS (a new dock), the list shows the backend's jobs (GET /v1/jobs)
+    with their state, prompt and report; listed jobs that still run are followed and can be
+    cancelled; listing again (the dock opens again) adds no duplicate; another backend URL
+    lists that backend's jobs too."""
+    from fake_backend import FakeBackend, Job
+
+    before, layer, _to_web = dock  # the dock of the session before the restart
+    before.roi_combo.setCurrentIndex(before.roi_combo.findData("whole"))
+    before.prompt_edit.setText("flooded fields")
+    done = before.start_job()
+    wait_for(lambda: done.finished, 30, "the first job")
+    assert done.state == "succeeded", done.message
+    fake_backend.behaviour["hang"] = True
+    before.prompt_edit.setText("a new road")
+    running = before.start_job()
+    wait_for(lambda: running.state == "running", 20, "the second job to run")
+    fake_backend.jobs[running.job_id].polls_to_finish = 10**9  # runs on and on
+
+    fake_backend.behaviour["warnings"] = ["the LLM was not reachable"]
+    widget = RsEditDock(qgis_iface.mainWindow(), qgis_iface)  # QGIS started again
+    try:
+        widget.layer_combo.setLayer(layer)
+        widget.confirm = lambda _text: True
+        assert widget.job_tree.topLevelItemCount() == 0
+        loaded = []
+        widget.jobs.historyLoaded.connect(loaded.append)
+        widget._visibility_changed(True)  # the dock opens
+        wait_for(lambda: loaded, 10, "the job list")
+        assert loaded == [2] and widget.jobs.history_error == ""
+        tree = widget.job_tree
+        rows = [tree.topLevelItem(i) for i in range(tree.topLevelItemCount())]
+        assert [(r.text(0), r.text(2)) for r in rows] == [
+            ("a new road", "50%"),
+            ("flooded fields", "succeeded"),
+        ]
+        listed_done = widget.jobs.records[1]
+        assert listed_done.listed and listed_done.job_id == done.job_id
+        assert listed_done.warnings == ["the LLM was not reachable"]
+        assert listed_done.report["clip_similarity_edits"] == [0.2745]
+        assert "(1 warning(s))" in rows[1].text(1)
+        tree.setCurrentItem(rows[1])
+        assert not widget.add_button.isEnabled()  # nothing downloaded in this session
+
+        # A job of this session comes first; listed again (the dock opens again): no
+        # duplicate.
+        fake_backend.behaviour["hang"] = False
+        widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("whole"))
+        widget.prompt_edit.setText("burnt forest")
+        record = widget.start_job()
+        wait_for(lambda: record.finished, 30, "this session's job")
+        assert record.state == "succeeded", record.message
+        loaded.clear()
+        widget._visibility_changed(False)
+        widget._visibility_changed(True)
+        wait_for(lambda: loaded == [3], 10, "the job list again")
+        assert tree.topLevelItemCount() == 3
+        assert tree.topLevelItem(0).text(0) == "scene – burnt forest"
+
+        # The listed job still running: followed, and cancelled from the list.
+        listed_running = next(r for r in widget.jobs.records if r.job_id == running.job_id)
+        assert listed_running.listed and widget.jobs.history_timer.isActive()
+        tree.setCurrentItem(tree.topLevelItem(1))
+        assert widget.selected_record() is listed_running and widget.cancel_button.isEnabled()
+        widget.cancel_button.click()
+        wait_for(lambda: listed_running.finished, 10, "the listed job's cancel")
+        assert listed_running.state == "cancelled"
+        assert fake_backend.deleted == [running.job_id]
+        assert tree.topLevelItem(1).text(2) == "cancelled"
+        wait_for(lambda: running.finished, 10, "the earlier session's runner")  # it saw that
+        widget._visibility_changed(False)
+        assert not widget.jobs.history_timer.isActive()
+
+        # Another backend URL set: its jobs are listed too.
+        other = FakeBackend().start()
+        try:
+            other.jobs["elsewhere1"] = Job("elsewhere1", {"prompt": "dry lake"}, b"", None, 1, 1)
+            other.jobs["elsewhere1"].status = "failed"
+            loaded.clear()
+            widget.url_edit.setText(other.url)
+            widget.save_url()
+            wait_for(lambda: loaded == [1], 10, "the other backend's job list")
+            assert tree.topLevelItemCount() == 4
+            assert (tree.topLevelItem(3).text(0), tree.topLevelItem(3).text(2)) == (
+                "dry lake",
+                "failed",
+            )
+            assert widget.jobs.records[-1].backend == other.url
+        finally:
+            other.stop()
+    finally:
+        widget.cleanup()
+        widget.deleteLater()

@@ -140,3 +140,15 @@ def test_full_job_against_the_real_backend(real_backend, tmp_path, project, qgis
     source = data[:, w.yoff : w.yoff + w.height, w.xoff : w.xoff + w.width]
     np.testing.assert_array_equal(edited[:, ~mask], source[:, ~mask])  # outside: bit-exact
     assert edited.dtype == source.dtype and edited.shape == source.shape
+
+    # After a restart of QGIS, the job list comes back from the backend (GET /v1/jobs).
+    later = JobManager(qgis_iface.messageBar())
+    loaded = []
+    later.historyLoaded.connect(loaded.append)
+    assert later.load_history(real_backend)
+    wait_for(lambda: loaded, 20, "the backend's job list")
+    assert loaded[0] >= 1, later.history_error
+    listed = next(r for r in later.records if r.job_id == record.job_id)
+    assert listed.listed and listed.state == "succeeded" and listed.finished
+    assert listed.prompt == "flooded fields" and listed.created
+    assert listed.report == record.report and listed.progress == 100.0

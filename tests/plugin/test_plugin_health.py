@@ -194,3 +194,79 @@ def test_answers_are_never_served_from_the_network_cache():
     health, _ = ask(type("Handler", (FakeBackend,), {"status": 500, "body": b"{}"}), port)
     assert not health.ok
     assert "answered HTTP 500" in health.message
+
+
+def with_health(**changes):
+    body = dict(HEALTH, **changes)
+    return type("Handler", (FakeBackend,), {"body": json.dumps(body).encode()})
+
+
+def combo_items(combo):
+    return [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())]
+
+
+def enabled(combo, index):
+    return combo.model().item(index).isEnabled()
+
+
+@pytest.mark.parametrize("default_has_weights", [False, True])
+def test_health_preselects_a_clip_with_weights_and_the_servers_presets(dock, default_has_weights):
+    """A new user: the CLIP default has no weights on this backend, so the first model with
+    weights is chosen and the others are marked; the server's presets, "auto" first, say
+    what auto picked on its device."""
+    from rs_edit_plugin import choices
+
+    weights = {"tiny-random": True, "RemoteCLIP-ViT-B-32": default_has_weights}
+    weights["RemoteCLIP-RN50"] = True
+    presets = {"default": "auto", "auto": "fast", "names": ["auto", "fast", "turbo"]}
+    clip = {"default": "RemoteCLIP-ViT-B-32", "weights_available": weights}
+    server, url = serve(with_health(clip=clip, presets=presets))
+    try:
+        assert choices.clip_name(dock.clip_combo) == "RemoteCLIP-ViT-B-32"  # before the check
+        dock.url_edit.setText(url)
+        dock.check_backend()
+    finally:
+        server.shutdown()
+        server.server_close()
+    combo = dock.clip_combo
+    texts = dict((data, text) for text, data in combo_items(combo))
+    if default_has_weights:
+        assert choices.clip_name(combo) == "RemoteCLIP-ViT-B-32"
+    else:
+        assert choices.clip_name(combo) == "RemoteCLIP-RN50"  # the first one with weights
+        assert texts["RemoteCLIP-ViT-B-32"] == "RemoteCLIP-ViT-B-32 (no weights)"
+        assert not enabled(combo, combo.findData("RemoteCLIP-ViT-B-32"))
+    assert texts["RemoteCLIP-RN50"] == "RemoteCLIP-RN50"
+    assert enabled(combo, combo.findData("tiny-random"))
+    preset = dock.preset_combo
+    assert combo_items(preset) == [
+        ("auto (fast on this CPU)", "auto"),
+        ("fast", "fast"),
+        ("turbo", "turbo"),
+    ]
+    assert choices.preset_name(preset) == "auto"
+
+
+def test_older_backend_without_presets_keeps_the_plugins_list(dock):
+    from rs_edit_plugin import choices
+
+    settings.set_option("preset", "balanced")
+    server, url = serve(with_health())  # HEALTH has no "presets"
+    try:
+        dock.url_edit.setText(url)
+        dock.preset_combo.setCurrentIndex(dock.preset_combo.findData("balanced"))
+        dock.check_backend()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [data for _text, data in combo_items(dock.preset_combo)] == list(settings.PRESETS)
+    assert choices.preset_name(dock.preset_combo) == "balanced"
+    assert choices.clip_name(dock.clip_combo) == "tiny-random"  # the only one with weights
+
+
+def test_fake_backend_health_has_presets(fake_backend):
+    from rs_edit_plugin.client import check_health as check
+
+    health = check(fake_backend.url)
+    assert health.presets[0] == "auto" and health.preset_auto == "fast"
+    assert health.clip_available("tiny-random") is True

@@ -3,6 +3,7 @@ result layers in the group, exact CRS/extent/pixels, cancel, errors in the messa
 the token as a Bearer header."""
 
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from qgis.core import (
     QgsRectangle,
     QgsSettings,
 )
+from qgis.PyQt.QtCore import QCoreApplication
 
 from rs_edit_plugin import jobs, results, settings
 from rs_edit_plugin.tasks import JobManager
@@ -151,13 +153,48 @@ def test_full_job_adds_the_result_to_the_group(
     assert "source_layer: scene" in abstract
     assert result.metadata().keywords("rs-edit") == ["prompt: flooded fields"]
     assert result.customProperty("rs_edit/prompt") == "flooded fields"
-    assert any("finished" in m for m in messages(qgis_iface, Qgis.MessageLevel.Success))
+    # CLIP tiny-random has random weights: a warning, not a green success.
+    assert messages(qgis_iface, Qgis.MessageLevel.Success) == []
+    warned = messages(qgis_iface, Qgis.MessageLevel.Warning)
+    assert any("finished with warnings" in m and "random weights" in m for m in warned)
+    assert record.report["clip_similarity_edits"] == [0.2745]
 
     # "Add result" adds it again (e.g. after the user removed it).
     project.removeMapLayer(result.id())
     again = manager.add_results(record)
     assert [lyr.name() for lyr in again] == ["scene – flooded fields (v1)"]
     assert len(group.findLayers()) == 1
+
+
+def test_backend_warnings_and_report_reach_the_user(
+    fake_backend, scene, project, manager, qgis_iface
+):
+    from rs_edit_plugin import report
+
+    layer, _data = scene
+    fields = dict(clip="RemoteCLIP-ViT-B-32")  # weights present: no warning of its own
+    request = make_request(layer, project)
+    request.fields.update(fields)
+    record = manager.start(request)
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded" and record.warnings == []
+    assert any("finished" in m for m in messages(qgis_iface, Qgis.MessageLevel.Success))
+    assert "CLIP similarity after: 0.275" in report.key_figures(record.report)
+
+    qgis_iface.messageBar().clear_messages()
+    fake_backend.behaviour["warnings"] = ["the LLM was not reachable: template prompts used"]
+    fake_backend.behaviour["report"] = {"clip": "RemoteCLIP-RN50", "clip_random": True}
+    request = make_request(layer, project, "burnt forest")
+    record = manager.start(request)
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded"
+    assert record.warnings[0] == "the LLM was not reachable: template prompts used"
+    assert "RemoteCLIP-RN50 ran with random weights" in record.warnings[1]
+    assert messages(qgis_iface, Qgis.MessageLevel.Success) == []
+    warned = messages(qgis_iface, Qgis.MessageLevel.Warning)
+    assert len(warned) == 1 and "template prompts used" in warned[0]
+    details = report.details_text(record)
+    assert "Warnings:" in details and '"clip": "RemoteCLIP-RN50"' in details
 
 
 def test_variants_each_become_a_layer(fake_backend, scene, project, manager):
@@ -211,28 +248,102 @@ def test_results_of_each_raster_sit_above_it_with_unique_names(tmp_path, project
 def test_cancel_stops_the_job_on_the_backend(
     fake_backend, scene, project, manager, how, qgis_iface
 ):
+    """From the dock while the job waits on the backend; from QGIS's task manager while the
+    upload (a task) runs. Either way the job ends as cancelled, no task as failed."""
     layer, _data = scene
     fake_backend.behaviour["hang"] = True
-    record = manager.start(make_request(layer, project, "a new road"))
-    wait_for(lambda: record.state == "running", 20, "the job to run")
     ends = []
-    record.task.taskCompleted.connect(lambda: ends.append("completed"))
-    record.task.taskTerminated.connect(lambda: ends.append("terminated"))
+    if how == "task manager":
+        fake_backend.behaviour["submit_delay"] = 1.0
+    record = manager.start(make_request(layer, project, "a new road"))
     if how == "dock":
+        wait_for(lambda: record.state == "running", 20, "the job to run")
         manager.cancel(record)
     else:  # what QGIS's task manager does when the user cancels there
+        wait_for(lambda: record.state == "uploading", 20, "the upload")
+        task = record.runner.task
+        task.taskCompleted.connect(lambda: ends.append("completed"))
+        task.taskTerminated.connect(lambda: ends.append("terminated"))
         QgsApplication.taskManager().cancelAll()
+        wait_for(lambda: ends, 5, "the task's end")
+        # QGIS announces a terminated task as "Task failed"; a user's cancel is no failure.
+        assert ends == ["completed"]
     wait_for(lambda: record.finished, 20, "the cancelled job")
-    wait_for(lambda: ends, 5, "the task's end")
-    # QGIS announces a terminated task as "Task failed"; a user's cancel is no failure.
-    assert ends == ["completed"]
     assert record.state == "cancelled" and record.message == "cancelled"
     assert messages(qgis_iface, Qgis.MessageLevel.Critical) == []
-    assert fake_backend.deleted == [record.job_id]
-    assert fake_backend.jobs[record.job_id].status == "cancelled"
+    if how == "dock":
+        assert fake_backend.deleted == [record.job_id]
+        assert fake_backend.jobs[record.job_id].status == "cancelled"
+    else:  # the aborted upload may still have made a job: that one is cancelled too
+        wait_for(lambda: len(fake_backend.jobs) == len(fake_backend.deleted), 5, "the DELETE")
     assert project.layerTreeRoot().findGroup(results.GROUP_NAME) is None
     assert record.outputs == []
     assert any("cancelled" in m for m in messages(qgis_iface, Qgis.MessageLevel.Info))
+
+
+def test_cancel_at_any_moment_of_the_submission_ends_the_job(fake_backend, scene, project, manager):
+    """Cancels landing anywhere in export + upload: every job ends as cancelled, no pool
+    thread is left waiting (QGIS's blocking requests could miss a cancel that came between
+    their two feedback connections and wait forever), and every job the backend made is
+    cancelled there."""
+    import random
+
+    layer, _data = scene
+    fake_backend.behaviour["hang"] = True
+    fake_backend.behaviour["submit_delay"] = 0.05
+    rng = random.Random(16)
+    for i in range(25):
+        record = manager.start(make_request(layer, project, f"road {i}"))
+        wait_for(lambda r=record: r.state in ("exporting", "uploading"), 20, "the submission")
+        end = time.monotonic() + rng.uniform(0, 0.03)
+        while time.monotonic() < end:
+            QCoreApplication.processEvents()
+        manager.cancel(record)
+        wait_for(lambda r=record: r.finished, 10, f"cancelled job {i}")
+        assert record.state == "cancelled", record.message
+    tasks = QgsApplication.taskManager()
+    wait_for(lambda: tasks.countActiveTasks() == 0, 5, "the tasks to end")
+    wait_for(lambda: len(fake_backend.deleted) == len(fake_backend.jobs), 5, "the DELETEs")
+    assert sorted(fake_backend.deleted) == sorted(fake_backend.jobs)
+
+
+def test_waiting_jobs_hold_no_thread(fake_backend, scene, project, manager):
+    """Three jobs in flight on the backend: none holds a thread of QGIS's pool (a 2-core
+    laptop has two), so the map still renders; each one can still be cancelled."""
+    from qgis.PyQt.QtCore import QThreadPool
+
+    layer, _data = scene
+    fake_backend.behaviour["hang"] = True
+    records = [manager.start(make_request(layer, project, f"road {i}")) for i in range(3)]
+    wait_for(lambda: all(r.state == "running" for r in records), 30, "three running jobs")
+    tasks = QgsApplication.taskManager()
+    wait_for(lambda: tasks.countActiveTasks() == 0, 5, "the upload tasks to end")
+    assert QThreadPool.globalInstance().activeThreadCount() == 0
+    assert all(r.runner.waiting for r in records)
+    for record in records:
+        manager.cancel(record)
+    wait_for(lambda: all(r.finished for r in records), 20, "the cancelled jobs")
+    assert [r.state for r in records] == ["cancelled"] * 3
+    assert sorted(fake_backend.deleted) == sorted(r.job_id for r in records)
+
+
+def test_a_job_listed_while_it_was_submitted_has_one_row(fake_backend, scene, project, manager):
+    """A listing of the backend's jobs that came while a job was being submitted shows that
+    job as a listed row; once the submission names the job, that row goes."""
+    from rs_edit_plugin.tasks import JobRecord
+
+    layer, _data = scene
+    listed = JobRecord(999, "flooded fields", None, state="queued", job_id="job1")
+    listed.backend_url = fake_backend.url
+    elsewhere = JobRecord(998, "flooded fields", None, state="succeeded", job_id="job1")
+    elsewhere.backend_url = "http://127.0.0.1:1"  # the same id on another backend: kept
+    manager.records += [listed, elsewhere]
+    removed = []
+    manager.jobRemoved.connect(removed.append)
+    record = manager.start(make_request(layer, project))
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded" and record.job_id == "job1"
+    assert removed == [listed] and manager.records == [elsewhere, record]
 
 
 def test_backend_refusal_appears_in_the_message_bar(
@@ -366,3 +477,10 @@ def test_bad_requests_are_refused_before_any_job(scene, project):
         jobs.prepare_request(
             layer, extent_3857(project), WEB, fields, roi_geometries=[far], roi_crs=UTM
         )
+    # Off the raster (60 x 50 px) but inside the map extent sent: the raster is the problem.
+    off = QgsGeometry.fromRect(utm_rect(70, 10, 80, 20))
+    wide = QgsCoordinateTransform(UTM, WEB, project).transformBoundingBox(
+        utm_rect(-10, -10, 90, 60)
+    )
+    with pytest.raises(roi.RoiError, match="outside the raster scene"):
+        jobs.prepare_request(layer, wide, WEB, fields, roi_geometries=[off], roi_crs=UTM)

@@ -94,6 +94,7 @@ def test_whole_layer_without_extent_or_roi_and_other_format(
             "INPUT": layer,
             "PROMPT": "snow",
             "PRESET": settings.PRESETS.index("fast"),
+            "EDIT_ALL": True,
             "OUTPUT": str(output),
         },
     )
@@ -111,10 +112,36 @@ def test_preset_defaults_to_auto(provider, inputs, fake_backend, tmp_path):
     layer, _roi, _data = inputs
     processing.run(
         "rsedit:editraster",
-        {"INPUT": layer, "PROMPT": "snow", "OUTPUT": str(tmp_path / "edited.tif")},
+        {
+            "INPUT": layer,
+            "PROMPT": "snow",
+            "EDIT_ALL": True,
+            "OUTPUT": str(tmp_path / "edited.tif"),
+        },
     )
     job = next(iter(fake_backend.jobs.values()))
     assert job.fields["preset"] == "auto"
+
+
+def test_whole_layer_and_area_needs_the_explicit_flag(provider, inputs, fake_backend, tmp_path):
+    """The defaults (no extent: the whole layer; no ROI: the whole area) would regenerate the
+    whole scene: refused with a clear error unless EDIT_ALL is set."""
+    import processing
+
+    layer, _roi, _data = inputs
+    algorithm = provider.algorithm("editraster")
+    assert algorithm.parameterDefinition("EDIT_ALL").defaultValue() is False
+    big = QgsVectorLayer("Polygon?crs=EPSG:32633", "big", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(layer.extent().buffered(-2 * RES)))
+    big.dataProvider().addFeatures([feature])  # 36 x 26 of 40 x 30 px: 78 %
+    for roi in (None, big):
+        parameters = {"INPUT": layer, "PROMPT": "snow", "OUTPUT": str(tmp_path / "e.tif")}
+        if roi is not None:
+            parameters["ROI"] = roi
+        with pytest.raises(QgsProcessingException, match="EDIT_ALL"):
+            processing.run("rsedit:editraster", parameters)
+    assert fake_backend.jobs == {}
 
 
 def test_backend_errors_become_processing_errors(provider, inputs, fake_backend, tmp_path):
