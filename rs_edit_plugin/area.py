@@ -162,6 +162,69 @@ def selection_extent(layers, layer_crs, project: QgsProject | None = None) -> Qg
     return total
 
 
+# "Extent of the selected features": the features' bare bounding box gives the model no
+# context (a 109 x 34 px strip, 44 % of it ROI). The window grows so that the box covers at
+# most about CONTEXT_SHARE of it, with at least CONTEXT_MIN_PX of context on each side.
+CONTEXT_SHARE = 0.25
+CONTEXT_MIN_PX = 64
+
+
+def _grown(window: TileWindow, pad_x: int, pad_y: int, width: int, height: int):
+    """(xoff, yoff, w, h): `window` grown by the pads on each side, moved back inside the
+    raster where it sticks out (the context lost on one side is taken on the other), then
+    clipped to the raster when the raster is smaller."""
+    spans = []
+    for off, size, pad, total in (
+        (window.xoff, window.width, pad_x, width),
+        (window.yoff, window.height, pad_y, height),
+    ):
+        start, end = off - pad, off + size + pad
+        if start < 0:
+            start, end = 0, end - start
+        if end > total:
+            start, end = start - (end - total), total
+        start = max(start, 0)
+        spans.append((start, end - start))
+    (xoff, w), (yoff, h) = spans
+    return xoff, yoff, w, h
+
+
+def context_window(
+    layer: QgsRasterLayer,
+    window: TileWindow,
+    max_pixels: int = 0,
+    max_width: int = 0,
+    max_height: int = 0,
+) -> TileWindow:
+    """`window` (a selection's bounding box) with context around it: each side grows by
+    max(CONTEXT_MIN_PX, half the box's size), so the box covers at most CONTEXT_SHARE of the
+    result, kept inside the raster. Within the backend's limits the context shrinks (never
+    below the box itself) rather than making the area too large."""
+    width, height = layer.width(), layer.height()
+    pad_x = max(CONTEXT_MIN_PX, math.ceil(window.width / 2))
+    pad_y = max(CONTEXT_MIN_PX, math.ceil(window.height / 2))
+
+    def fits(scale):
+        _x, _y, w, h = _grown(window, round(pad_x * scale), round(pad_y * scale), width, height)
+        return (
+            (not max_width or w <= max_width)
+            and (not max_height or h <= max_height)
+            and (not max_pixels or w * h <= max_pixels)
+        )
+
+    scale = 1.0
+    if not fits(scale):
+        low, high = 0.0, 1.0  # the largest scale that fits (0 when not even the box fits)
+        for _ in range(30):
+            mid = (low + high) / 2
+            low, high = (mid, high) if fits(mid) else (low, mid)
+        scale = low
+    xoff, yoff, w, h = _grown(window, round(pad_x * scale), round(pad_y * scale), width, height)
+    x0, xres, _, y0, _, yres = layer_geotransform(layer)
+    gt = (x0 + xoff * xres, xres, 0.0, y0 + yoff * yres, 0.0, yres)
+    return TileWindow(xoff, yoff, w, h, gt, window.crs_wkt)
+
+
 def check_size(window: TileWindow, max_pixels: int, max_width: int = 0, max_height: int = 0):
     """Refuse tiles beyond the backend's limits with a message that says what to do."""
     for size, limit, what in (

@@ -4,6 +4,8 @@ Widgets carry object names so that tests (and QGIS's state saving) can find them
 with consequences lives in the pure modules; this file only gathers what the user chose.
 """
 
+import contextlib
+
 from qgis.core import (
     Qgis,
     QgsCoordinateReferenceSystem,
@@ -12,9 +14,9 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.gui import QgsDockWidget, QgsMapLayerComboBox, QgsRasterBandComboBox
+from qgis.gui import QgsDockWidget, QgsMapLayerComboBox
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import QEvent, QObject, Qt
+from qgis.PyQt.QtCore import QEvent, QObject, Qt, QTimer
 from qgis.PyQt.QtWidgets import (
     QAbstractSpinBox,
     QApplication,
@@ -37,7 +39,8 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import area, choices, jobs, roi, settings
+from . import area, choices, jobs, messages, roi, settings
+from .bands import BandCombo
 from .client import Health, HealthMonitor, check_health
 from .compat import POLYGON_LAYER_FILTER, RASTER_LAYER_FILTER
 from .joblist import JobListMixin
@@ -120,6 +123,11 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.jobs.jobRemoved.connect(self._job_removed)
         self.jobs.resultsAdded.connect(self._results_added)
         self.overlays_visible = True
+        canvas = self.canvas()
+        if canvas is not None:  # disconnected in cleanup()
+            canvas.extentsChanged.connect(self._schedule_labels)
+            canvas.selectionChanged.connect(self._schedule_labels)
+        self.refresh_labels()
 
     # --- building -------------------------------------------------------------------------
 
@@ -188,7 +196,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         bands.setContentsMargins(0, 0, 0, 0)
         self.band_combos = []
         for name in ("red", "green", "blue"):
-            combo = QgsRasterBandComboBox(self.band_row)
+            combo = BandCombo(self.band_row)
             combo.setObjectName(f"{name}BandCombo")
             combo.setToolTip(f"The band CLIP sees as {name} (all bands are edited)")
             bands.addWidget(combo)
@@ -232,6 +240,9 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         form.addRow("", row)
         self.roi_label = self._label("No polygon drawn.", "roiLabel", box)
         form.addRow("", self.roi_label)
+        # What would be sent, in pixels of the source layer, kept up to date.
+        self.area_label = self._label("", "areaLabel", box)
+        form.addRow("", self.area_label)
 
         self.rectangle_button.clicked.connect(self.draw_rectangle)
         self.draw_button.clicked.connect(self.draw_polygons)
@@ -245,6 +256,14 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.roi_combo.currentIndexChanged.connect(
             lambda _i: settings.set_option("roi_source", self.roi_combo.currentData())
         )
+        # The labels follow every choice; map moves and selections are gathered (debounced).
+        self.label_timer = QTimer(self)
+        self.label_timer.setSingleShot(True)
+        self.label_timer.setInterval(200)
+        self.label_timer.timeout.connect(self.refresh_labels)
+        self.area_combo.currentIndexChanged.connect(lambda _i: self.refresh_labels())
+        self.roi_combo.currentIndexChanged.connect(lambda _i: self.refresh_labels())
+        self.roi_layer_combo.layerChanged.connect(lambda _layer: self.refresh_labels())
         return box
 
     def _edit_box(self, parent):
@@ -293,9 +312,22 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.add_check.setObjectName("addResultsCheck")
         self.add_check.setChecked(settings.option("add_results"))
         form.addRow("", self.add_check)
+        self.scene_check = QCheckBox("Full-scene outputs (pre/post/mask)", box)
+        self.scene_check.setObjectName("fullSceneCheck")
+        self.scene_check.setToolTip(
+            "Also write, in the results folder, the whole source raster before and after the "
+            "edit (the edited area composited in at its place) and the ROI mask on its grid"
+        )
+        self.scene_check.setChecked(settings.option("full_scene"))
+        form.addRow("", self.scene_check)
         self.run_button = QPushButton("Edit", box)
         self.run_button.setObjectName("runButton")
         form.addRow(self.run_button)
+        # Why Edit is disabled (the backend is unreachable), where the button is.
+        self.run_reason_label = self._label("", "runReasonLabel", box)
+        self.run_reason_label.setStyleSheet(BAD_STYLE)
+        self.run_reason_label.setVisible(False)
+        form.addRow(self.run_reason_label)
 
         self.run_button.clicked.connect(self.start_job)
         self.prompt_edit.returnPressed.connect(self.start_job)
@@ -304,6 +336,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             lambda: settings.set_results_dir(self.results_edit.text())
         )
         self.add_check.toggled.connect(lambda on: settings.set_option("add_results", on))
+        self.scene_check.toggled.connect(lambda on: settings.set_option("full_scene", on))
         return box
 
     @staticmethod
@@ -343,9 +376,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         return iface.messageBar() if iface is not None else None
 
     def _push(self, text, level=Qgis.MessageLevel.Warning, duration=8):
-        bar = self.message_bar()
-        if bar is not None:
-            bar.pushMessage("RS Edit", text, level, duration)
+        messages.push(self.message_bar(), text, level, duration)
 
     # --- backend --------------------------------------------------------------------------
 
@@ -381,6 +412,12 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.status_label.setText(health.message)
         self.status_label.setStyleSheet(OK_STYLE if health.ok else BAD_STYLE)
         self.health_label.setText(health.summary if health.ok else "")
+        # No job can start on a backend that does not answer: say so next to the button.
+        self.run_button.setEnabled(health.ok)
+        reason = "" if health.ok else f"Edit is unavailable: {health.message}"
+        self.run_reason_label.setText(reason)
+        self.run_reason_label.setVisible(not health.ok)
+        self.run_button.setToolTip(reason)
         if health.ok:  # what this backend can run: CLIP weights present, its presets
             choices.fill_clips(self.clip_combo, health, choices.clip_name(self.clip_combo))
             choices.fill_presets(self.preset_combo, health, choices.preset_name(self.preset_combo))
@@ -422,6 +459,11 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             combo.setLayer(raster)
         count = raster.bandCount() if raster is not None else 0
         self.band_row.setEnabled(count > 3)
+        self.band_row.setToolTip(
+            ""
+            if count > 3
+            else "The backend takes a layer's first three bands, in order, as red, green, blue"
+        )
         if raster is not None:
             # <= 3 bands: the backend takes them in order; show that order (disabled).
             defaults = [min(band, count) for band in (1, 2, 3)]
@@ -430,7 +472,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
                 defaults = [renderer.redBand(), renderer.greenBand(), renderer.blueBand()]
             for combo, band in zip(self.band_combos, defaults, strict=True):
                 combo.setBand(band if band > 0 else 1)
-        self.roi_label.setText(self._roi_text())
+        self.refresh_labels()
 
     def rgb_bands(self):
         """The bands CLIP sees as RGB, or None to let the backend choose (<= 3 bands)."""
@@ -447,7 +489,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
     def set_rectangle(self, rect, crs):
         self.rectangle = (rect, QgsCoordinateReferenceSystem(crs))
         self.area_combo.setCurrentIndex(self.area_combo.findData("rectangle"))
-        self.roi_label.setText(self._roi_text())
+        self.refresh_labels()
 
     def _rectangle_drawn(self, rect, crs):
         self.set_rectangle(rect, crs)
@@ -489,7 +531,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             self.rectangle_tool.clear()
         self.rectangle = None
         self.set_overlays_visible(True)
-        self.roi_label.setText(self._roi_text())
+        self.refresh_labels()
 
     def set_overlays_visible(self, on: bool) -> None:
         """Show or hide the plugin's overlays (ROI polygons, area tint); they stay usable."""
@@ -503,7 +545,38 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.set_overlays_visible(False)  # they would cover the edited pixels
 
     def _polygons_changed(self):
+        self.refresh_labels()
+
+    def _schedule_labels(self, *_args) -> None:
+        self.label_timer.start()
+
+    def refresh_labels(self) -> None:
+        """The polygon and area labels, measured against the current source layer."""
+        self.label_timer.stop()
         self.roi_label.setText(self._roi_text())
+        self.area_label.setText(self._area_text())
+
+    def _area_text(self):
+        """ "Area W x H px of <layer>, ROI n px (p %)": what Edit would send, or why not."""
+        layer = self.layer_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+            return "Choose a raster layer."
+        try:
+            extent, extent_crs = self.area_extent()
+            window = area.window_for_extent(layer, extent, extent_crs)
+        except (area.AreaError, roi.RoiError, QgsCsException) as exc:
+            return f"Area: {exc}."
+        text = f"Area {window.width} x {window.height} px of {layer.name()}"
+        try:
+            geometries, geometries_crs = self.roi_geometries()
+            if geometries is None:
+                return f"{text}, ROI the whole area ({window.pixels} px, 100 %)."
+            count, approx = roi.roi_pixels(geometries, geometries_crs, window)
+        except (roi.RoiError, QgsCsException) as exc:
+            return f"{text}; ROI: {exc}."
+        share = 100 * count / window.pixels
+        about = "about " if approx else ""
+        return f"{text}, ROI {about}{count} px ({share:.3g} %)."
 
     def _roi_text(self):
         """Polygons and rectangle, measured against the current source layer."""
@@ -523,14 +596,14 @@ class RsEditDock(JobListMixin, QgsDockWidget):
                 pass
         if self.rectangle is not None:
             rect, crs = self.rectangle
-            text += f" Rectangle: {rect.width():.6g} x {rect.height():.6g} map units"
-            if raster is not None:
+            if raster is None:
+                text += " Rectangle drawn."
+            else:
                 try:
                     window = area.window_for_extent(raster, rect, crs)
-                    text += f" = {window.width} x {window.height} px of {raster.name()}"
+                    text += f" Rectangle: {window.width} x {window.height} px of {raster.name()}."
                 except (area.AreaError, QgsCsException):
-                    text += f", outside {raster.name()}"
-            text += "."
+                    text += f" Rectangle: outside {raster.name()}."
         return text
 
     def area_extent(self):
@@ -549,7 +622,10 @@ class RsEditDock(JobListMixin, QgsDockWidget):
                 for lyr in QgsProject.instance().mapLayers().values()
                 if isinstance(lyr, QgsVectorLayer) and lyr.selectedFeatureCount()
             ]
-            return area.selection_extent(vectors, layer.crs()), layer.crs()
+            box = area.snap_window(layer, area.selection_extent(vectors, layer.crs()))
+            # The bare bounding box gives the model no context: grow it (within the limits).
+            padded = area.context_window(layer, box, *self._limits())
+            return padded.extent, layer.crs()
         canvas = self.canvas()
         if canvas is None:
             raise area.AreaError("no map canvas")
@@ -593,10 +669,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         )
         extent, extent_crs = self.area_extent()
         geometries, geometries_crs = self.roi_geometries()
-        limit, health = settings.max_tile_pixels(), self.health
-        if health is not None and health.ok and health.max_pixels:
-            limit = min(limit, health.max_pixels)
-        known = health is not None and health.ok
+        limit, max_width, max_height = self._limits()
         return jobs.prepare_request(
             self.layer_combo.currentLayer(),
             extent,
@@ -606,9 +679,18 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             roi_crs=geometries_crs,
             base_url=self.save_url(),
             max_pixels=limit,
-            max_width=health.max_width if known else 0,
-            max_height=health.max_height if known else 0,
+            max_width=max_width,
+            max_height=max_height,
+            full_scene=self.scene_check.isChecked(),
         )
+
+    def _limits(self):
+        """(max pixels, max width, max height) of a tile: the settings' and the backend's."""
+        limit, health = settings.max_tile_pixels(), self.health
+        known = health is not None and health.ok
+        if known and health.max_pixels:
+            limit = min(limit, health.max_pixels)
+        return limit, health.max_width if known else 0, health.max_height if known else 0
 
     def start_job(self):
         try:
@@ -649,7 +731,12 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         """Stop the monitor, cancel running jobs, take map tools and rubber bands away."""
         self.monitor.stop()
         self.jobs.shutdown()
+        self.label_timer.stop()
         canvas = self.canvas()
+        if canvas is not None:
+            for signal in (canvas.extentsChanged, canvas.selectionChanged):
+                with contextlib.suppress(TypeError):
+                    signal.disconnect(self._schedule_labels)
         for tool in (self.polygon_tool, self.rectangle_tool):
             if tool is not None and canvas is not None and canvas.mapTool() is tool:
                 canvas.unsetMapTool(tool)

@@ -48,6 +48,7 @@ class EditRequest:
     token: str = field(default="", repr=False)  # never in repr or logs
     transform_context: object = None
     work_dir: Path | None = None  # where the tile and mask go; default <results>/inputs
+    full_scene: bool = False  # also write the full-scene pre/post/mask set (scene.py)
 
     @property
     def prompt(self) -> str:
@@ -157,6 +158,7 @@ def prepare_request(
     max_width: int = 0,
     max_height: int = 0,
     project: QgsProject | None = None,
+    full_scene: bool = False,
 ) -> EditRequest:
     """Check and freeze one job: the window of `layer` covering `extent`, the ROI polygons in
     the tile's CRS, the output location. Raises AreaError, RoiError or JobError at once."""
@@ -183,6 +185,11 @@ def prepare_request(
                 "the ROI lies outside the area: draw it inside the area, or enlarge the area"
             )
         roi_wkb = [bytes(g.asWkb()) for g in in_tile]
+    if full_scene and not area.gdal_path(layer):
+        raise JobError(
+            f"full-scene outputs need a raster file GDAL reads; {layer.name()!r} is not one "
+            "(untick Full-scene outputs, or save the layer as a GeoTIFF first)"
+        )
     out_dir = Path(out_dir) if out_dir else settings.results_dir(project)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +208,7 @@ def prepare_request(
         poll_interval_s=float(settings.option("poll_interval_s")),
         token=settings.token() if token is None else token,
         transform_context=project.transformContext(),
+        full_scene=bool(full_scene),
     )
 
 
@@ -241,6 +249,18 @@ def submit_job(request: EditRequest, feedback: QgsFeedback | None = None) -> dic
     """POST the prepared tile (and mask); returns the backend's job JSON (with its id)."""
     client = BackendClient(request.base_url, request.token, feedback)
     return client.submit(request.tile_path, request.fields, request.mask_path)
+
+
+def write_scene_outputs(request: EditRequest, outputs) -> list[Path]:
+    """The full-scene pre/post/mask set for a finished job (scene.py); raises JobError."""
+    from .scene import SceneError, write_scene_set
+
+    try:
+        return write_scene_set(
+            request.source.gdal_path, request.window, outputs, request.out_stem, request.mask_path
+        )
+    except SceneError as exc:
+        raise JobError(f"the full-scene outputs could not be written: {exc}") from exc
 
 
 def job_progress(job: dict) -> float:

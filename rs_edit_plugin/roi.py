@@ -149,3 +149,26 @@ def roi_extent(geometries) -> "QgsGeometry":
     """The union of the geometries' bounding boxes, as a geometry (for area = ROI bounds)."""
     union = QgsGeometry.unaryUnion([QgsGeometry(g) for g in geometries])
     return QgsGeometry.fromRect(union.boundingBox())
+
+
+LIVE_RASTERIZE_PIXELS = 4_000_000  # a live label rasterizes areas up to this size
+
+
+def roi_pixels(
+    geometries,
+    geometries_crs: QgsCoordinateReferenceSystem,
+    window: TileWindow,
+    project: QgsProject | None = None,
+) -> tuple[int, bool]:
+    """(ROI pixels of the window, approximate): counted on the window's grid as the mask
+    would be, or estimated from the polygons' area for windows beyond LIVE_RASTERIZE_PIXELS."""
+    geometries = [g for g in geometries if g is not None and not g.isEmpty()]
+    if not geometries:
+        return 0, False
+    in_tile = transform_geometries(geometries, geometries_crs, window.crs, project)
+    if window.pixels <= LIVE_RASTERIZE_PIXELS:
+        return int(np.count_nonzero(rasterize(in_tile, window))), False
+    tile = QgsGeometry.fromRect(window.extent)
+    inside = QgsGeometry.unaryUnion(in_tile).intersection(tile).area()
+    pixel = abs(window.geotransform[1] * window.geotransform[5])
+    return min(window.pixels, round(inside / pixel)), True

@@ -110,6 +110,8 @@ class JobRunner(QObject):
         self.state = ""  # the end state, once ended
         self.message = ""
         self.outputs = []
+        self.scene_outputs = []  # the full-scene pre/post/mask set, when asked for
+        self.scene_error = ""
         self.cancelling = False
         self.resubmits = 0
         self.down_since = None
@@ -270,12 +272,20 @@ class JobRunner(QObject):
         request = self.request
 
         def work(feedback, set_progress):
-            return jobs.download_results(request, job, feedback, set_progress)
+            outputs = jobs.download_results(request, job, feedback, set_progress)
+            scene, scene_error = [], ""
+            if request.full_scene:  # the tiles are kept whatever happens here
+                try:
+                    scene = jobs.write_scene_outputs(request, outputs)
+                except jobs.JobError as exc:
+                    scene_error = str(exc)
+            return outputs, scene, scene_error
 
         self._run_task(self._title("downloading"), work, lambda _p: "downloading", self._downloaded)
 
-    def _downloaded(self, outputs) -> None:
-        self.outputs = list(outputs)
+    def _downloaded(self, value) -> None:
+        outputs, scene, self.scene_error = value
+        self.outputs, self.scene_outputs = list(outputs), list(scene)
         self.updated.emit("done", 100.0, dict(self.job))
         self._end("succeeded", "")
 

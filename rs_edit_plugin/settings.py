@@ -43,6 +43,7 @@ OPTIONS = {
     "area_source": ("extent", str),
     "roi_source": ("drawn", str),
     "add_results": (True, bool),
+    "full_scene": (False, bool),  # also write the pre/post/mask set on the whole scene
     "poll_interval_s": (1.0, float),
 }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal, pyqtSlot
 
-from . import report, settings
+from . import messages, report, settings
 from .client import JOBS_PATH, BackendError, reply_json, send_async, validate_base_url
 from .jobs import EditRequest, job_message
 from .results import add_result_layer
@@ -70,6 +70,7 @@ class JobRecord:
     job_id: str = ""
     outputs: list = field(default_factory=list)
     layers: list = field(default_factory=list)  # ids of the result layers added
+    scene_outputs: list = field(default_factory=list)  # full-scene pre/post/mask files
     runner: object = field(default=None, repr=False)
     warnings: list = field(default_factory=list)  # the backend's warnings about the result
     report: dict = field(default_factory=dict)  # the backend's report of a finished job
@@ -338,6 +339,11 @@ class JobManager(QObject):
         elif runner.state == "succeeded" and runner.outputs:
             record.state, record.progress, record.outputs = "succeeded", 100.0, runner.outputs
             record.message = f"{len(runner.outputs)} result(s) in {runner.outputs[0].parent}"
+            record.scene_outputs = list(runner.scene_outputs)
+            if record.scene_outputs:
+                record.message += f", with {len(record.scene_outputs)} full-scene file(s)"
+            if runner.scene_error:
+                record.warnings.append(runner.scene_error)
             if settings.option("add_results"):
                 self.add_results(record)
             if record.warnings:
@@ -378,5 +384,4 @@ class JobManager(QObject):
         return layers
 
     def _push(self, text, level, duration):
-        if self.message_bar is not None:
-            self.message_bar.pushMessage("RS Edit", text, level, duration)
+        messages.push(self.message_bar, text, level, duration)

@@ -160,3 +160,24 @@ def gui(qgis_iface, monkeypatch):
         monkeypatch.setattr(qgis_iface, name, method)
     yield recorder
     _flush_deletes()
+
+
+@pytest.fixture(autouse=True)
+def whole_messages(request):
+    """pytest-qgis's message bar records "title:text" only; a message pushed with the bar's
+    "more" text (rs_edit_plugin.messages) is recorded as "title:text [more: whole text]", so
+    that tests see what the user can read. Only for tests that use the iface."""
+    if "qgis_iface" not in request.fixturenames:
+        yield
+        return
+    bar = request.getfixturevalue("qgis_iface").messageBar()
+    original = bar.pushMessage
+
+    def push(*args, **kwargs):
+        if len(args) >= 3 and isinstance(args[2], str):  # title, text, showMore, level, ...
+            return original(args[0], f"{args[1]} [more: {args[2]}]", *args[3:], **kwargs)
+        return original(*args, **kwargs)
+
+    bar.pushMessage = push
+    yield
+    del bar.pushMessage

@@ -208,3 +208,55 @@ def test_selection_extent_in_the_layer_crs(raster, project):
     extent = area.selection_extent([vector], layer.crs())
     window = area.snap_window(layer, extent)
     assert (window.xoff, window.yoff, window.width, window.height) == (5, 5, 7, 4)
+
+
+@pytest.fixture
+def large(tmp_path, project):
+    path, _data, _gt = make_geotiff(tmp_path / "large.tif", width=600, height=400, bands=1)
+    layer = QgsRasterLayer(str(path), "large")
+    assert layer.isValid()
+    project.addMapLayer(layer)
+    return layer
+
+
+def test_selection_gets_context_around_its_bounding_box(large):
+    """The issue's case: a 109 x 34 px strip sent bare (44 % of it ROI) gave the model no
+    context. Padded, the box covers at most 25 % with at least 64 px on each side."""
+    box = area.snap_window(large, utm_rect(200, 150, 309, 184))
+    assert (box.width, box.height) == (109, 34)
+    window = area.context_window(large, box)
+    left, top = box.xoff - window.xoff, box.yoff - window.yoff
+    right = window.xoff + window.width - (box.xoff + box.width)
+    bottom = window.yoff + window.height - (box.yoff + box.height)
+    assert min(left, top, right, bottom) >= area.CONTEXT_MIN_PX
+    assert box.pixels / window.pixels <= area.CONTEXT_SHARE
+    # The same grid: the window's geotransform is the layer's, shifted by whole pixels.
+    assert window.geotransform == (
+        ORIGIN[0] + window.xoff * RES,
+        RES,
+        0.0,
+        ORIGIN[1] - window.yoff * RES,
+        0.0,
+        -RES,
+    )
+    # A large box: half its size on each side (4x the area), still at least 64 px.
+    big = area.snap_window(large, utm_rect(200, 100, 400, 300))
+    grown = area.context_window(large, big)
+    assert (grown.width, grown.height) == (400, 400) and big.pixels / grown.pixels == 0.25
+
+
+def test_context_stays_on_the_raster_and_within_the_limits(large):
+    corner = area.snap_window(large, utm_rect(0, 0, 10, 10))
+    window = area.context_window(large, corner)
+    assert (window.xoff, window.yoff) == (0, 0)  # clipped: nothing off the raster
+    assert (window.width, window.height) == (10 + 128, 10 + 128)  # the context moves inside
+    # Limits: less context rather than a refused area, never less than the box itself.
+    limited = area.context_window(large, corner, max_pixels=50 * 50)
+    assert limited.pixels <= 50 * 50 and limited.width >= 10 and limited.height >= 10
+    assert limited.width > 40  # as much context as the limit allows
+    assert area.context_window(large, corner, max_width=12).width == 12
+    tiny = area.context_window(large, corner, max_pixels=50)
+    assert (tiny.width, tiny.height) == (10, 10)  # even the box is too large: check_size says
+    # A raster smaller than the padded box: the whole raster.
+    whole = area.context_window(large, area.snap_window(large, utm_rect(100, 50, 500, 350)))
+    assert (whole.xoff, whole.yoff, whole.width, whole.height) == (0, 0, 600, 400)

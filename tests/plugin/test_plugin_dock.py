@@ -103,6 +103,8 @@ def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_ifa
     assert [n.layer().name() for n in group.findLayers()] == ["scene – flooded fields (v1)"]
     # The options are remembered.
     assert settings.option("preset") == "tiny" and settings.option("seed") == 11
+    assert record.scene_outputs == []  # full-scene outputs are off by default
+    assert not list(record.outputs[0].parent.glob("*_scene_*"))
 
     assert widget.add_button.isEnabled() and not widget.cancel_button.isEnabled()
     widget.add_button.click()
@@ -182,7 +184,9 @@ def test_problems_are_reported_before_a_job_starts(dock, qgis_iface, project):
     assert record is not None
     wait_for(lambda: record.finished, 30, "the job")
     assert record.state == "succeeded", record.message
-    assert (record.request.window.width, record.request.window.height) == (2, 2)
+    # The selection's 2 x 2 px box with context around it: here the whole 60 x 50 px raster.
+    window = record.request.window
+    assert (window.xoff, window.yoff, window.width, window.height) == (0, 0, 60, 50)
 
 
 def test_rectangle_drawn_on_the_map_is_the_area(dock, qgis_iface):
@@ -273,7 +277,10 @@ def test_roi_label_follows_the_source_layer(dock, project, tmp_path):
     widget.set_rectangle(rect, WEB)
     text = widget.roi_label.text()
     assert "1 polygon(s) drawn, 1 on scene." in text
-    assert "= 21 x 13 px of scene" in text
+    assert "Rectangle: 21 x 13 px of scene." in text and "map units" not in text
+    # The area as sent, in pixels of the source, with the ROI's pixels as the mask counts
+    # them (the square drawn in EPSG:3857 covers 95 pixel centres of the UTM grid).
+    assert widget.area_label.text() == "Area 21 x 13 px of scene, ROI 95 px (34.8 %)."
     # Another raster: half the resolution, elsewhere (nothing of the ROI lies on it).
     path, _data, _gt = make_geotiff(
         tmp_path / "coarse.tif",
@@ -286,9 +293,77 @@ def test_roi_label_follows_the_source_layer(dock, project, tmp_path):
     project.addMapLayer(coarse)
     widget.layer_combo.setLayer(coarse)
     text = widget.roi_label.text()
-    assert "1 polygon(s) drawn, 0 on coarse." in text and "outside coarse" in text
+    assert "1 polygon(s) drawn, 0 on coarse." in text and "Rectangle: outside coarse." in text
+    assert widget.area_label.text().startswith("Area: the area does not overlap layer")
     widget.layer_combo.setLayer(layer)
-    assert "= 21 x 13 px of scene" in widget.roi_label.text()
+    assert "Rectangle: 21 x 13 px of scene." in widget.roi_label.text()
+    assert widget.area_label.text() == "Area 21 x 13 px of scene, ROI 95 px (34.8 %)."
+
+
+def test_area_label_is_live(dock, project, qgis_iface):
+    """The area label follows the area and ROI sources, the map extent and the selection."""
+    from helpers import wait_for
+
+    widget, layer, to_web = dock
+    assert widget.area_combo.currentData() == "extent"
+    label = widget.area_label
+    canvas = widget.canvas()
+    window = area.window_for_extent(layer, canvas.extent(), WEB)
+    size = f"Area {window.width} x {window.height} px of scene"
+    assert label.text().startswith(f"{size}; ROI: draw ROI polygons")
+    widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("whole"))
+    assert label.text() == f"{size}, ROI the whole area ({window.pixels} px, 100 %)."
+    canvas.setExtent(to_web.transformBoundingBox(QgsRectangle(utm(0, 20), utm(20, 0))))
+    window = area.window_for_extent(layer, canvas.extent(), WEB)
+    assert window.pixels < 40 * 30
+    size = f"Area {window.width} x {window.height} px of scene"
+    wait_for(lambda: label.text().startswith(size), 5, "the label after a pan")
+
+    footprints = QgsVectorLayer("Polygon?crs=EPSG:32633", "fields", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(utm(20, 30), utm(30, 20))))
+    footprints.dataProvider().addFeatures([feature])
+    project.addMapLayer(footprints)
+    canvas.setLayers([footprints, layer])
+    widget.roi_layer_combo.setLayer(footprints)
+    widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("selected"))
+    widget.area_combo.setCurrentIndex(widget.area_combo.findData("selection"))
+    assert label.text().startswith("Area: no features are selected")
+    footprints.selectAll()
+    # The 10 x 10 px selection with its context: the whole 60 x 50 px raster.
+    wait_for(lambda: "ROI 100 px" in label.text(), 5, "the label after a selection")
+    assert label.text() == "Area 60 x 50 px of scene, ROI 100 px (3.33 %)."
+
+
+def test_band_combos_show_the_layers_band_names(dock, project, tmp_path):
+    """Three disabled "Band 1 (Red)" combos for an RGB layer: the combos show the bands as
+    the file names them, in the order the backend takes them."""
+    from osgeo import gdal
+
+    widget, layer, _to_web = dock
+    names = [widget.band_combos[0].itemText(i) for i in range(widget.band_combos[0].count())]
+    # The file's descriptions, with GDAL's colour interpretation (RGBA for 4 Byte bands).
+    assert names == [
+        "1: band 1 (Red)",
+        "2: band 2 (Green)",
+        "3: band 3 (Blue)",
+        "4: band 4 (Alpha)",
+    ]
+    assert [c.currentBand() for c in widget.band_combos] == [4, 3, 2]
+    assert widget.band_combos[0].currentText() == "4: band 4 (Alpha)"
+
+    path = tmp_path / "rgb.tif"
+    dataset = gdal.GetDriverByName("GTiff").Create(
+        str(path), 8, 8, 3, gdal.GDT_Byte, ["PHOTOMETRIC=RGB"]
+    )
+    dataset.SetGeoTransform((ORIGIN[0], RES, 0, ORIGIN[1], 0, -RES))
+    dataset.GetRasterBand(1).SetDescription("B04")
+    dataset = None
+    rgb = QgsRasterLayer(str(path), "rgb")
+    project.addMapLayer(rgb)
+    widget.layer_combo.setLayer(rgb)
+    assert [c.currentText() for c in widget.band_combos] == ["1: B04 (Red)", "2: Green", "3: Blue"]
+    assert not widget.band_row.isEnabled() and "in order" in widget.band_row.toolTip()
 
 
 def test_job_rows_tell_jobs_apart(dock, fake_backend):
@@ -510,3 +585,45 @@ def test_job_list_comes_back_from_the_backend(dock, fake_backend, qgis_iface):
     finally:
         widget.cleanup()
         widget.deleteLater()
+
+
+def test_full_scene_outputs_from_the_dock(dock, fake_backend):
+    """Off by default; ticked, the results folder gets the pre/post/mask set on the source's
+    grid: post is the source except in the edited window, where it is the returned tile."""
+    import numpy as np
+    from helpers import read
+
+    from rs_edit_plugin import scene
+
+    widget, layer, to_web = dock
+    assert not widget.scene_check.isChecked() and settings.option("full_scene") is False
+    widget.scene_check.setChecked(True)
+    assert settings.option("full_scene") is True
+    draw_square(widget, to_web)
+    widget.prompt_edit.setText("flooded fields")
+    record = widget.start_job()
+    wait_for(lambda: record.finished, 30, "the job")
+    assert record.state == "succeeded", record.message
+    request, (tile_path,) = record.request, record.outputs
+    pre, (post,), mask = scene.scene_paths(request.out_stem, record.outputs)
+    assert record.scene_outputs == [pre, post, mask]
+    assert "with 3 full-scene file(s)" in record.message
+    assert not any("full-scene" in w for w in record.warnings)
+
+    source, source_gt, source_wkt = read(layer.source())
+    tile, tile_gt, _wkt = read(tile_path)
+    window = request.window
+    rows = slice(window.yoff, window.yoff + window.height)
+    cols = slice(window.xoff, window.xoff + window.width)
+    after, after_gt, after_wkt = read(post)
+    assert after.dtype == source.dtype and after.shape == source.shape
+    assert after_gt == source_gt and after_wkt == source_wkt and tile_gt == window.geotransform
+    expected = source.copy()
+    expected[:, rows, cols] = tile
+    np.testing.assert_array_equal(after, expected)
+    assert not np.array_equal(after, source)  # the edit is in it
+    np.testing.assert_array_equal(read(pre)[0], source)
+    sent_mask, _gt, _wkt = read(request.mask_path)
+    full_mask, mask_gt, _wkt = read(mask)
+    assert mask_gt == source_gt and full_mask[0, rows, cols].tolist() == sent_mask[0].tolist()
+    assert full_mask.sum() == sent_mask.sum() > 0

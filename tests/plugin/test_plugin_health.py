@@ -270,3 +270,86 @@ def test_fake_backend_health_has_presets(fake_backend):
     health = check(fake_backend.url)
     assert health.presets[0] == "auto" and health.preset_auto == "fast"
     assert health.clip_available("tiny-random") is True
+
+
+def test_edit_is_disabled_with_a_reason_while_the_backend_is_unreachable(
+    dock, backend, closed_port_url
+):
+    assert dock.run_button.isEnabled()  # not checked yet: nothing known against it
+    assert dock.run_reason_label.isHidden()
+    dock.url_edit.setText(closed_port_url)
+    dock.check_backend()
+    assert not dock.run_button.isEnabled()
+    reason = dock.run_reason_label.text()
+    assert not dock.run_reason_label.isHidden()
+    assert reason.startswith("Edit is unavailable: backend not reachable at")
+    assert "Is `rs-edit serve` running?" in reason  # whole, not cut
+    assert dock.run_button.toolTip() == reason
+
+    dock.url_edit.setText(backend)  # it answers again: Edit comes back
+    dock.check_backend()
+    assert dock.run_button.isEnabled() and dock.run_reason_label.isHidden()
+    assert dock.run_button.toolTip() == ""
+
+    dock.url_edit.setText("ftp://nowhere")  # an invalid URL is no backend either
+    dock.check_backend()
+    assert not dock.run_button.isEnabled() and "invalid backend URL" in (
+        dock.run_reason_label.text()
+    )
+
+
+LONG_ERROR = (
+    "“flooded fields” failed: backend not reachable at http://127.0.0.1:8765: Connection "
+    "refused. Is `rs-edit serve` running? Start it with `rs-edit serve --host 127.0.0.1`, "
+    "or set another URL in the RS Edit panel."
+)
+
+
+def test_long_messages_are_shown_whole():
+    """The message bar shows one line: long errors were cut mid-sentence. The bar gets the
+    first sentence and the whole text behind its "more" button."""
+    from qgis.core import Qgis
+    from qgis.gui import QgsMessageBar
+
+    from rs_edit_plugin import messages
+
+    short = messages.short_text(LONG_ERROR)
+    assert short == (
+        "“flooded fields” failed: backend not reachable at http://127.0.0.1:8765: Connection "
+        "refused."
+    )
+    assert messages.short_text("All good.") == "All good."
+    words = messages.short_text("word " * 40)  # no sentence end: whole words and "…"
+    assert words.endswith("word…") and len(words) <= messages.SHORT_CHARS
+
+    pushed = []
+
+    class Bar:
+        def pushMessage(self, *args):  # noqa: N802
+            pushed.append(args)
+
+    messages.push(Bar(), LONG_ERROR, Qgis.MessageLevel.Critical, 0)
+    messages.push(Bar(), "All good.", Qgis.MessageLevel.Success, 5)
+    assert pushed == [
+        ("RS Edit", short, LONG_ERROR, Qgis.MessageLevel.Critical, 0),
+        ("RS Edit", "All good.", Qgis.MessageLevel.Success, 5),
+    ]
+    # QGIS's own bar takes the "more" text (QGIS >= 3.18): the item shows the short text.
+    bar = QgsMessageBar()
+    messages.push(bar, LONG_ERROR, Qgis.MessageLevel.Critical, 0)
+    assert bar.currentItem() is not None and bar.currentItem().text() == short
+    bar.deleteLater()
+
+
+def test_the_dock_pushes_long_messages_whole(qgis_iface):
+    from qgis.core import Qgis
+
+    widget = RsEditDock(qgis_iface.mainWindow(), qgis_iface)
+    try:
+        qgis_iface.messageBar().clear_messages()
+        widget._push(LONG_ERROR, Qgis.MessageLevel.Critical)
+        (text,) = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)
+        assert text.endswith(f"refused. [more: {LONG_ERROR}]")
+    finally:
+        widget.cleanup()
+        widget.deleteLater()
