@@ -84,7 +84,7 @@ class Preset:
     # sea filling a box up to its straight edge) by more than this factor.
     guard_cut: float = 1.3
     guard_tries: int = 2
-    # While the outline is what shows most, the guard's alternatives start from the ROI filled
+    # While the outline is what shows most, every other alternative starts from the ROI filled
     # smoothly from its surroundings, noised to this level (`patch_diffusion.sample`'s
     # `anchor`; training-free layouts only), so their layout continues the surroundings.
     guard_anchor: float = 0.6
@@ -161,7 +161,7 @@ PRESETS: dict[str, Preset] = {
             # Its drafts cost seconds, so the guard asks more of them and tries more.
             guard_bar=1.25,
             guard_seam=1.25,
-            guard_tries=4,
+            guard_tries=6,
         ),
         Preset(
             "balanced",

@@ -193,8 +193,8 @@ class TextEditor:
         when its outline shows as a change of texture (`cut_ratio` above `guard_cut`: the sea
         filling a box up to its straight edge). A failing edit is replaced by the best of a few
         alternatives made without the guidance (the same seed first when guided, then others):
-        while the outline is what shows most, each starts from the surroundings
-        (`guard_anchor`), otherwise from noise. Returns the edits, each one's `_Realism` and
+        while the outline is what shows most, every other one starts from the surroundings
+        (`guard_anchor`), the others from noise. Returns the edits, each one's `_Realism` and
         the variants that were replaced."""
         preset, tries = self.preset, self.preset.guard_tries
         measure = _RealismScore(tile)
@@ -217,10 +217,11 @@ class TextEditor:
                     break
                 same_seed = k == 0 and guided
                 alt_seed = seed if same_seed else seed + 7919 * (k + 1)
-                # The outline shows most: start from the surroundings, whose layout the new
-                # content then continues; otherwise a fresh draw from noise, the most varied.
+                # While the outline shows most, every other draw starts from the surroundings,
+                # whose layout the new content then continues; the rest are fresh draws from
+                # noise, the most varied (an anchored draw can fail the same way every time).
                 level, edge, cut = terms(measured[i])
-                anchor = preset.guard_anchor if cut >= max(level, edge) else None
+                anchor = preset.guard_anchor if cut >= max(level, edge) and k % 2 == 0 else None
                 coarse = sampler([alt_seed], unguided=True, anchor=anchor)
                 alt = self._add_detail(tile, coarse, [alt_seed], lambda *a, **kw: None)[0]
                 m = measure(alt)
