@@ -8,6 +8,7 @@ import contextlib
 
 from qgis.core import (
     Qgis,
+    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCsException,
     QgsProject,
@@ -31,6 +32,8 @@ from qgis.PyQt.QtWidgets import (
     QLayout,
     QLineEdit,
     QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -39,11 +42,12 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import area, choices, jobs, messages, roi, settings
+from . import area, choices, jobs, local_backend, local_env, messages, roi, settings
 from .bands import BandCombo
 from .client import Health, HealthMonitor, check_health
 from .compat import POLYGON_LAYER_FILTER, RASTER_LAYER_FILTER
 from .joblist import JobListMixin
+from .local_backend import LocalBackend
 from .maptools import PolygonTool, RectangleTool
 from .tasks import JobManager
 
@@ -177,10 +181,155 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         layout.addWidget(self.status_label)
         self.health_label = self._label("", "healthDetailsLabel", box)
         layout.addWidget(self.health_label)
+        layout.addWidget(self._local_box(box))
         self.url_edit.editingFinished.connect(self.save_url)
         self.check_button.clicked.connect(self.check_backend)
         self.token_button.clicked.connect(self.ask_token)
         return box
+
+    def _local_box(self, parent):
+        """The "Local backend" row: a backend the plugin runs itself (local_backend.py)."""
+        widget = QWidget(parent)
+        layout = QVBoxLayout(widget)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Local backend", widget))
+        self.local_button = QPushButton("Start", widget)
+        self.local_button.setObjectName("localBackendButton")
+        self.local_button.setToolTip(
+            "Run rs-edit serve on this computer (127.0.0.1, a fresh token each start)"
+        )
+        row.addWidget(self.local_button)
+        layout.addLayout(row)
+        self.local_label = self._label("Not running.", "localBackendLabel", widget)
+        layout.addWidget(self.local_label)
+        row = QHBoxLayout()
+        self.setup_button = QPushButton("Set up local backend", widget)
+        self.setup_button.setObjectName("setupLocalBackendButton")
+        self.setup_button.setToolTip(
+            "Create a Python environment under the QGIS profile and install rs-edit into it"
+        )
+        row.addWidget(self.setup_button)
+        self.remove_env_button = QPushButton("Remove", widget)
+        self.remove_env_button.setObjectName("removeLocalBackendButton")
+        self.remove_env_button.setToolTip("Delete the local backend's Python environment")
+        row.addWidget(self.remove_env_button)
+        layout.addLayout(row)
+        self.setup_progress = QProgressBar(widget)
+        self.setup_progress.setObjectName("setupProgress")
+        self.setup_progress.setRange(0, 100)
+        self.setup_progress.hide()
+        layout.addWidget(self.setup_progress)
+        self.setup_log = QPlainTextEdit(widget)
+        self.setup_log.setObjectName("setupLog")
+        self.setup_log.setReadOnly(True)
+        self.setup_log.setMaximumBlockCount(500)
+        self.setup_log.setFixedHeight(90)
+        self.setup_log.hide()
+        layout.addWidget(self.setup_log)
+        self.setup_task = None
+        self.setup_button.clicked.connect(self.setup_local_backend)
+        self.remove_env_button.clicked.connect(self.remove_local_backend)
+        self._refresh_setup_row()
+        self.local_backend = LocalBackend(parent=self)
+        self.local_backend.stateChanged.connect(self._local_state_changed)
+        self.local_button.clicked.connect(self.toggle_local_backend)
+        return widget
+
+    def toggle_local_backend(self) -> None:
+        if self.local_backend.state in (local_backend.STARTING, local_backend.RUNNING):
+            self.local_backend.stop()
+        else:
+            self.local_backend.start()
+
+    def _refresh_setup_row(self) -> None:
+        busy = self.setup_task is not None
+        present = local_env.installed(local_backend.env_dir())
+        if busy:
+            self.setup_button.setText("Cancel setup")
+        else:
+            self.setup_button.setText("Repair" if present else "Set up local backend")
+        self.remove_env_button.setEnabled(
+            not busy and local_env.is_environment(local_backend.env_dir())
+        )
+
+    def _setup_progress_changed(self, value: float) -> None:
+        self.setup_progress.setValue(int(value))
+
+    def _setup_line(self, line: str) -> None:
+        self.setup_log.appendPlainText(line)
+
+    def setup_local_backend(self) -> bool:
+        """Start (or, while one runs, cancel) the set-up task; Repair reinstalls from scratch."""
+        if self.setup_task is not None:
+            self.setup_task.cancel()
+            return False
+        folder = local_backend.env_dir()
+        try:
+            steps = local_env.plan(local_env.find_python(), folder, local_env.source(), repair=True)
+        except local_env.SetupError as exc:
+            self._push(str(exc), Qgis.MessageLevel.Critical)
+            self._setup_line(f"cannot set up: {exc}")
+            self.setup_log.show()
+            return False
+        self.local_backend.stop()  # it may run from the environment being rebuilt
+        task = local_env.SetupTask(steps)
+        task.logLine.connect(self._setup_line)
+        # Emitted in the task's thread: bound methods of the dock are called in the GUI thread.
+        task.progressChanged.connect(self._setup_progress_changed)
+        task.taskCompleted.connect(lambda: self._setup_done(task, True))
+        task.taskTerminated.connect(lambda: self._setup_done(task, False))
+        self.setup_task = task
+        self.setup_log.clear()
+        self.setup_log.show()
+        self.setup_progress.setValue(0)
+        self.setup_progress.show()
+        self._setup_line(f"Setting up the local backend in {folder}")
+        self._refresh_setup_row()
+        QgsApplication.taskManager().addTask(task)
+        return True
+
+    def _setup_done(self, task, ok: bool) -> None:
+        if task is not self.setup_task:
+            return
+        self.setup_task = None
+        self.setup_progress.hide()
+        if ok:
+            self._setup_line("The local backend is ready: press Start.")
+            self._push("Local backend set up.", Qgis.MessageLevel.Success, 5)
+        else:
+            self._setup_line(f"Set-up stopped: {task.error or 'failed'}")
+            self._push(f"Local backend set-up: {task.error or 'failed'}")
+        self._refresh_setup_row()
+
+    def remove_local_backend(self) -> bool:
+        folder = local_backend.env_dir()
+        if not self.confirm(f"Delete the local backend's environment {folder}?"):
+            return False
+        self.local_backend.stop()
+        try:
+            local_env.remove(folder)
+        except (OSError, local_env.SetupError) as exc:
+            self._push(f"Could not remove {folder}: {exc}", Qgis.MessageLevel.Critical)
+            return False
+        self._setup_line(f"Removed {folder}")
+        self._refresh_setup_row()
+        return True
+
+    def _local_state_changed(self, state: str) -> None:
+        backend = self.local_backend
+        active = state in (local_backend.STARTING, local_backend.RUNNING)
+        self.local_button.setText("Stop" if active else "Start")
+        text = {
+            local_backend.STOPPED: "Not running.",
+            local_backend.STARTING: "Starting…",
+            local_backend.RUNNING: f"Running at {backend.url}.",
+            local_backend.FAILED: f"Failed: {backend.reason}",
+        }[state]
+        self.local_label.setText(text)
+        if state == local_backend.RUNNING:
+            self.url_edit.setText(backend.url)
+            self.check_backend()
 
     def _input_box(self, parent):
         box = QGroupBox("Image, area and ROI", parent)
@@ -710,7 +859,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         """Ask the user (Yes/No); tests replace this."""
         answer = QMessageBox.question(
             self,
-            "RS Edit: edit the whole area?",
+            "RS Edit",
             text,
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No,
@@ -728,8 +877,14 @@ class RsEditDock(JobListMixin, QgsDockWidget):
     # --- teardown -------------------------------------------------------------------------
 
     def cleanup(self):
-        """Stop the monitor, cancel running jobs, take map tools and rubber bands away."""
+        """Stop the monitor and the local backend, cancel running jobs, take map tools and
+        rubber bands away."""
         self.monitor.stop()
+        with contextlib.suppress(TypeError):
+            self.local_backend.stateChanged.disconnect(self._local_state_changed)
+        self.local_backend.stop()
+        if self.setup_task is not None:
+            self.setup_task.cancel()
         self.jobs.shutdown()
         self.label_timer.stop()
         canvas = self.canvas()

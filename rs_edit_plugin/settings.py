@@ -47,9 +47,26 @@ OPTIONS = {
     "poll_interval_s": (1.0, float),
 }
 
-ALL_KEYS = [BACKEND_URL_KEY, AUTHCFG_KEY, RESULTS_DIR_KEY, MAX_TILE_PIXELS_KEY] + [
-    PREFIX + name for name in OPTIONS
-]
+# The plugin-managed backend (local_backend.py); empty values mean "under the QGIS profile".
+LOCAL_EXECUTABLE_KEY = PREFIX + "local_backend_executable"  # empty: the managed env's rs-edit
+LOCAL_DATA_DIR_KEY = PREFIX + "local_backend_data_dir"
+LOCAL_ENV_DIR_KEY = PREFIX + "local_backend_env_dir"
+LOCAL_PYTHON_KEY = PREFIX + "local_backend_python"  # the Python that creates the environment
+
+ALL_KEYS = [
+    BACKEND_URL_KEY,
+    AUTHCFG_KEY,
+    RESULTS_DIR_KEY,
+    MAX_TILE_PIXELS_KEY,
+    LOCAL_EXECUTABLE_KEY,
+    LOCAL_DATA_DIR_KEY,
+    LOCAL_ENV_DIR_KEY,
+    LOCAL_PYTHON_KEY,
+] + [PREFIX + name for name in OPTIONS]
+
+# The running plugin-managed backend: its URL and token live in memory only (a fresh token
+# each start), never in the settings or the authentication manager.
+_local_backend = dict.fromkeys(("url", "token"), "")
 
 
 def backend_url() -> str:
@@ -65,6 +82,24 @@ def set_backend_url(url: str) -> None:
         QgsSettings().setValue(BACKEND_URL_KEY, url)
     else:
         QgsSettings().remove(BACKEND_URL_KEY)
+
+
+def use_local_backend(url: str, token: str) -> None:
+    """Point the plugin at the managed backend: its URL becomes the backend URL, and token()
+    answers its token while that URL is the one configured."""
+    _local_backend.update(url=normalize_url(url), token=token)
+    set_backend_url(url)
+
+
+def forget_local_backend(url: str = "") -> None:
+    """The managed backend stopped (only when `url` is its URL, if given)."""
+    if not url or normalize_url(url) == _local_backend["url"]:
+        _local_backend.update(dict.fromkeys(_local_backend, ""))
+
+
+def local_backend_url() -> str:
+    """The URL of the managed backend while it runs, else ''."""
+    return _local_backend["url"]
 
 
 def normalize_url(url: str) -> str:
@@ -161,7 +196,11 @@ def store_token(token: str) -> str:
 
 
 def token() -> str:
-    """The stored token, or '' when none is configured."""
+    """The token for the configured backend: the managed backend's while it is the one
+    configured, else the stored token, or '' when none is configured."""
+    local = _local_backend
+    if local["url"] and local["token"] and backend_url() == local["url"]:
+        return local["token"]
     config_id = QgsSettings().value(AUTHCFG_KEY, "", type=str)
     if not config_id:
         return ""

@@ -2,8 +2,9 @@
 # Run the QGIS plugin tests under QGIS's own Python (Debian's python3-qgis), headless.
 # Idempotent: installs QGIS (as root) and a .venv-qgis with pytest-qgis only when missing.
 # Usage: bash scripts/plugin_tests.sh [extra pytest arguments]
-#   -m "not slow" skips the one end-to-end job against the real backend (`rs-edit serve`, found
-#   via $RS_EDIT_BACKEND or .venv/bin/rs-edit; it skips by itself when absent).
+#   -m "not slow" skips the slow tests: a job against the real backend (`rs-edit serve`, found
+#   via $RS_EDIT_BACKEND or .venv/bin/rs-edit; it skips by itself when absent) and a real
+#   installation of the backend into a temporary environment (a few GB of downloads).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

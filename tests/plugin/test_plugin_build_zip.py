@@ -17,9 +17,14 @@ def run_builder(script, out_dir):
         [sys.executable, str(script), "--out-dir", str(out_dir)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,  # the backend wheel is built with pip
         check=False,
     )
+
+
+def backend_version():
+    text = (ROOT / "backend" / "rs_edit" / "__init__.py").read_text()
+    return re.search(r'(?m)^__version__ = "([^"]+)"', text).group(1)
 
 
 def metadata_version():
@@ -39,14 +44,26 @@ def test_zip_has_the_expected_members(tmp_path):
         for p in (ROOT / "rs_edit_plugin").rglob("*.py")
         if "__pycache__" not in p.parts
     }
+    wheel = f"rs_edit_plugin/wheels/rs_edit-{backend_version()}-py3-none-any.whl"
     expected = sources | {
         "rs_edit_plugin/icon.png",
         "rs_edit_plugin/metadata.txt",
         "rs_edit_plugin/LICENSE",
+        wheel,
     }
     with zipfile.ZipFile(archive) as zf:
         assert zf.testzip() is None
         assert set(zf.namelist()) == expected
+        # The backend wheel ("Set up local backend" installs it): the package, no tests.
+        (tmp_path / "backend.whl").write_bytes(zf.read(wheel))
+        with zipfile.ZipFile(tmp_path / "backend.whl") as backend:
+            names = backend.namelist()
+            assert "rs_edit/cli.py" in names and "rs_edit/service/routes.py" in names
+            assert not [n for n in names if n.startswith(("tests/", "bench/", "rs_edit_plugin/"))]
+            (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+            assert "Name: rs-edit" in backend.read(meta).decode()
+            entry = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+            assert b"rs-edit = rs_edit.cli:main" in backend.read(entry[0])
         assert zf.read("rs_edit_plugin/metadata.txt") == (ROOT / "metadata.txt").read_bytes()
         assert zf.read("rs_edit_plugin/icon.png") == (ROOT / "rs_edit_plugin/icon.png").read_bytes()
     assert {"rs_edit_plugin/__init__.py", "rs_edit_plugin/plugin.py"} <= expected
