@@ -428,20 +428,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def _check_memory(args: argparse.Namespace, options) -> None:
     """Refuse (exit 2) an edit whose estimated peak memory exceeds the budget, before any pixel
-    is read: the header, the ROI's windows, the bands and the preset are enough."""
-    from .memory import check_edit, edit_inputs, resolve_budget
+    is read: the edit's plan (header, ROI, windows, bands) and the preset are enough."""
+    from .memory import check_edit, resolve_budget
+    from .plan import plan_edit
 
     budget = resolve_budget(args.memory_budget)
-    info, roi = edit_inputs(args.input, roi_geojson=args.roi, mask_path=args.mask)
+    plan = plan_edit(args.input, options, roi_geojson=args.roi, mask_path=args.mask)
     device_type = args.device
     if device_type == "auto":
         import torch
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     check_edit(
-        info,
-        roi,
-        options,
+        plan,
         budget,
         device_type=device_type,
         hint=f" (or raise --memory-budget above {budget:,} MB)",

@@ -1,10 +1,12 @@
-"""The edit pipeline, top to bottom: read tile -> ROI -> edit -> composite -> write.
+"""The edit pipeline, top to bottom: plan -> read windows -> edit -> composite -> write.
 
-`prepare` does everything that can fail on bad input (so callers can validate before queuing
-work); `edit_raster` runs an editor on the prepared tile and writes the result atomically.
-An editor maps the tile's model-space image to an edited one; `identity_editor` exercises the
-whole raster path without a model. `run_edit` edits polygons that lie far apart in windows of
-their own (`prepare_windows`) and writes them into one output raster.
+`plan.plan_edit` does everything that can fail on bad input without reading pixels (so callers
+can validate before queuing work): options, raster header, ROI, windows. `read_plan` reads each
+window's pixels into a `PreparedTile`; `prepare` (one window around the whole ROI) and
+`prepare_windows` (one per group of far-apart polygons) do both. `edit_raster` runs an editor on
+a prepared tile and writes the result atomically. An editor maps the tile's model-space image to
+an edited one; `identity_editor` exercises the whole raster path without a model. `run_edit`
+edits polygons that lie far apart in windows of their own and writes them into one raster.
 """
 
 from __future__ import annotations
@@ -18,21 +20,19 @@ import numpy as np
 from rasterio.windows import Window
 
 from . import __version__
-from .bands import BandScaling, rgb_bands
+from .bands import BandScaling
 from .composite import composite, roi_alpha
 from .engine.presets import AUTO, DEFAULT_PRESET, check_preset_name, get_preset
 from .errors import ParameterError
 from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
 from .paths import cache_root
+from .plan import EditPlan, PlannedWindow, plan_edit
 from .progress import ProgressCallback, no_progress, share, windows
-from .raster import RasterInfo, inspect_raster, read_tile, write_result
-from .roi import Roi, roi_from_geojson, roi_from_mask, whole_image
+from .raster import RasterInfo, read_tile, write_result
+from .roi import Roi
 
 MAX_PROMPT_CHARS = 1000
-# The largest window (ROI + context) read and modelled at once: 64 MP of float32 per band is
-# already far beyond what single-image diffusion learns in minutes.
-MAX_WINDOW_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,10 @@ def prepare(
     roi_geojson: str | os.PathLike | dict | None = None,
     mask_path: str | os.PathLike | None = None,
 ) -> PreparedTile:
-    """Validate the inputs, read the window around the ROI and map it to the model's range."""
-    options, info, roi = _resolve(input_path, options, roi_geojson, mask_path)
-    return _read(info, roi, options)
+    """Validate the inputs, read the window around the whole ROI and map it to the model's range
+    (`plan_edit` without splitting, then `read_plan`)."""
+    plan = plan_edit(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path, split=False)
+    return read_plan(plan)[0]
 
 
 def prepare_windows(
@@ -137,41 +138,24 @@ def prepare_windows(
 ) -> list[PreparedTile]:
     """As `prepare`, with one tile per group of polygons whose context windows do not touch
     (building footprints across a town: each is learned and edited in its own window)."""
-    options, info, roi = _resolve(input_path, options, roi_geojson, mask_path)
-    context = options.context_px + options.dilate_px
-    return [_read(info, part, options) for part in roi.clusters(2 * context)]
+    return read_plan(plan_edit(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path))
 
 
-def _resolve(input_path, options: EditOptions, roi_geojson, mask_path):
-    options = options.validate()
-    info = inspect_raster(input_path)
-    if roi_geojson is not None and mask_path is not None:
-        raise ParameterError("give either a GeoJSON ROI or a mask raster, not both")
-    if roi_geojson is not None:
-        roi = roi_from_geojson(roi_geojson, info)
-    elif mask_path is not None:
-        roi = roi_from_mask(mask_path, info)
-    else:
-        roi = whole_image(info)
-    return options, info, roi
+def read_plan(plan: EditPlan) -> list[PreparedTile]:
+    """Read the pixels of each of the plan's windows and map them to the model's range."""
+    return [_read(plan, planned) for planned in plan.windows]
 
 
-def _read(info: RasterInfo, roi: Roi, options: EditOptions) -> PreparedTile:
-    rgb = rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
-    window = context_window(roi.bbox, info, options.context_px + options.dilate_px)
-    if window.width * window.height > MAX_WINDOW_PIXELS:
-        raise ParameterError(
-            f"the area to edit ({window.width}x{window.height} px with context) is larger than "
-            f"{MAX_WINDOW_PIXELS:,} px: draw a smaller ROI (--roi or --mask)"
-        )
+def _read(plan: EditPlan, planned: PlannedWindow) -> PreparedTile:
+    info, options, window = plan.info, plan.options, planned.window
     tile = read_tile(info, window)
-    roi_mask = roi.rasterize(window)
+    roi_mask = planned.roi.rasterize(window)
     alpha = roi_alpha(roi_mask, dilate_px=options.dilate_px, feather_px=options.feather_px)
     bands = list(info.data_bands)
     scaling = BandScaling.fit(tile.data[bands], tile.valid)
     return PreparedTile(
         info=info,
-        roi=roi,
+        roi=planned.roi,
         window=window,
         data=tile.data,
         valid=tile.valid,
@@ -179,18 +163,9 @@ def _read(info: RasterInfo, roi: Roi, options: EditOptions) -> PreparedTile:
         alpha=alpha,
         scaling=scaling,
         model_image=scaling.forward(tile.data[bands], tile.valid),
-        rgb=rgb,
+        rgb=plan.rgb,
         options=options,
     )
-
-
-def context_window(bbox: Window, info: RasterInfo, context_px: int) -> Window:
-    """The ROI's bounding box grown by `context_px` on each side, clipped to the raster."""
-    c0 = max(0, int(bbox.col_off) - context_px)
-    r0 = max(0, int(bbox.row_off) - context_px)
-    c1 = min(info.width, int(bbox.col_off + bbox.width) + context_px)
-    r1 = min(info.height, int(bbox.row_off + bbox.height) + context_px)
-    return Window(c0, r0, c1 - c0, r1 - r0)
 
 
 def edit_raster(
@@ -306,7 +281,8 @@ def run_edit(
     from .raster import check_output_path
 
     options = options.validate()
-    tiles = prepare_windows(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path)
+    plan = plan_edit(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path)
+    tiles = read_plan(plan)
     paths = variant_paths(output, options.variants)
     for path in paths:
         check_output_path(tiles[0].info, path)

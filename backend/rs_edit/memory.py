@@ -1,10 +1,10 @@
 """How much memory an edit will need, known before any pixel is read, and the budget it must fit.
 
 `estimate_mb` is a small plain function of what is known at submission: the windows that will
-be edited (one per group of far-apart polygons, `edit.prepare_windows`), the number of bands,
-the preset, the guidance, the CLIP model and the number of variants. The service
-(`service/submit.py`) and `rs-edit edit` refuse a job whose estimate exceeds the memory budget
-(`check_budget`), before it is queued or any pixel is read.
+be edited (one per group of far-apart polygons, the edit's `plan.EditPlan`), the number of bands,
+the preset, the guidance, the CLIP model and the number of variants; `estimate_edit` takes them
+from a plan. The service (`service/submit.py`) and `rs-edit edit` refuse a job whose estimate
+exceeds the memory budget (`check_edit`), before it is queued or any pixel is read.
 
 The memory that grows with the window is the patch detail (`engine/patches.py refine`): at the
 finest scale every pixel's patch is unfolded (bands x patch^2 floats per pixel) several times
@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .plan import EditPlan
 
 MB = 1024 * 1024
 BUDGET_ENV = "RS_EDIT_MEMORY_BUDGET"
@@ -108,11 +112,9 @@ class MemoryBudgetError(InputError):
         )
 
 
-def check_edit(
-    info, roi, options, budget_mb: int, *, device_type: str = "cpu", hint: str = ""
-) -> int:
-    """The edit's estimate (MB), or MemoryBudgetError when it exceeds `budget_mb`."""
-    windows, estimate = estimate_edit(info, roi, options, device_type)
+def check_edit(plan: EditPlan, budget_mb: int, *, device_type: str = "cpu", hint: str = "") -> int:
+    """The planned edit's estimate (MB), or MemoryBudgetError when it exceeds `budget_mb`."""
+    windows, estimate = estimate_edit(plan, device_type)
     if estimate > budget_mb:
         raise MemoryBudgetError(estimate, budget_mb, windows, hint)
     return estimate
@@ -156,24 +158,13 @@ def resolve_budget(value: int | float | str | None = None, env: dict | None = No
     return budget
 
 
-def edit_windows(info, roi, options) -> list[tuple[int, int]]:
-    """(height, width) of every window `edit.prepare_windows` will read, without reading it."""
-    from .edit import context_window
-
-    context = options.context_px + options.dilate_px
-    out = []
-    for part in roi.clusters(2 * context):
-        window = context_window(part.bbox, info, context)
-        out.append((int(window.height), int(window.width)))
-    return out
-
-
-def estimate_edit(info, roi, options, device_type: str = "cpu") -> tuple[list, int]:
-    """(windows, estimate MB) of an edit of `roi` in the raster `info` with `options`."""
-    windows = edit_windows(info, roi, options)
+def estimate_edit(plan: EditPlan, device_type: str = "cpu") -> tuple[list, int]:
+    """(windows as (height, width), estimate MB) of the planned edit (`plan.plan_edit`)."""
+    windows = plan.sizes
+    options = plan.options
     estimate = estimate_mb(
         windows,
-        bands=len(info.data_bands),
+        bands=len(plan.info.data_bands),
         preset=options.preset,
         guidance=options.guidance,
         clip=options.clip,
@@ -181,19 +172,3 @@ def estimate_edit(info, roi, options, device_type: str = "cpu") -> tuple[list, i
         device_type=device_type,
     )
     return windows, estimate
-
-
-def edit_inputs(input_path, *, roi_geojson=None, mask_path=None):
-    """(RasterInfo, Roi) as `edit.prepare_windows` resolves them, without reading pixels."""
-    from .errors import ParameterError
-    from .raster import inspect_raster
-    from .roi import roi_from_geojson, roi_from_mask, whole_image
-
-    info = inspect_raster(input_path)
-    if roi_geojson is not None and mask_path is not None:
-        raise ParameterError("give either a GeoJSON ROI or a mask raster, not both")
-    if roi_geojson is not None:
-        return info, roi_from_geojson(roi_geojson, info)
-    if mask_path is not None:
-        return info, roi_from_mask(mask_path, info)
-    return info, whole_image(info)

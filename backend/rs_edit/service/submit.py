@@ -1,13 +1,13 @@
 """Checking a submission before it becomes a job: everything knowable now is refused now.
 
-The same validation as `rs_edit.edit.prepare`, minus keeping the pixels: options, the raster's
-header and integrity (`inspect_raster`; `check_integrity` decodes every block of the image and
-of the mask once, whatever their size), the ROI (GeoJSON reprojected and clipped, or a mask on
-the same grid), the band choice and the size of the window to edit. Before any of that, the
-service's own rules: only GeoTIFF uploads (no VRT or other formats that could name other files),
-the declared size within limits (read from the header, before any pixel), a GeoJSON ROI parsed
-here from text (never a path) whose `crs` member may only name a CRS, and CLIP models by name
-only. Messages name the form field ("image", "mask"), never a server path.
+The edit's own plan (`rs_edit.plan.plan_edit`: options, the raster's header, the ROI as GeoJSON
+reprojected and clipped or a mask on the same grid, the band choice, the windows to edit and
+their size), plus the uploads' integrity (`check_integrity` decodes every block of the image and
+of the mask once, whatever their size) and the memory estimate of the planned windows. Before
+any of that, the service's own rules: only GeoTIFF uploads (no VRT or other formats that could
+name other files), the declared size within limits (read from the header, before any pixel), a
+GeoJSON ROI parsed here from text (never a path) whose `crs` member may only name a CRS, and
+CLIP models by name only. Messages name the form field ("image", "mask"), never a server path.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from rasterio.errors import RasterioError
 from shapely.geometry import shape
 from shapely.validation import explain_validity
 
-from ..bands import parse_band_list, rgb_bands
-from ..edit import MAX_WINDOW_PIXELS, EditOptions, context_window
+from ..bands import parse_band_list
+from ..edit import EditOptions
 from ..engine.presets import AUTO, DEFAULT_PRESET, PRESET_NAMES, get_preset
 from ..errors import CrsError, InputError, ParameterError, RasterError, RoiError
 from ..guidance import GUIDANCE_METHODS
@@ -37,8 +37,8 @@ from ..guidance.clip import (
     check_remoteclip_obtainable,
 )
 from ..memory import check_edit
+from ..plan import WindowTooLargeError, plan_edit
 from ..raster import check_integrity, gdal_env, inspect_raster
-from ..roi import roi_from_geojson, roi_from_mask, whole_image
 from .config import Limits
 from .errors import BAD_PARAMETER, LimitError, name_field
 
@@ -359,35 +359,31 @@ def validate_inputs(
     memory_budget_mb: int | None = None,
     device_type: str = "cpu",
 ) -> dict:
-    """Everything `prepare` checks, without keeping the pixels: the uploads' blocks are all
-    decoded once (`raster.check_integrity`: a corrupt block is a 400 now, not a job that fails
-    later). Returns a summary for the job.
+    """Everything the edit's plan checks (`plan_edit`: the windows the job will read), without
+    reading pixels, and the uploads' blocks all decoded once (`raster.check_integrity`: a corrupt
+    block is a 400 now, not a job that fails later). Returns a summary for the job.
 
-        With `memory_budget_mb`, an edit whose estimated peak memory (`memory.estimate_edit`: the
-        windows `prepare_windows` will read, the bands, the preset) exceeds it is refused too
-        (`MemoryBudgetError`, 413): a small upload can declare a large raster (a 4600x4600 all-zero
-        DEFLATE GeoTIFF is 72 KB)."""
+    With `memory_budget_mb`, an edit whose estimated peak memory (`memory.estimate_edit`: the
+    plan's windows, the bands, the preset) exceeds it is refused too (`MemoryBudgetError`, 413):
+    a small upload can declare a large raster (a 4600x4600 all-zero DEFLATE GeoTIFF is 72 KB)."""
     try:
         check_geotiff_header(image, "image", limits)
         info = inspect_raster(image)
         check_integrity(image)  # every block, whatever the size (`inspect_raster`: up to 64 MB)
         if roi is not None and mask is not None:
             raise ParameterError("send either roi (GeoJSON) or mask (a raster), not both")
-        if roi is not None:
-            region = roi_from_geojson(roi, info)
-        elif mask is not None:
+        if mask is not None:
             check_geotiff_header(mask, "mask", limits)
             check_integrity(mask)
-            region = roi_from_mask(mask, info)
-        else:
-            region = whole_image(info)
-        rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
-        window = context_window(region.bbox, info, options.context_px + options.dilate_px)
-        if window.width * window.height > MAX_WINDOW_PIXELS:
+        try:
+            plan = plan_edit(image, options, roi_geojson=roi, mask_path=mask, info=info)
+        except WindowTooLargeError as exc:
+            window = exc.window
             raise LimitError(
                 f"the area to edit ({window.width}x{window.height} px with context) is larger "
-                f"than {MAX_WINDOW_PIXELS:,} px: send a smaller ROI"
-            )
+                f"than {exc.limit:,} px: send a smaller ROI"
+            ) from None
+        region = plan.roi
     except RecursionError:
         raise RoiError("roi is not usable GeoJSON: nested too deeply") from None
     except InputError as exc:
@@ -398,9 +394,7 @@ def validate_inputs(
     estimate = None
     if memory_budget_mb is not None:
         estimate = check_edit(
-            info,
-            region,
-            options,
+            plan,
             memory_budget_mb,
             device_type=device_type,
             hint="; this server's memory budget is set by its operator (--memory-budget)",
