@@ -10,6 +10,7 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
     QgsCsException,
     QgsProject,
     QgsRasterLayer,
@@ -36,6 +37,7 @@ from qgis.PyQt.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSlider,
     QSpinBox,
     QStyle,
     QVBoxLayout,
@@ -45,6 +47,7 @@ from qgis.PyQt.QtWidgets import (
 from . import area, choices, jobs, local_backend, local_env, messages, roi, settings
 from .bands import BandCombo
 from .client import Health, HealthMonitor, check_health
+from .compare import Compare
 from .compat import POLYGON_LAYER_FILTER, RASTER_LAYER_FILTER
 from .joblist import JobListMixin
 from .local_backend import LocalBackend
@@ -100,6 +103,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         layout.addWidget(self._input_box(body))
         layout.addWidget(self._edit_box(body))
         layout.addWidget(self._jobs_box(body))
+        layout.addWidget(self._compare_box(body))
         layout.addStretch(1)
         scroll = QScrollArea(self)
         scroll.setObjectName("dockScrollArea")
@@ -126,6 +130,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.jobs.jobChanged.connect(self._job_changed)
         self.jobs.jobRemoved.connect(self._job_removed)
         self.jobs.resultsAdded.connect(self._results_added)
+        self.job_tree.itemSelectionChanged.connect(self._compare_selected)
         self.overlays_visible = True
         canvas = self.canvas()
         if canvas is not None:  # disconnected in cleanup()
@@ -690,8 +695,85 @@ class RsEditDock(JobListMixin, QgsDockWidget):
                 tool.set_visible(on)
         self.overlay_button.setText("Hide overlays" if on else "Show overlays")
 
-    def _results_added(self, _record, _layers):
-        self.set_overlays_visible(False)  # they would cover the edited pixels
+    def _results_added(self, record, layers):
+        """A result arrived: hide the overlays (they would cover the edited pixels), zoom to
+        the result and offer to compare it with its source."""
+        self.set_overlays_visible(False)
+        result = layers[-1]
+        canvas = self.canvas()
+        if canvas is not None:
+            to_canvas = QgsCoordinateTransform(
+                result.crs(), canvas.mapSettings().destinationCrs(), QgsProject.instance()
+            )
+            with contextlib.suppress(QgsCsException):
+                canvas.setExtent(to_canvas.transformBoundingBox(result.extent()))
+                canvas.refresh()
+        source = QgsProject.instance().mapLayer(record.request.layer_id) if record.request else None
+        self.compare.set_layers(source, result)
+
+    # --- compare --------------------------------------------------------------------------
+
+    def _compare_box(self, parent):
+        box = QGroupBox("Compare result with source", parent)
+        layout = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.swipe_check = QCheckBox("Swipe", box)
+        self.swipe_check.setObjectName("swipeCheck")
+        self.swipe_check.setToolTip(
+            "Show the source layer left of the line and the result right of it"
+        )
+        self.swipe_slider = QSlider(Qt.Orientation.Horizontal, box)
+        self.swipe_slider.setObjectName("swipeSlider")
+        self.swipe_slider.setRange(0, 100)
+        self.swipe_slider.setValue(50)
+        self.swipe_slider.setToolTip("Where the swipe line is, in % of the map's width")
+        self.flicker_check = QCheckBox("Flicker", box)
+        self.flicker_check.setObjectName("flickerCheck")
+        self.flicker_check.setToolTip("Switch the result layer on and off every 0.7 s")
+        row.addWidget(self.swipe_check)
+        row.addWidget(self.swipe_slider, 1)
+        row.addWidget(self.flicker_check)
+        layout.addLayout(row)
+        self.compare_label = QLabel("", box)
+        self.compare_label.setObjectName("compareLabel")
+        self.compare_label.setWordWrap(True)
+        layout.addWidget(self.compare_label)
+        self.compare = Compare(self.canvas(), QgsProject.instance(), parent=self)
+        self.compare.changed.connect(self._compare_changed)
+        self.swipe_check.toggled.connect(self.compare.set_swipe)
+        self.swipe_slider.valueChanged.connect(self.compare.set_position)
+        self.flicker_check.toggled.connect(self.compare.set_flicker)
+        self._compare_changed()
+        return box
+
+    def _compare_changed(self) -> None:
+        active = self.compare.active
+        for widget in (self.swipe_check, self.swipe_slider, self.flicker_check):
+            widget.setEnabled(active)
+        if not active:
+            for check in (self.swipe_check, self.flicker_check):
+                check.blockSignals(True)
+                check.setChecked(False)
+                check.blockSignals(False)
+            self.compare_label.setText("No result to compare: run a job or pick one with a result")
+        else:
+            self.compare_label.setText(
+                f"{self.compare.result.name()}  vs  {self.compare.source.name()}"
+            )
+            self.compare.set_swipe(self.swipe_check.isChecked())
+            self.compare.set_flicker(self.flicker_check.isChecked())
+
+    def _compare_selected(self) -> None:
+        """Compare the result of the job picked in the job list (when it has one on the map)."""
+        record = self.selected_record()
+        if record is None or record.request is None:
+            return
+        project = QgsProject.instance()
+        layers = [project.mapLayer(i) for i in record.layers]
+        layers = [layer for layer in layers if layer is not None]
+        source = project.mapLayer(record.request.layer_id)
+        if layers and source is not None and self.compare.result is not layers[-1]:
+            self.compare.set_layers(source, layers[-1])
 
     def _polygons_changed(self):
         self.refresh_labels()
@@ -886,6 +968,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         if self.setup_task is not None:
             self.setup_task.cancel()
         self.jobs.shutdown()
+        self.compare.shutdown()
         self.label_timer.stop()
         canvas = self.canvas()
         if canvas is not None:

@@ -1,4 +1,5 @@
-"""Screenshot of the RS Edit dock in a QGIS-like main window, with one finished job.
+"""Screenshot of the RS Edit dock in a QGIS-like main window, with one finished job and the
+map comparing its result with the source (swipe at 50 %).
 
 Runs a real QgsApplication with its GUI (needs a display: scripts/dock_screenshot.sh uses
 Xvfb), a map canvas showing a GeoTIFF, the plugin's dock on the right and a layer tree on
@@ -112,7 +113,13 @@ def main(output):
     )
     from qgis.PyQt.QtCore import QSize, Qt
     from qgis.PyQt.QtGui import QImage
-    from qgis.PyQt.QtWidgets import QDockWidget, QMainWindow, QVBoxLayout, QWidget
+    from qgis.PyQt.QtWidgets import (
+        QDockWidget,
+        QMainWindow,
+        QScrollArea,
+        QVBoxLayout,
+        QWidget,
+    )
 
     app = QgsApplication([], True, str(work / "profile"))
     app.initQgis()
@@ -183,6 +190,11 @@ def main(output):
     if record.state != "succeeded":
         raise SystemExit(f"dock_screenshot: the job {record.state}: {record.message}")
     tree.expandAll()
+    # The dock zoomed to the result and offers to compare it with its source: swipe at 50 %
+    # (the source left of the line, the result right of it).
+    wait_for(app, lambda: dock.swipe_check.isEnabled(), 10, "the compare control")
+    dock.swipe_slider.setValue(50)
+    dock.swipe_check.setChecked(True)
     # The "finished" message names a temporary folder and wraps in the narrow bar; the job
     # list and the layer tree show the outcome.
     bar.clearWidgets()
@@ -190,6 +202,10 @@ def main(output):
     canvas.refresh()
     settle(app, 1.0)
     canvas.waitWhileRendering()
+    wait_for(app, lambda: dock.compare.item.image is not None, 30, "the swipe's source image")
+    # The dock scrolls: show its lower part, with the job list and the compare control.
+    scroll = dock.findChild(QScrollArea, "dockScrollArea")
+    scroll.verticalScrollBar().setValue(scroll.verticalScrollBar().maximum())
     settle(app, 0.5)
 
     output = Path(output)

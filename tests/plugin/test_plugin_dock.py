@@ -82,6 +82,7 @@ def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_ifa
     widget.preset_combo.setCurrentText("tiny")
     widget.seed_spin.setValue(11)
     widget.clip_combo.setCurrentText("tiny-random")
+    extent = widget.canvas().extent()  # the area; the map zooms to the result when it arrives
     widget.run_button.click()
 
     assert widget.job_tree.topLevelItemCount() == 1
@@ -97,7 +98,7 @@ def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_ifa
     window = record.request.window
     # The area is the map extent (in EPSG:3857) on the layer's grid.
     canvas = widget.canvas()
-    assert window == area.window_for_extent(layer, canvas.extent(), WEB)
+    assert window == area.window_for_extent(layer, extent, WEB)
     assert canvas.mapSettings().destinationCrs() == WEB and window.width >= 40
     group = project.layerTreeRoot().findGroup(results.GROUP_NAME)
     assert [n.layer().name() for n in group.findLayers()] == ["scene – flooded fields (v1)"]
