@@ -11,6 +11,7 @@ import rasterio
 import torch
 from conftest import SHARED_IMAGERY
 from rasterio.windows import Window
+from test_realism import texture as realism_texture
 
 from rs_edit.engine.boundary import cut_ratio, cut_unit
 from rs_edit.engine.pyramid import gaussian_blur
@@ -18,14 +19,9 @@ from rs_edit.engine.pyramid import gaussian_blur
 SIZE = 128
 
 
-def texture(seed: int, size: int = SIZE) -> torch.Tensor:
-    """(3, size, size): detail at several scales, about [-1, 1]."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.zeros(1, 3, size, size)
-    for sigma, amp in ((0.6, 0.35), (2.0, 0.5), (6.0, 0.6)):
-        noise = torch.randn(1, 3, size, size, generator=gen)
-        x += amp * gaussian_blur(noise, sigma) / gaussian_blur(noise, sigma).std()
-    return (x[0] / 3).clamp(-1, 1)
+def texture(seed: int) -> torch.Tensor:
+    """(3, SIZE, SIZE): detail at several scales, about [-1, 1]."""
+    return realism_texture(seed, SIZE)
 
 
 def box(lo: int = 40, hi: int = 88, size: int = SIZE) -> np.ndarray:

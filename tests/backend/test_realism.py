@@ -82,6 +82,26 @@ def test_largest_copy_finds_a_pasted_block_and_nothing_in_fresh_noise():
     assert largest_copy(src, src, roi) <= 1
 
 
+def crop_with_mask(tmp_path, source, window: Window, roi: np.ndarray):
+    """A crop of `source` at `window` and a mask raster of `roi` on its grid, in tmp_path:
+    (crop path, mask path, the crop's pixels)."""
+    crop, mask = tmp_path / "crop.tif", tmp_path / "mask.tif"
+    with rasterio.open(source) as src:
+        profile = {
+            **src.profile,
+            "driver": "GTiff",
+            "width": int(window.width),
+            "height": int(window.height),
+            "transform": src.window_transform(window),
+        }
+        data = src.read(window=window)
+    with rasterio.open(crop, "w", **profile) as dst:
+        dst.write(data)
+    with rasterio.open(mask, "w", **{**profile, "count": 1, "nodata": None}) as dst:
+        dst.write(roi.astype(np.uint8)[None])
+    return crop, mask, data
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_IMAGERY.is_dir(), reason="needs ../shared/data/imagery")
 @pytest.mark.parametrize("tile", ["forest03", "harbor00"])
@@ -89,15 +109,9 @@ def test_random_clip_finetuning_keeps_a_real_tile_realistic(tmp_path, tile):
     """The realism guard: tiny-random CLIP + fine-tuning used to turn the ROI into a flat
     saturated rectangle (and, on the harbour, into a flat dark square). Now every level stays
     near the tile's own, far below a flat fill."""
-    crop, mask = tmp_path / "crop.tif", tmp_path / "mask.tif"
-    with rasterio.open(SHARED_IMAGERY / f"keras-rs-retrieval__{tile}.tif") as src:
-        profile = {**src.profile, "driver": "GTiff", "width": 128, "height": 128}
-        data = src.read(window=Window(64, 64, 128, 128))
-    with rasterio.open(crop, "w", **profile) as dst:
-        dst.write(data)
     roi = box_roi(128, 36, 92).numpy()
-    with rasterio.open(mask, "w", **{**profile, "count": 1}) as dst:
-        dst.write(roi.astype(np.uint8)[None])
+    source = SHARED_IMAGERY / f"keras-rs-retrieval__{tile}.tif"
+    crop, mask, data = crop_with_mask(tmp_path, source, Window(64, 64, 128, 128), roi)
 
     out = tmp_path / "edit.tif"
     options = EditOptions(
@@ -136,23 +150,9 @@ def test_the_guard_keeps_the_sea_from_filling_a_box_of_land(tmp_path):
     sampler, started from noise, filled it with the tile's commonest content, the sea, up to
     the box's straight edges, and every region measure passed it. The guard now sees the
     outline (`cut_ratio`) and redraws from the surroundings."""
-    crop, mask = tmp_path / "crop.tif", tmp_path / "mask.tif"
-    with rasterio.open(LANDSAT) as src:
-        window = Window(250, 250, 256, 256)
-        profile = {
-            **src.profile,
-            "driver": "GTiff",
-            "width": 256,
-            "height": 256,
-            "transform": src.window_transform(window),
-        }
-        data = src.read(window=window)
-    with rasterio.open(crop, "w", **profile) as dst:
-        dst.write(data)
     roi = np.zeros((256, 256), dtype=bool)
     roi[80:176, 80:176] = True
-    with rasterio.open(mask, "w", **{**profile, "count": 1, "nodata": None}) as dst:
-        dst.write(roi.astype(np.uint8)[None])
+    crop, mask, data = crop_with_mask(tmp_path, LANDSAT, Window(250, 250, 256, 256), roi)
 
     out = tmp_path / "edit.tif"
     options = EditOptions(

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .quality import _shifted_regions
+
 __all__ = ["cut_ratio", "cut_score", "cut_unit"]
 
 _OFFSET = 3.0  # px inside and outside the boundary at which the texture is compared
@@ -90,19 +92,10 @@ def _scale(source: np.ndarray) -> np.ndarray:
 
 
 def _moved(roi: np.ndarray, grid: int = 6) -> list[np.ndarray]:
-    """The ROI moved to a grid x grid spread of places where its bounding box fits."""
-    rows, cols = np.nonzero(roi.any(1))[0], np.nonzero(roi.any(0))[0]
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    h, w = roi.shape
-    out = []
-    for i in range(grid):
-        for j in range(grid):
-            y = round(i * (h - (r1 - r0)) / max(grid - 1, 1))
-            x = round(j * (w - (c1 - c0)) / max(grid - 1, 1))
-            moved = np.zeros_like(roi)
-            moved[y : y + r1 - r0, x : x + c1 - c0] = roi[r0:r1, c0:c1]
-            out.append(moved)
-    return out
+    """The ROI moved to a grid x grid spread of places where its bounding box fits (the
+    placements `quality.roi_swd_unit` uses, more of them)."""
+    region = torch.from_numpy(roi)[None, None]
+    return [moved[0, 0].numpy() for moved in _shifted_regions(region, grid)]
 
 
 def cut_unit(source, roi, *, reach: int = 24) -> float:
