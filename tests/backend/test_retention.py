@@ -131,16 +131,20 @@ def test_the_sweeper_runs_by_itself(tmp_path: Path):
     sweeper = retention.Sweeper(store, jobs_dir, retention_days=1 / 86400, interval_s=0.1)
     time.sleep(1.1)  # `first` ended more than a second ago
     sweeper.start()
+
+    def swept(job_id: str) -> bool:  # the record goes first, then the folder
+        return store.get(job_id) is None and not (jobs_dir / job_id).exists()
+
+    def wait_swept(job_id: str) -> bool:
+        deadline = time.monotonic() + 10
+        while not swept(job_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return swept(job_id)
+
     try:
-        deadline = time.monotonic() + 10
-        while store.get(first) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert store.get(first) is None and not (jobs_dir / first).exists()
+        assert wait_swept(first)
         second = _finished(store, jobs_dir)  # swept on a later round
-        deadline = time.monotonic() + 10
-        while store.get(second) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert store.get(second) is None
+        assert wait_swept(second)
     finally:
         sweeper.stop()
     store.close()
