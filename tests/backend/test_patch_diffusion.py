@@ -219,15 +219,27 @@ def test_an_anchored_start_continues_the_surroundings_more_than_a_start_from_noi
     assert anchored < from_noise - 0.1, (anchored, from_noise)
 
 
-def test_an_anchor_above_the_highest_noise_level_is_a_start_from_noise():
+def test_an_anchored_start_skips_the_noise_levels_above_the_anchor():
+    # From noise the walk takes every step; anchored at 0.3 it starts at the first level at or
+    # below 0.3, so it takes only the steps from there (and still yields the tile's colours).
     known, roi = flat_blocks(seed=2), square_roi()
     settings = PatchDiffusionSettings(steps=10)
-    from_noise = sample(known, roi, settings, seed=4)
-    assert not torch.equal(sample(known, roi, settings, seed=4, anchor=0.3), from_noise)
-    # anchor >= sigma_max: the first level is the start; the start image is the fill, but at
-    # that noise the fill's layout is drowned: still a valid ROI of the tile's colours.
-    out = sample(known, roi, settings, seed=4, anchor=settings.sigma_max)
-    assert share_near(roi_pixels(out, roi), PALETTE) >= 0.95
+    levels = noise_levels(settings).tolist()
+
+    def denoising_steps(anchor):
+        steps = []
+        out = sample(
+            known, roi, settings, seed=4, anchor=anchor,
+            progress=lambda stage, step, total, *rest: steps.append(step),
+        )  # fmt: skip
+        assert share_near(roi_pixels(out, roi), PALETTE) >= 0.95
+        return len([s for s in steps if s > 0])
+
+    first = next(i for i, s in enumerate(levels) if s <= 0.3)
+    assert first > 0
+    assert denoising_steps(None) == settings.steps
+    assert denoising_steps(0.3) == settings.steps - first
+    assert denoising_steps(settings.sigma_max) == settings.steps
 
 
 # --- nodata ----------------------------------------------------------------------------------
