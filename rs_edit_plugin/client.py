@@ -396,11 +396,18 @@ class BackendClient:
     def health(self) -> Health:
         return parse_health(self.base_url, self.get_json(HEALTH_PATH, "health check"))
 
-    def submit(self, image_path, fields: dict, mask_path=None) -> dict:
-        """POST /v1/jobs with the tile (and mask); returns the job JSON (with its id)."""
-        files = {"image": (Path(image_path).name, Path(image_path).read_bytes(), "image/tiff")}
-        if mask_path is not None:
-            files["mask"] = (Path(mask_path).name, Path(mask_path).read_bytes(), "image/tiff")
+    def submit(self, image_path, fields: dict, mask_path=None, reference_path=None) -> dict:
+        """POST /v1/jobs with the tile (and mask, and the example image as `reference`; its
+        `reference_roi` and `reference_weight` are form fields in `fields`); returns the job
+        JSON (with its id)."""
+        files = {}
+        for name, path in (
+            ("image", image_path),
+            ("mask", mask_path),
+            ("reference", reference_path),
+        ):
+            if path is not None:
+                files[name] = (Path(path).name, Path(path).read_bytes(), "image/tiff")
         body, content_type = multipart_body(fields, files)
         status, content = self._send("POST", JOBS_PATH, body, content_type)
         if status >= 400:

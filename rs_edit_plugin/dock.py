@@ -24,6 +24,7 @@ from qgis.PyQt.QtWidgets import (
     QApplication,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -51,7 +52,7 @@ from .compare import Compare
 from .compat import POLYGON_LAYER_FILTER, RASTER_LAYER_FILTER
 from .joblist import JobListMixin
 from .local_backend import LocalBackend
-from .maptools import PolygonTool, RectangleTool
+from .maptools import EXAMPLE_COLOR, PolygonTool, RectangleTool
 from .tasks import JobManager
 
 DOCK_OBJECT_NAME = "RsEditDock"  # QGIS saves/restores dock state by object name
@@ -95,6 +96,8 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         canvas = self.canvas()
         self.polygon_tool = PolygonTool(canvas) if canvas is not None else None
         self.rectangle_tool = RectangleTool(canvas) if canvas is not None else None
+        # The example area ("make this look like that"), drawn in its own colour.
+        self.example_tool = PolygonTool(canvas, EXAMPLE_COLOR) if canvas is not None else None
         self.jobs = JobManager(self.message_bar(), parent=self)
 
         body = QWidget(self)
@@ -126,6 +129,8 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             self.polygon_tool.polygonsChanged.connect(self._polygons_changed)
             self.polygon_tool.polygonFinished.connect(self._polygon_finished)
             self.rectangle_tool.rectangleDrawn.connect(self._rectangle_drawn)
+            self.example_tool.polygonsChanged.connect(self.refresh_labels)
+            self.example_tool.polygonFinished.connect(self._example_finished)
         self.jobs.jobAdded.connect(self._job_added)
         self.jobs.jobChanged.connect(self._job_changed)
         self.jobs.jobRemoved.connect(self._job_removed)
@@ -452,6 +457,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.llm_combo.addItems(settings.LLM_OPTIONS)
         self.llm_combo.setCurrentText(settings.option("llm"))
         form.addRow("LLM", self.llm_combo)
+        form.addRow(self._example_box(box))
         row = QHBoxLayout()
         self.results_edit = QLineEdit(box)
         self.results_edit.setObjectName("resultsDirEdit")
@@ -491,6 +497,74 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         )
         self.add_check.toggled.connect(lambda on: settings.set_option("add_results", on))
         self.scene_check.toggled.connect(lambda on: settings.set_option("full_scene", on))
+        return box
+
+    def _example_box(self, parent):
+        """The example image ("make this look like that"): a raster layer (none: the prompt
+        alone), the example area on it (drawn or selected features; none: the whole layer)
+        and its weight against the prompt."""
+        box = QGroupBox("Example (optional)", parent)
+        box.setObjectName("exampleBox")
+        form = QFormLayout(box)
+        self.example_combo = QgsMapLayerComboBox(box)
+        self.example_combo.setObjectName("exampleLayerCombo")
+        self.example_combo.setFilters(RASTER_LAYER_FILTER)
+        try:  # QGIS >= 3.30 names the empty entry
+            self.example_combo.setAllowEmptyLayer(True, "none")
+        except TypeError:
+            self.example_combo.setAllowEmptyLayer(True)
+        self.example_combo.setLayer(None)
+        self.example_combo.setToolTip(
+            "A raster whose look the edit should take (any layer, also the one edited); "
+            "none: the prompt alone guides the edit"
+        )
+        form.addRow("Example layer", self.example_combo)
+        row = QHBoxLayout()
+        self.example_draw_button = QPushButton("Draw area", box)
+        self.example_draw_button.setObjectName("drawExampleButton")
+        self.example_draw_button.setToolTip(
+            "Draw the example area on the example layer (click to add a vertex, double-click "
+            "or Enter to finish); without one the whole layer is the example"
+        )
+        self.example_selected_button = QPushButton("Use selected", box)
+        self.example_selected_button.setObjectName("selectedExampleButton")
+        self.example_selected_button.setToolTip(
+            "Use the selected features of the active polygon layer as the example area"
+        )
+        self.example_clear_button = QPushButton("Clear", box)
+        self.example_clear_button.setObjectName("clearExampleButton")
+        self.example_clear_button.setToolTip(
+            "Remove the example area (the whole example layer is then the example)"
+        )
+        for button in (
+            self.example_draw_button,
+            self.example_selected_button,
+            self.example_clear_button,
+        ):
+            row.addWidget(button)
+        form.addRow("", row)
+        self.example_weight_spin = QDoubleSpinBox(box)
+        self.example_weight_spin.setObjectName("exampleWeightSpin")
+        self.example_weight_spin.setRange(0.0, 1.0)
+        self.example_weight_spin.setSingleStep(0.05)
+        self.example_weight_spin.setDecimals(2)
+        self.example_weight_spin.setValue(settings.option("example_weight"))
+        self.example_weight_spin.setToolTip(
+            "How much the example guides the edit against the prompt: 0 = text only, "
+            "1 = example only"
+        )
+        form.addRow("Weight", self.example_weight_spin)
+        self.example_label = self._label("", "exampleLabel", box)
+        form.addRow(self.example_label)
+
+        self.example_combo.layerChanged.connect(self._example_layer_changed)
+        self._enable_example_options(False)
+        self.example_draw_button.clicked.connect(self.draw_example)
+        self.example_selected_button.clicked.connect(self.use_selected_example)
+        self.example_clear_button.clicked.connect(self.clear_example)
+        self.example_weight_spin.valueChanged.connect(
+            lambda value: settings.set_option("example_weight", value)
+        )
         return box
 
     @staticmethod
@@ -658,11 +732,18 @@ class RsEditDock(JobListMixin, QgsDockWidget):
     def _polygon_finished(self):
         self._restore_tool(self.polygon_tool)
 
+    def _drawing_tools(self):
+        return [
+            tool
+            for tool in (self.polygon_tool, self.rectangle_tool, self.example_tool)
+            if tool is not None
+        ]
+
     def _use_tool(self, tool):
         """Activate a drawing tool, remembering the map tool in use (pan, identify...)."""
         canvas = self.canvas()
         current = canvas.mapTool()
-        if current is not self.polygon_tool and current is not self.rectangle_tool:
+        if not any(current is drawing for drawing in self._drawing_tools()):
             self._previous_tool = current
         canvas.setMapTool(tool)
 
@@ -690,9 +771,8 @@ class RsEditDock(JobListMixin, QgsDockWidget):
     def set_overlays_visible(self, on: bool) -> None:
         """Show or hide the plugin's overlays (ROI polygons, area tint); they stay usable."""
         self.overlays_visible = on
-        for tool in (self.polygon_tool, self.rectangle_tool):
-            if tool is not None:
-                tool.set_visible(on)
+        for tool in self._drawing_tools():
+            tool.set_visible(on)
         self.overlay_button.setText("Hide overlays" if on else "Show overlays")
 
     def _results_added(self, record, layers):
@@ -786,6 +866,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.label_timer.stop()
         self.roi_label.setText(self._roi_text())
         self.area_label.setText(self._area_text())
+        self.example_label.setText(self._example_text())
 
     def _area_text(self):
         """ "Area W x H px of <layer>, ROI n px (p %)": what Edit would send, or why not."""
@@ -876,6 +957,94 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             raise roi.RoiError("draw ROI polygons on the map first (Draw polygons)")
         return self.polygon_tool.geometries(), self.polygon_tool.crs
 
+    # --- the example image ------------------------------------------------------------------
+
+    def _example_layer_changed(self, layer):
+        self._enable_example_options(layer is not None)
+        self.refresh_labels()
+
+    def _enable_example_options(self, on: bool) -> None:
+        """The area and the weight only mean something once there is an example layer."""
+        for widget in (
+            self.example_draw_button,
+            self.example_selected_button,
+            self.example_clear_button,
+            self.example_weight_spin,
+        ):
+            widget.setEnabled(on)
+
+    def draw_example(self):
+        if self.example_tool is not None:
+            self.set_overlays_visible(True)
+            self._use_tool(self.example_tool)
+
+    def _example_finished(self):
+        self._restore_tool(self.example_tool)
+
+    def use_selected_example(self) -> bool:
+        """The selected features of the active polygon layer (or of the only polygon layer
+        with a selection) become the example area."""
+        try:
+            layer = self._example_selection_layer()
+            geometries = roi.layer_polygons(layer, selected_only=True)
+            if self.example_tool is None:
+                raise roi.RoiError("no map canvas")
+            self.example_tool.set_polygons(geometries, layer.crs())
+        except (roi.RoiError, QgsCsException) as exc:
+            self._push(f"Example area: {exc}", Qgis.MessageLevel.Warning)
+            return False
+        return True
+
+    def _example_selection_layer(self):
+        iface = self._iface()
+        active = iface.activeLayer() if iface is not None else None
+        if roi.is_polygon_layer(active) and active.selectedFeatureCount():
+            return active
+        selected = [
+            layer
+            for layer in QgsProject.instance().mapLayers().values()
+            if roi.is_polygon_layer(layer) and layer.selectedFeatureCount()
+        ]
+        if len(selected) == 1:
+            return selected[0]
+        if not selected:
+            raise roi.RoiError("no polygon features are selected: select the example area first")
+        raise roi.RoiError(
+            "several layers have selected polygons: make the one with the example area the "
+            "active layer"
+        )
+
+    def clear_example(self):
+        """Forget the example area (the whole example layer is then the example)."""
+        if self.example_tool is not None:
+            self.example_tool.clear()
+        self.refresh_labels()
+
+    def example_geometries(self):
+        """(geometries, CRS) of the example area, or (None, None) for the whole layer."""
+        if self.example_tool is None or not self.example_tool.polygons:
+            return None, None
+        return self.example_tool.geometries(), self.example_tool.crs
+
+    def example_request(self) -> jobs.Example | None:
+        """The example as chosen, or None (no example layer: the prompt alone)."""
+        layer = self.example_combo.currentLayer()
+        if layer is None:
+            return None
+        geometries, geometries_crs = self.example_geometries()
+        weight = self.example_weight_spin.value()
+        return jobs.prepare_example(layer, geometries, geometries_crs, weight)
+
+    def _example_text(self) -> str:
+        """ "Example: W x H px from LAYER": what Edit would send as the example, or why not."""
+        try:
+            example = self.example_request()
+        except (jobs.JobError, QgsCsException) as exc:
+            return f"Example: {exc}."
+        if example is None:
+            return "No example: the prompt alone guides the edit."
+        return f"Example: {example.describe()}."
+
     # --- jobs -----------------------------------------------------------------------------
 
     def _save_options(self):
@@ -884,6 +1053,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         settings.set_option("seed", self.seed_spin.value())
         settings.set_option("clip", choices.clip_name(self.clip_combo))
         settings.set_option("llm", self.llm_combo.currentText())
+        settings.set_option("example_weight", self.example_weight_spin.value())
         settings.set_results_dir(self.results_edit.text())
 
     def build_request(self) -> jobs.EditRequest:
@@ -900,6 +1070,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         )
         extent, extent_crs = self.area_extent()
         geometries, geometries_crs = self.roi_geometries()
+        example = self.example_request()
         limit, max_width, max_height = self._limits()
         return jobs.prepare_request(
             self.layer_combo.currentLayer(),
@@ -913,6 +1084,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             max_width=max_width,
             max_height=max_height,
             full_scene=self.scene_check.isChecked(),
+            example=example,
         )
 
     def _limits(self):
@@ -975,9 +1147,8 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             for signal in (canvas.extentsChanged, canvas.selectionChanged):
                 with contextlib.suppress(TypeError):
                     signal.disconnect(self._schedule_labels)
-        for tool in (self.polygon_tool, self.rectangle_tool):
-            if tool is not None and canvas is not None and canvas.mapTool() is tool:
+        for tool in self._drawing_tools():
+            if canvas is not None and canvas.mapTool() is tool:
                 canvas.unsetMapTool(tool)
-        for tool in (self.polygon_tool, self.rectangle_tool):
-            if tool is not None:
-                tool.remove_bands()
+        for tool in self._drawing_tools():
+            tool.remove_bands()

@@ -1,10 +1,12 @@
 """One edit job from start to end, without widgets: prepare (main thread, cheap, refuses bad
 input at once) and run (blocking: export the tile, rasterize the ROI, submit, poll, download).
+A job may carry an example image ("make this look like that", sent as `reference`).
 
 `run_job` is what the background QgsTask and the Processing algorithm both execute.
 """
 
 import contextlib
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -26,10 +28,37 @@ RESUBMITS = 2  # how often a job that a backend restart interrupted is submitted
 # An ROI covering more than this share of the area sent regenerates (nearly) the whole tile:
 # the dock asks first, the Processing algorithm refuses unless told to go ahead.
 LARGE_ROI_SHARE = 0.5
+MAX_EXAMPLE_SIDE = 4096  # px at the example layer's resolution, each side
 
 
 class JobError(Exception):
     """A job cannot be started or failed; the message is ready for the user."""
+
+
+@dataclass
+class Example:
+    """The example image of a job: a window of a raster layer at its own CRS and resolution,
+    and the example polygons on it as GeoJSON (sent as `reference`, `reference_roi`,
+    `reference_weight`)."""
+
+    source: area.RasterSource
+    window: area.TileWindow
+    roi_geojson: str = ""  # "": the whole layer is the example
+    weight: float | None = None  # None: the backend's default
+    layer_id: str = ""
+
+    def form_fields(self) -> dict:
+        fields = {}
+        if self.roi_geojson:
+            fields["reference_roi"] = self.roi_geojson
+        if self.weight is not None:
+            fields["reference_weight"] = f"{self.weight:g}"
+        return fields
+
+    def describe(self) -> str:
+        """ "W x H px from LAYER" (and "(whole layer)" without example polygons)."""
+        text = f"{self.window.width} x {self.window.height} px from {self.source.name}"
+        return text if self.roi_geojson else f"{text} (whole layer)"
 
 
 @dataclass
@@ -49,6 +78,7 @@ class EditRequest:
     transform_context: object = None
     work_dir: Path | None = None  # where the tile and mask go; default <results>/inputs
     full_scene: bool = False  # also write the full-scene pre/post/mask set (scene.py)
+    example: Example | None = None  # "make this look like that"; None: the prompt alone
 
     @property
     def prompt(self) -> str:
@@ -71,6 +101,18 @@ class EditRequest:
         if not self.roi_wkb:
             return None
         return self.inputs_dir / f"{self.out_stem.name}_mask.tif"
+
+    @property
+    def reference_path(self) -> Path | None:
+        if self.example is None:
+            return None
+        return self.inputs_dir / f"{self.out_stem.name}_reference.tif"
+
+    def form_fields(self) -> dict:
+        """The POST form: the job's fields and, with an example, its reference fields."""
+        if self.example is None:
+            return dict(self.fields)
+        return {**self.fields, **self.example.form_fields()}
 
     def output_paths(self) -> list[Path]:
         if self.variants == 1:
@@ -109,6 +151,10 @@ class EditRequest:
             roi="polygons" if self.roi_wkb else "whole tile",
             backend=self.base_url,
         )
+        if self.example is not None:
+            record["reference"] = self.example.describe()
+            if self.example.weight is not None:
+                record["reference_weight"] = self.example.weight
         return record
 
 
@@ -159,9 +205,11 @@ def prepare_request(
     max_height: int = 0,
     project: QgsProject | None = None,
     full_scene: bool = False,
+    example: Example | None = None,
 ) -> EditRequest:
     """Check and freeze one job: the window of `layer` covering `extent`, the ROI polygons in
-    the tile's CRS, the output location. Raises AreaError, RoiError or JobError at once."""
+    the tile's CRS, the output location (and the example, from `prepare_example`). Raises
+    AreaError, RoiError or JobError at once."""
     project = project or QgsProject.instance()
     if layer is None or not isinstance(layer, QgsRasterLayer) or not layer.isValid():
         raise JobError("choose a valid raster layer to edit")
@@ -209,7 +257,87 @@ def prepare_request(
         token=settings.token() if token is None else token,
         transform_context=project.transformContext(),
         full_scene=bool(full_scene),
+        example=example,
     )
+
+
+# --- the example image ---------------------------------------------------------------------
+
+
+def prepare_example(
+    layer: QgsRasterLayer,
+    geometries=None,
+    geometries_crs: QgsCoordinateReferenceSystem | None = None,
+    weight: float | None = None,
+    project: QgsProject | None = None,
+) -> Example:
+    """Check and freeze the example: the bounding box of the example polygons on `layer`'s
+    grid (the whole layer without polygons), at most MAX_EXAMPLE_SIDE px each side. The same
+    layer as the one edited is fine (a patch of the same scene). Raises JobError."""
+    project = project or QgsProject.instance()
+    if layer is None or not isinstance(layer, QgsRasterLayer) or not layer.isValid():
+        raise JobError("the example layer is not a valid raster layer: choose another one")
+    if weight is not None and not 0.0 <= float(weight) <= 1.0:
+        raise JobError(f"the example weight must be between 0 and 1, not {weight}")
+    polygons = [g for g in (geometries or []) if g is not None and not g.isEmpty()]
+    geojson = ""
+    try:
+        if polygons:
+            in_layer = roi.transform_geometries(
+                polygons, geometries_crs or layer.crs(), layer.crs(), project
+            )
+            window = _example_window(layer, QgsGeometry.unaryUnion(in_layer).boundingBox())
+            geojson = example_geojson(in_layer, layer.crs(), project)
+        else:
+            window = area.snap_window(layer, layer.extent())
+    except (area.AreaError, roi.RoiError) as exc:
+        raise JobError(f"example: {exc}") from exc
+    if max(window.width, window.height) > MAX_EXAMPLE_SIDE:
+        what = "area" if polygons else "layer"
+        raise JobError(
+            f"the example {what} is {window.width} x {window.height} px at the resolution of "
+            f"{layer.name()!r}; an example may be at most {MAX_EXAMPLE_SIDE} x "
+            f"{MAX_EXAMPLE_SIDE} px: draw a smaller example area on it"
+        )
+    return Example(
+        source=area.RasterSource.from_layer(layer),
+        window=window,
+        roi_geojson=geojson,
+        weight=None if weight is None else float(weight),
+        layer_id=layer.id(),
+    )
+
+
+def _example_window(layer: QgsRasterLayer, box) -> area.TileWindow:
+    """The layer's window covering `box` (layer CRS); a clear message when it misses."""
+    if not box.intersects(layer.extent()):
+        raise area.AreaError(
+            f"the example area lies outside the layer {layer.name()!r}: draw it on that layer"
+        )
+    return area.snap_window(layer, box)
+
+
+WGS84 = "EPSG:4326"
+
+
+def example_geojson(geometries, crs: QgsCoordinateReferenceSystem, project=None) -> str:
+    """The polygons (in `crs`) as a GeoJSON FeatureCollection: in `crs` with a named `crs`
+    member when it is a projected EPSG CRS, else in EPSG:4326 without one (RFC 7946; a named
+    geographic CRS would leave the axis order open)."""
+    epsg = crs.authid()[len("EPSG:") :] if crs.authid().startswith("EPSG:") else ""
+    named = bool(epsg) and not crs.isGeographic()
+    if not named:
+        wgs84 = QgsCoordinateReferenceSystem(WGS84)
+        geometries = roi.transform_geometries(geometries, crs, wgs84, project)
+    features = [
+        {"type": "Feature", "properties": {}, "geometry": json.loads(g.asJson())}
+        for g in geometries
+    ]
+    collection = {"type": "FeatureCollection", "features": features}
+    if named:
+        name = f"urn:ogc:def:crs:EPSG::{epsg}"
+        collection["crs"] = {"type": "name", "properties": {"name": name}}
+    return json.dumps(collection)
 
 
 def area_geometry(window: area.TileWindow) -> QgsGeometry:
@@ -241,14 +369,25 @@ def prepare_inputs(request: EditRequest, feedback: QgsFeedback | None = None) ->
             roi.write_mask(mask, request.window, mask_path)
     except (area.AreaError, roi.RoiError) as exc:
         raise JobError(str(exc)) from exc
+    if request.example is not None:  # the same export as the tile's, from its own layer
+        example = request.example
+        try:
+            area.export_window(
+                example.source, example.window, request.reference_path, request.transform_context
+            )
+        except area.AreaError as exc:
+            raise JobError(f"example: {exc}") from exc
     if feedback is not None and feedback.isCanceled():
         raise CancelledError("cancelled")
 
 
 def submit_job(request: EditRequest, feedback: QgsFeedback | None = None) -> dict:
-    """POST the prepared tile (and mask); returns the backend's job JSON (with its id)."""
+    """POST the prepared tile (and mask, and example); returns the backend's job JSON (with
+    its id)."""
     client = BackendClient(request.base_url, request.token, feedback)
-    return client.submit(request.tile_path, request.fields, request.mask_path)
+    return client.submit(
+        request.tile_path, request.form_fields(), request.mask_path, request.reference_path
+    )
 
 
 def write_scene_outputs(request: EditRequest, outputs) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Map tools: ROI polygons (rubber band) and the area rectangle.
+"""Map tools: polygons (rubber band; the ROI, or the example area) and the area rectangle.
 
 PolygonTool: click to add a vertex, double-click or Enter to finish the polygon,
 Backspace or Esc to undo the last vertex (or, with no polygon in progress, the last finished
@@ -21,29 +21,30 @@ from qgis.PyQt.QtGui import QColor
 from .compat import POLYGON_GEOMETRY
 
 ROI_COLOR = QColor(220, 40, 40)
-ROI_FILL = QColor(220, 40, 40, 60)
+EXAMPLE_COLOR = QColor(40, 160, 90)  # the example area ("make this look like that"): green
 
 
 class PolygonTool(QgsMapTool):
-    """Draw ROI polygons; `polygonsChanged` fires whenever the finished set changes,
-    `polygonFinished` when a polygon has been finished (drawn to the end)."""
+    """Draw polygons (the ROI, or, in its own colour, the example area); `polygonsChanged`
+    fires whenever the finished set changes, `polygonFinished` when a polygon has been
+    finished (drawn to the end)."""
 
     polygonsChanged = pyqtSignal()
     polygonFinished = pyqtSignal()
 
-    def __init__(self, canvas):
+    def __init__(self, canvas, color: QColor = ROI_COLOR):
         super().__init__(canvas)
         self.points: list[QgsPointXY] = []  # the polygon in progress (map CRS)
         self.polygons: list[QgsGeometry] = []  # finished, in self.crs
         self.crs = QgsCoordinateReferenceSystem(canvas.mapSettings().destinationCrs())
+        fill = QColor(color)
+        fill.setAlpha(60)
         self.sketch = QgsRubberBand(canvas, POLYGON_GEOMETRY)
-        self.sketch.setStrokeColor(ROI_COLOR)
-        self.sketch.setFillColor(ROI_FILL)
-        self.sketch.setWidth(2)
         self.shown = QgsRubberBand(canvas, POLYGON_GEOMETRY)
-        self.shown.setStrokeColor(ROI_COLOR)
-        self.shown.setFillColor(ROI_FILL)
-        self.shown.setWidth(2)
+        for band in (self.sketch, self.shown):
+            band.setStrokeColor(QColor(color))
+            band.setFillColor(fill)
+            band.setWidth(2)
         self._cursor_point = None
         self.setCursor(Qt.CursorShape.CrossCursor)
 
@@ -134,6 +135,24 @@ class PolygonTool(QgsMapTool):
 
     def geometries(self) -> list[QgsGeometry]:
         return [QgsGeometry(g) for g in self.polygons]
+
+    def set_polygons(self, geometries, crs: QgsCoordinateReferenceSystem) -> None:
+        """Replace the finished polygons by copies of `geometries` (in `crs`), shown in the
+        canvas CRS like drawn ones (e.g. the selected features of a layer)."""
+        canvas_crs = QgsCoordinateReferenceSystem(self._canvas_crs())
+        same = not crs.isValid() or crs == canvas_crs
+        transform = None if same else QgsCoordinateTransform(crs, canvas_crs, QgsProject.instance())
+        polygons = []
+        for geometry in geometries:
+            copy = QgsGeometry(geometry)
+            if transform is not None:
+                copy.transform(transform)  # QgsCsException: the caller says why
+            polygons.append(copy)
+        self.points, self.polygons, self.crs = [], polygons, canvas_crs
+        self.set_visible(True)
+        self._redraw_sketch()
+        self._redraw_shown()
+        self.polygonsChanged.emit()
 
     def _reproject(self, crs) -> None:
         transform = QgsCoordinateTransform(self.crs, crs, QgsProject.instance())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from osgeo import gdal
 from qgis.core import (
+    Qgis,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
@@ -25,10 +26,22 @@ from . import settings
 from .area import AreaError
 from .client import BackendError, CancelledError
 from .compat import NUMBER_INTEGER, PARAMETER_ADVANCED, SOURCE_POLYGON
-from .jobs import LARGE_ROI_SHARE, JobError, job_fields, prepare_request, run_job
+from .jobs import (
+    LARGE_ROI_SHARE,
+    MAX_EXAMPLE_SIDE,
+    JobError,
+    job_fields,
+    prepare_example,
+    prepare_request,
+    run_job,
+)
 from .roi import RoiError
 
 ALGORITHM_ID = "editraster"
+if hasattr(Qgis, "ProcessingNumberParameterType"):  # QGIS >= 3.36
+    NUMBER_DOUBLE = Qgis.ProcessingNumberParameterType.Double
+else:
+    NUMBER_DOUBLE = QgsProcessingParameterNumber.Double
 
 
 class EditRasterAlgorithm(QgsProcessingAlgorithm):
@@ -40,6 +53,9 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
     SEED = "SEED"
     CLIP = "CLIP"
     EDIT_ALL = "EDIT_ALL"
+    REFERENCE = "REFERENCE"
+    REFERENCE_ROI = "REFERENCE_ROI"
+    REFERENCE_WEIGHT = "REFERENCE_WEIGHT"
     BACKEND_URL = "BACKEND_URL"
     OUTPUT = "OUTPUT"
 
@@ -67,7 +83,11 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
             "URL comes from the RS Edit settings unless given here. Without an extent the whole "
             "layer is sent. An ROI covering more than half of the area sent (or no ROI: the whole "
             "area) regenerates the whole tile, which is refused unless 'Edit the whole area' is "
-            "checked."
+            "checked. An example raster (optional, any layer, also the one edited) makes the "
+            "edit look like it: its polygons (all features) choose the example area on it, "
+            f"otherwise the whole layer (at most {MAX_EXAMPLE_SIDE} x {MAX_EXAMPLE_SIDE} px) "
+            "is the example; the weight says how much it guides the edit (0 = text only, "
+            "1 = example only)."
         )
 
     def initAlgorithm(self, config=None):
@@ -93,6 +113,8 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
                 defaultValue=False,
             )
         )
+        for parameter in self._example_parameters():
+            self.addParameter(parameter)
         self.addParameter(
             QgsProcessingParameterEnum(
                 self.PRESET,
@@ -123,6 +145,50 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Edited raster"))
 
+    def _example_parameters(self):
+        weight = QgsProcessingParameterNumber(
+            self.REFERENCE_WEIGHT,
+            "Example weight (0 = text only, 1 = example only)",
+            NUMBER_DOUBLE,
+            defaultValue=settings.DEFAULT_EXAMPLE_WEIGHT,
+            minValue=0.0,
+            maxValue=1.0,
+        )
+        return [
+            QgsProcessingParameterRasterLayer(
+                self.REFERENCE, "Example raster (make the edit look like it)", optional=True
+            ),
+            QgsProcessingParameterFeatureSource(
+                self.REFERENCE_ROI,
+                "Example area polygons on the example raster (without: the whole raster)",
+                [SOURCE_POLYGON],
+                optional=True,
+            ),
+            weight,
+        ]
+
+    def _example(self, parameters, context):
+        """The example from REFERENCE, REFERENCE_ROI and REFERENCE_WEIGHT, or None."""
+        layer = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
+        source = self.parameterAsSource(parameters, self.REFERENCE_ROI, context)
+        if layer is None:
+            if parameters.get(self.REFERENCE):
+                raise QgsProcessingException("the example raster (REFERENCE) cannot be loaded")
+            if source is not None:
+                raise QgsProcessingException(
+                    "example area polygons (REFERENCE_ROI) were given without an example "
+                    "raster (REFERENCE)"
+                )
+            return None
+        geometries, crs = None, None
+        if source is not None:
+            geometries = [f.geometry() for f in source.getFeatures() if f.hasGeometry()]
+            crs = source.sourceCrs()
+            if not geometries:
+                raise QgsProcessingException("the example area polygons (REFERENCE_ROI) are empty")
+        weight = self.parameterAsDouble(parameters, self.REFERENCE_WEIGHT, context)
+        return prepare_example(layer, geometries, crs, weight, context.project())
+
     def processAlgorithm(self, parameters, context, feedback):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
@@ -151,6 +217,7 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
                 seed=seed,
                 clip=clip,
             )
+            example = self._example(parameters, context)
             request = prepare_request(
                 layer,
                 extent,
@@ -161,6 +228,7 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
                 base_url=url or None,
                 out_dir=work,
                 project=context.project(),
+                example=example,
             )
             large = request.large_roi_text()
             if large and not self.parameterAsBoolean(parameters, self.EDIT_ALL, context):
@@ -177,6 +245,8 @@ class EditRasterAlgorithm(QgsProcessingAlgorithm):
                 f"Sending {request.window.width} x {request.window.height} px of "
                 f"{layer.name()!r} to {request.base_url}"
             )
+            if example is not None:
+                feedback.pushInfo(f"Example: {example.describe()}, weight {example.weight:g}")
             last = {"stage": ""}
 
             def report(stage, _progress, job):

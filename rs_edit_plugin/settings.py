@@ -27,6 +27,8 @@ DEFAULT_PRESET = "auto"
 CLIP_MODELS = ("RemoteCLIP-ViT-B-32", "RemoteCLIP-RN50", "RemoteCLIP-ViT-L-14", "tiny-random")
 DEFAULT_CLIP = "RemoteCLIP-ViT-B-32"
 LLM_OPTIONS = ("none", "openai")
+# An example image's weight against the prompt: 0 = the prompt alone, 1 = the example alone.
+DEFAULT_EXAMPLE_WEIGHT = 0.8
 
 # The largest tile sent to the backend, in pixels (the backend's own window limit is
 # 8192 x 8192; a smaller value set here refuses earlier). The health answer may lower it.
@@ -44,6 +46,7 @@ OPTIONS = {
     "roi_source": ("drawn", str),
     "add_results": (True, bool),
     "full_scene": (False, bool),  # also write the pre/post/mask set on the whole scene
+    "example_weight": (DEFAULT_EXAMPLE_WEIGHT, float),
     "poll_interval_s": (1.0, float),
 }
 

@@ -96,14 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument(
         "--reference",
+        metavar="EXAMPLE",
         default=None,
-        help="an example image patch the ROI should look like (guides beside the prompt)",
+        help="an example image (any raster: resampled to INPUT's resolution and bands) whose "
+        "look the ROI takes on, fitted to its surroundings; needs no CLIP weights",
+    )
+    edit.add_argument(
+        "--reference-roi",
+        metavar="POLYGONS.geojson",
+        default=None,
+        help="use only these polygons of --reference (GeoJSON, any CRS)",
     )
     edit.add_argument(
         "--reference-weight",
         type=float,
-        default=0.5,
-        help="weight of --reference against the prompt, 0..1 (default 0.5)",
+        default=0.8,
+        help="weight of --reference against the prompt and the tile's own look: 0 = text "
+        "only, 1 = example only (default 0.8)",
     )
     edit.add_argument("--rgb-bands", help="1-based bands CLIP sees as RGB, e.g. 4,3,2")
     edit.add_argument("--feather", type=int, default=2, help="feather width inside the ROI (px)")
@@ -357,6 +366,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         prompt_ensemble=not args.no_prompt_ensemble,
         reference=args.reference,
+        reference_roi=args.reference_roi,
         reference_weight=args.reference_weight,
         rgb_bands=parse_band_list(args.rgb_bands) if args.rgb_bands else None,
         dilate_px=args.dilate,

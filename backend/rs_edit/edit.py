@@ -24,6 +24,7 @@ from .bands import BandScaling
 from .composite import composite, roi_alpha
 from .engine.presets import AUTO, DEFAULT_PRESET, check_preset_name, get_preset
 from .errors import ParameterError
+from .example import Example, read_example
 from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
 from .paths import cache_root
@@ -48,8 +49,10 @@ class EditOptions:
     variants: int = 1
     # "finetune" (the paper's), "sampling" (cheaper), "none", or "auto" (by the preset)
     guidance: str = "auto"
-    reference: str | None = None  # an example image patch to look like (multi-condition)
-    reference_weight: float = 0.5  # its weight against the text (0..1)
+    reference: str | None = None  # an example image to look like (`example.py`)
+    # Polygons of the example to use (a GeoJSON path or text; None: all of it).
+    reference_roi: str | None = None
+    reference_weight: float = 0.8  # its weight against the text and the tile (0..1)
     rgb_bands: tuple[int, ...] | None = None  # 1-based raster band numbers
     dilate_px: int = 0
     feather_px: int = 2
@@ -80,7 +83,9 @@ class EditOptions:
             if not 0 <= getattr(self, name) <= 4096:
                 raise ParameterError(f"{name} must be between 0 and 4096")
         if self.reference is not None and not Path(self.reference).is_file():
-            raise ParameterError(f"reference image not found: {self.reference}")
+            raise ParameterError(f"example image not found: {self.reference}")
+        if self.reference_roi is not None and self.reference is None:
+            raise ParameterError("example polygons given without an example image (--reference)")
         if not 0.0 <= self.reference_weight <= 1.0:
             raise ParameterError(
                 f"reference weight must be between 0 and 1, got {self.reference_weight}"
@@ -105,6 +110,7 @@ class PreparedTile:
     model_image: np.ndarray  # (modelled bands, h, w) float32 in about [-1, 1]
     rgb: tuple[int, int, int]  # positions in model_image that CLIP sees as RGB
     options: EditOptions = field(repr=False, default=None)
+    example: Example | None = field(repr=False, default=None)  # in this tile's model range
 
 
 Editor = Callable[[PreparedTile, ProgressCallback], np.ndarray]
@@ -153,6 +159,10 @@ def _read(plan: EditPlan, planned: PlannedWindow) -> PreparedTile:
     alpha = roi_alpha(roi_mask, dilate_px=options.dilate_px, feather_px=options.feather_px)
     bands = list(info.data_bands)
     scaling = BandScaling.fit(tile.data[bands], tile.valid)
+    model_image = scaling.forward(tile.data[bands], tile.valid)
+    example = None
+    if plan.example is not None:
+        example = read_example(plan.example, scaling, (model_image, tile.valid))
     return PreparedTile(
         info=info,
         roi=planned.roi,
@@ -162,9 +172,10 @@ def _read(plan: EditPlan, planned: PlannedWindow) -> PreparedTile:
         roi_mask=roi_mask,
         alpha=alpha,
         scaling=scaling,
-        model_image=scaling.forward(tile.data[bands], tile.valid),
+        model_image=model_image,
         rgb=plan.rgb,
         options=options,
+        example=example,
     )
 
 

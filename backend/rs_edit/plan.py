@@ -3,7 +3,8 @@
 `plan_edit` validates the options, reads the raster's header (`inspect_raster`), makes the ROI
 (GeoJSON, a mask raster, or the whole image), checks the band choice, and lays out the windows
 to edit: one per group of far-apart polygons (`Roi.clusters`), each the group's box grown by the
-context (`context_window`) and within `MAX_WINDOW_PIXELS`. `edit.read_plan` reads the windows'
+context (`context_window`) and within `MAX_WINDOW_PIXELS`; an example image to look like is
+checked and matched to the raster (`example.plan_example`). `edit.read_plan` reads the windows'
 pixels; `memory.estimate_edit` sizes the edit from the plan; the service's submission checks
 and `rs-edit edit`'s memory check make the same plan that the edit then reads.
 """
@@ -18,6 +19,7 @@ from rasterio.windows import Window
 
 from .bands import rgb_bands
 from .errors import ParameterError
+from .example import ExamplePlan, plan_example
 from .raster import RasterInfo, inspect_raster
 from .roi import Roi, roi_from_geojson, roi_from_mask, whole_image
 
@@ -68,6 +70,7 @@ class EditPlan:
     roi: Roi  # the whole ROI
     rgb: tuple[int, int, int]  # positions among the data bands that CLIP sees as RGB
     windows: tuple[PlannedWindow, ...]
+    example: ExamplePlan | None = None  # the example to look like (`options.reference`)
 
     @property
     def sizes(self) -> list[tuple[int, int]]:
@@ -99,7 +102,12 @@ def plan_edit(
         window = planned.window
         if window.width * window.height > MAX_WINDOW_PIXELS:
             raise WindowTooLargeError.of(window, MAX_WINDOW_PIXELS)
-    return EditPlan(options=options, info=info, roi=roi, rgb=rgb, windows=windows)
+    example = None
+    if options.reference is not None:
+        example = plan_example(
+            options.reference, info, roi_geojson=options.reference_roi, rgb=rgb
+        )
+    return EditPlan(options=options, info=info, roi=roi, rgb=rgb, windows=windows, example=example)
 
 
 def resolve_roi(

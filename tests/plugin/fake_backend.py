@@ -79,6 +79,7 @@ class Job:
         self.fields = fields
         self.image = image
         self.mask = mask
+        self.files: dict[str, bytes] = {}  # every uploaded file part by name (image, reference...)
         self.polls = 0
         self.polls_to_run = polls_to_run
         self.polls_to_finish = polls_to_finish
@@ -312,6 +313,7 @@ class FakeBackend:
                     backend.jobs[job_id] = Job(
                         job_id, fields, files["image"], files.get("mask"), 2, finish
                     )
+                    backend.jobs[job_id].files = files
                 self._send(201, {"id": job_id, "status": "queued"})
 
             def _validate(self, fields, files):
@@ -321,6 +323,13 @@ class FakeBackend:
                     return "prompt is empty"
                 if fields.get("preset", DEFAULT_PRESET) not in PRESETS:
                     return f"unknown preset {fields['preset']!r}"
+                if "reference" in files:  # the example image: any readable raster
+                    reference, reference_name = _open_bytes(files["reference"])
+                    readable = reference is not None
+                    reference = None
+                    gdal.Unlink(reference_name)
+                    if not readable:
+                        return "the reference is not a readable raster"
                 image, image_name = _open_bytes(files["image"])
                 if image is None:
                     return "the image is not a readable raster"

@@ -1,8 +1,10 @@
-"""One full job against the real backend (`rs-edit serve`), preset tiny, CLIP tiny-random.
+"""Full jobs against the real backend (`rs-edit serve`), preset tiny, CLIP tiny-random: a
+plain edit, and one guided by an example image (`reference`).
 
 The backend is found through $RS_EDIT_BACKEND (the `rs-edit` executable) or
-<repo>/.venv/bin/rs-edit; the test skips, saying why, when it is absent or when its job API
-is not there yet (POST /v1/jobs answers 501). It costs about 30-60 s of CPU.
+<repo>/.venv/bin/rs-edit; the tests skip, saying why, when it is absent or when its job API
+is not there yet (POST /v1/jobs answers 501), and the example's test when the job API has no
+`reference` field yet. Each job costs about 30-60 s of CPU.
 """
 
 import json
@@ -98,38 +100,46 @@ def real_backend(tmp_path_factory):
         log.close()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(START_TIMEOUT_S + JOB_TIMEOUT_S + 60, method="thread")
-def test_full_job_against_the_real_backend(real_backend, tmp_path, project, qgis_iface):
-    settings.set_backend_url(real_backend)
-    settings.QgsSettings().setValue(settings.PREFIX + "poll_interval_s", 0.5)
+WEB = QgsCoordinateReferenceSystem("EPSG:3857")
+
+
+def scene_request(tmp_path, project, prompt, example=None):
+    """The source scene (UTM 33N, smooth ramps) in the project, and a job on a 48 x 48 px area
+    of it (one pyramid scale: the cheapest real job) with an ROI drawn in the project CRS:
+    (layer, its pixels, the request)."""
     path, data, _gt = make_geotiff(tmp_path / "scene.tif", width=60, height=56, bands=3)
     layer = QgsRasterLayer(str(path), "scene")
     project.addMapLayer(layer)
-    utm = QgsCoordinateReferenceSystem("EPSG:32633")
-    web = QgsCoordinateReferenceSystem("EPSG:3857")
-    to_web = QgsCoordinateTransform(utm, web, project)
+    to_web = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32633"), WEB, project)
 
     def point(c, r):
         return to_web.transform(QgsPointXY(ORIGIN[0] + c * RES, ORIGIN[1] - r * RES))
 
-    # A 48 x 48 px area (one pyramid scale: the cheapest real job), ROI drawn in the
-    # project CRS.
     extent = QgsGeometry.fromPolygonXY([[point(5.5, 2.5), point(52.5, 49.5)]]).boundingBox()
     roi = QgsGeometry.fromPolygonXY(
         [[point(15.5, 12.5), point(35.5, 14.5), point(33.5, 36.5), point(16.5, 34.5)]]
     )
-    fields = jobs.job_fields("flooded fields", preset="tiny", seed=1, clip="tiny-random")
-    request = jobs.prepare_request(layer, extent, web, fields, roi_geometries=[roi], roi_crs=web)
+    fields = jobs.job_fields(prompt, preset="tiny", seed=1, clip="tiny-random")
+    request = jobs.prepare_request(
+        layer, extent, WEB, fields, roi_geometries=[roi], roi_crs=WEB, example=example
+    )
     assert (request.window.width, request.window.height) == (48, 48)
+    return layer, data, request
 
+
+def run_to_result(request, project, qgis_iface):
+    """Run the job in the plugin's JobManager until it ends: (record, result layer)."""
     manager = JobManager(qgis_iface.messageBar())
     record = manager.start(request)
     wait_for(lambda: record.finished, JOB_TIMEOUT_S, "the real backend's job")
-    assert record.state == "succeeded", record.message
-
+    if record.state != "succeeded":
+        return record, None
     group = project.layerTreeRoot().findGroup(results.GROUP_NAME)
-    result = group.findLayers()[0].layer()
+    return record, group.findLayers()[-1].layer()
+
+
+def check_result(record, result, request, layer, data):
+    """The result is on the tile's grid and CRS, and bit-exact outside the ROI."""
     tile = QgsRasterLayer(str(request.tile_path), "tile")
     assert result.crs() == tile.crs() == layer.crs()
     assert result.extent() == tile.extent() == request.window.extent
@@ -140,6 +150,17 @@ def test_full_job_against_the_real_backend(real_backend, tmp_path, project, qgis
     source = data[:, w.yoff : w.yoff + w.height, w.xoff : w.xoff + w.width]
     np.testing.assert_array_equal(edited[:, ~mask], source[:, ~mask])  # outside: bit-exact
     assert edited.dtype == source.dtype and edited.shape == source.shape
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(START_TIMEOUT_S + JOB_TIMEOUT_S + 60, method="thread")
+def test_full_job_against_the_real_backend(real_backend, tmp_path, project, qgis_iface):
+    settings.set_backend_url(real_backend)
+    settings.QgsSettings().setValue(settings.PREFIX + "poll_interval_s", 0.5)
+    layer, data, request = scene_request(tmp_path, project, "flooded fields")
+    record, result = run_to_result(request, project, qgis_iface)
+    assert record.state == "succeeded", record.message
+    check_result(record, result, request, layer, data)
 
     # After a restart of QGIS, the job list comes back from the backend (GET /v1/jobs).
     later = JobManager(qgis_iface.messageBar())
@@ -152,3 +173,78 @@ def test_full_job_against_the_real_backend(real_backend, tmp_path, project, qgis
     assert listed.listed and listed.state == "succeeded" and listed.finished
     assert listed.prompt == "flooded fields" and listed.created
     assert listed.report == record.report and listed.progress == 100.0
+
+
+def job_form_fields(base_url: str) -> set | None:
+    """The form fields of POST /v1/jobs from the backend's own OpenAPI schema (None when it
+    does not serve one)."""
+    try:
+        status, body = http("GET", base_url + "/openapi.json")
+        schema = json.loads(body) if status == 200 else None
+        content = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
+        form = content["multipart/form-data"]["schema"]
+        if "$ref" in form:
+            form = schema["components"]["schemas"][form["$ref"].rsplit("/", 1)[-1]]
+        return set(form["properties"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+EXAMPLE_ORIGIN = (400_000.0, 4_000_000.0)  # UTM 14N: another scene than the source
+
+
+def example_texture(size):
+    """Stripes of two colours, 3 px wide, diagonal: nothing like the scene's smooth ramps."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    stripes = ((rows + cols) // 3 % 2).astype(np.uint8)
+    return np.stack([40 + 170 * stripes, 160 - 120 * stripes, 90 + 60 * stripes])
+
+
+def example_area(corners, project) -> QgsGeometry:
+    """A polygon on the example layer's pixel corners (column, row), drawn in the project CRS."""
+    to_web = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32614"), WEB, project)
+    x0, y0 = EXAMPLE_ORIGIN
+    ring = [to_web.transform(QgsPointXY(x0 + c * RES, y0 - r * RES)) for c, r in corners]
+    return QgsGeometry.fromPolygonXY([ring])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(START_TIMEOUT_S + JOB_TIMEOUT_S + 60, method="thread")
+def test_job_with_an_example_against_the_real_backend(real_backend, tmp_path, project, qgis_iface):
+    """ "Make this look like that": the example is another scene (UTM 14N, striped, at the
+    source's resolution: the backend wants 16 px a side or more at the tile's), its example
+    area drawn in the project CRS; the job runs to a result layer, and the backend's report
+    says how it used the example."""
+    fields = job_form_fields(real_backend)
+    if fields is not None and "reference" not in fields:
+        pytest.skip(
+            "the backend's POST /v1/jobs has no `reference` field yet (exemplar-guided edits "
+            f"not there; its fields: {', '.join(sorted(fields))})"
+        )
+    settings.set_backend_url(real_backend)
+    settings.QgsSettings().setValue(settings.PREFIX + "poll_interval_s", 0.5)
+    path, _texture, _gt = make_geotiff(
+        tmp_path / "example.tif",
+        56,
+        56,
+        epsg=32614,
+        origin=EXAMPLE_ORIGIN,
+        res=RES,
+        data=example_texture(56),
+    )
+    example_layer = QgsRasterLayer(str(path), "striped example")
+    project.addMapLayer(example_layer)
+    area = example_area([(4.5, 4.5), (44.5, 4.5), (44.5, 40.5), (4.5, 40.5)], project)
+    example = jobs.prepare_example(example_layer, [area], WEB, 0.8, project)
+    assert (example.window.width, example.window.height) == (41, 37)
+    layer, data, request = scene_request(tmp_path, project, "striped fields", example)
+
+    record, result = run_to_result(request, project, qgis_iface)
+    if fields is None and record.state == "failed" and "reference" in record.message.lower():
+        pytest.skip(f"the backend does not take `reference` yet: {record.message}")
+    assert record.state == "succeeded", record.message
+    check_result(record, result, request, layer, data)
+    assert request.reference_path.is_file()
+    if fields is None and not record.report.get("reference"):
+        pytest.skip("the backend ignored `reference` (no `reference` entry in its report)")
+    assert record.report.get("reference"), record.report  # how the example was used

@@ -57,16 +57,37 @@ def noise_levels(settings: PatchDiffusionSettings) -> torch.Tensor:
     return torch.cat([sigmas, torch.zeros(1)])
 
 
-def _denoise(queries: torch.Tensor, keys: torch.Tensor, key_norms, sigma: float, chunk: int):
+def _denoise(queries, keys, key_norms, sigma: float, chunk: int, log_prior=None):
     """The MMSE clean estimate of each noisy patch (rows of `queries`) under the empirical
-    distribution of `keys` with Gaussian noise of std `sigma`."""
+    distribution of `keys` (each with prior probability exp(`log_prior`); None: uniform) with
+    Gaussian noise of std `sigma`."""
     out = torch.empty_like(queries)
     for i in range(0, len(queries), chunk):
         q = queries[i : i + chunk]
         # -|q - k|^2 / 2 sigma^2 up to a per-row constant (|q|^2), which softmax ignores.
         logits = torch.addmm(key_norms[None], q, keys.T, beta=-1.0, alpha=2.0) / (2 * sigma**2)
+        if log_prior is not None:
+            logits += log_prior[None]
         out[i : i + chunk] = torch.softmax(logits, dim=1) @ keys
     return out
+
+
+def pooled_keys(tile_keys, example_keys, weight: float):
+    """Keys of a patch distribution that is the tile's with probability 1 - `weight` and the
+    example's with probability `weight` (whatever their patch counts), and each key's log
+    prior (None: uniform)."""
+    if example_keys is None or weight <= 0:
+        return tile_keys, None
+    if weight >= 1:
+        return example_keys, None
+    kt, ke = len(tile_keys), len(example_keys)
+    log_prior = torch.cat(
+        [
+            torch.full((kt,), math.log((1 - weight) / kt), device=tile_keys.device),
+            torch.full((ke,), math.log(weight / ke), device=tile_keys.device),
+        ]
+    )
+    return torch.cat([tile_keys, example_keys]), log_prior
 
 
 def sample(
@@ -78,6 +99,8 @@ def sample(
     seed: int = 0,
     guide: Guide | None = None,
     anchor: float | None = None,
+    example: tuple[torch.Tensor, torch.Tensor] | None = None,
+    example_weight: float = 0.0,
     progress: ProgressCallback = no_progress,
 ) -> torch.Tensor:
     """A new ROI for `known` (1, C, h, w, model range) where `roi` (1, 1, h, w, bool) is true;
@@ -86,7 +109,10 @@ def sample(
     estimate (None: unguided). `anchor`: start from the ROI filled smoothly from its
     surroundings (`context_fill`), noised to this level, instead of from pure noise: the
     layout then continues the surroundings (land goes on where land meets the ROI) rather than
-    falling to the tile's commonest content (None: from noise, the most varied)."""
+    falling to the tile's commonest content (None: from noise, the most varied). `example`:
+    an image (1, C, he, wh) at the same scale and its invalid pixels (1, 1, he, we), whose
+    patches the ROI is drawn from with probability `example_weight` (the tile's with the
+    rest): the new layout takes on the example's look while agreeing with the surroundings."""
     known = known.float()
     roi = roi.bool()
     invalid = torch.zeros_like(roi) if invalid is None else invalid.bool()
@@ -107,6 +133,15 @@ def sample(
         valid = valid.expand_as(known)
         mean = (known * valid).sum((2, 3), keepdim=True) / valid.sum((2, 3), keepdim=True).clamp(1)
         return torch.where(roi, mean.expand_as(known), known)
+    if example is not None and example_weight > 0:
+        picture, banned = example[0].float().to(device), example[1].bool().to(device)
+        try:
+            theirs = source_patches(picture, torch.zeros_like(banned), banned, p, settings.max_keys)
+        except NoPatchesError:
+            theirs = None
+        keys, log_prior = pooled_keys(keys, theirs, example_weight)
+    else:
+        log_prior = None
     key_norms = (keys * keys).sum(1)
     touched = torch.nonzero(patch_touches(roi, p)).flatten()
     n_columns = (h - p + 1) * (w - p + 1)
@@ -134,7 +169,9 @@ def sample(
         noisy = torch.where(roi, x, known + sigma * noise())
         columns = F.unfold(noisy, p)[0].T
         with torch.no_grad():
-            estimate = _denoise(columns[touched], keys, key_norms, sigma, settings.chunk)
+            estimate = _denoise(
+                columns[touched], keys, key_norms, sigma, settings.chunk, log_prior
+            )
         if following > 0:
             pasted = torch.zeros_like(columns).index_copy_(0, touched, estimate)
             clean = F.fold(pasted.T[None], (h, w), p) / count.clamp_min(1)

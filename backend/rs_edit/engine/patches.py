@@ -166,13 +166,21 @@ def source_patches(image, roi, invalid, patch: int, max_keys: int) -> torch.Tens
 
 
 class _Source:
-    """The tile at one scale: its patches outside the ROI as keys (blurry and sharp) and values."""
+    """The patches a scale's ROI is assembled from, as keys (blurry and sharp) and values: the
+    tile's outside the ROI, and an example's (`add`)."""
 
     def __init__(self, sharp, blurry, roi, invalid, settings: PatchSettings):
         p = settings.patch
         index = _source_index(roi, invalid, p, settings.max_keys)
         self.values = F.unfold(sharp, p)[0].T[index].contiguous()  # (K, C*p*p)
         self.blurry_keys = None if blurry is None else F.unfold(blurry, p)[0].T[index].contiguous()
+
+    def add(self, other: _Source, weight: float) -> None:
+        """Draw on `other`'s patches too (`weight` 1: on them alone)."""
+        pools = [other] if weight >= 1 else [self, other]
+        self.values = torch.cat([s.values for s in pools])
+        if self.blurry_keys is not None:
+            self.blurry_keys = torch.cat([s.blurry_keys for s in pools])
 
 
 class NoPatchesError(Exception):
@@ -227,13 +235,17 @@ def refine(
     *,
     invalid: torch.Tensor | None = None,
     seed: int = 0,
+    example: tuple[torch.Tensor, torch.Tensor] | None = None,
+    example_weight: float = 0.0,
     progress: ProgressCallback = no_progress,
 ) -> torch.Tensor:
     """The full-size edit (1, C, H, W) from a coarse one (1, C, h, w).
 
     `image`: the tile (1, C, H, W), same range as `coarse`; `mask`: (1, 1, H, W), true where
     the ROI is regenerated; `invalid` (same shape, optional): pixels no patch may come from
-    (nodata). Outside the mask the result is `image` exactly.
+    (nodata). Outside the mask the result is `image` exactly. `example`: an image at the
+    tile's resolution (1, C, he, we) and its invalid pixels (1, 1, he, we) whose patches join
+    the tile's at every scale (`example_weight` > 0; 1: its patches alone).
     """
     image = image.float()
     mask = mask.bool()
@@ -246,6 +258,7 @@ def refine(
 
     x = coarse.float()
     known_prev = None
+    examples = _example_scales(example, sizes, image.shape[-2:]) if example_weight > 0 else None
     for s, size in enumerate(sizes):
         known = image if s == len(sizes) - 1 else resize(image, size)
         roi = mask_at(mask, size)
@@ -262,6 +275,7 @@ def refine(
             except NoPatchesError:
                 known_prev = known
                 continue
+            _add_example(source, examples, s, settings, example_weight)
             if settings.coarse_noise > 0:
                 gen = torch.Generator().manual_seed(seed)
                 noise = torch.randn(x.shape, generator=gen).to(x.device)
@@ -276,6 +290,7 @@ def refine(
                 x = torch.where(roi, x, known)
                 known_prev = known
                 continue
+            _add_example(source, examples, s, settings, example_weight)
             passes = [source.blurry_keys] + [source.values] * (passes_per_scale - 1)
         for keys in passes:
             # Outside the ROI: blurry for the first pass at a new scale (its keys are blurry
@@ -291,3 +306,35 @@ def refine(
         known_prev = known
     progress(STAGE, total, total)
     return torch.where(mask, x, image)
+
+
+def _example_scales(example, sizes, full) -> list[tuple] | None:
+    """The example at each of `sizes` (scaled as the tile is from `full`): (sharp, blurry
+    (the previous scale's, upsampled), invalid) per scale; None without an example."""
+    if example is None:
+        return None
+    picture, banned = example[0].float(), example[1].bool()
+    he, we = picture.shape[-2:]
+    out, previous = [], None
+    for size in sizes:
+        at = (max(1, round(he * size[0] / full[0])), max(1, round(we * size[1] / full[1])))
+        sharp = resize(picture, at)
+        blurry = None if previous is None else resize(previous, at)
+        out.append((sharp, blurry, mask_at(banned, at)))
+        previous = sharp
+    return out
+
+
+def _add_example(source: _Source, examples, s: int, settings: PatchSettings, weight: float):
+    """Let scale `s`'s source draw on the example's patches at that scale (when it has any)."""
+    if examples is None:
+        return
+    sharp, blurry, banned = examples[s]
+    if min(sharp.shape[-2:]) < settings.patch:
+        return
+    blurry = None if source.blurry_keys is None else blurry
+    try:
+        theirs = _Source(sharp, blurry, torch.zeros_like(banned), banned, settings)
+    except NoPatchesError:
+        return
+    source.add(theirs, weight)

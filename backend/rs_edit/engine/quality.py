@@ -402,6 +402,49 @@ def roi_swd_levels(
 
 
 @torch.no_grad()
+def roi_swd_levels_to(
+    edited: torch.Tensor,
+    roi: torch.Tensor,
+    reference: torch.Tensor,
+    reference_valid: torch.Tensor | None = None,
+    *,
+    patch: int = 7,
+    levels: int = 4,
+    projections: int = 128,
+    max_patches: int = 4096,
+    seed: int = 0,
+    unit: list[float] | None = None,
+) -> list[float]:
+    """As `roi_swd_levels`, but from the ROI of `edited` to another image: the patches of
+    `reference` (C, h, w) lying wholly in `reference_valid` (h, w; None: all). Divided by
+    `unit` when given (e.g. the tile's `roi_swd_unit`, to read on the same scale)."""
+    a, b = _as_batch(edited).cpu(), _as_batch(reference).cpu()
+    region = torch.as_tensor(roi, dtype=torch.bool).cpu()[None, None]
+    if reference_valid is None:
+        reference_valid = torch.ones(b.shape[-2:], dtype=torch.bool)
+    valid = torch.as_tensor(reference_valid, dtype=torch.bool).cpu()[None, None]
+    if not region.any() or not valid.any():
+        raise ValueError("the ROI or the reference is empty")
+    n = min(levels, _max_levels(patch, a), _max_levels(patch, b))
+    out = [_w1_rows(a[0][:, region[0, 0]], b[0][:, valid[0, 0]])]
+    bands = zip(_laplacian(a, n), _laplacian(b, n), strict=True)
+    for k, (band_a, band_b) in enumerate(bands):
+        frac_a = F.adaptive_avg_pool2d(region.float(), band_a.shape[-2:])
+        frac_b = F.adaptive_avg_pool2d(valid.float(), band_b.shape[-2:])
+        pos_a, pos_b = _positions(frac_a > 0.999, patch), _positions(frac_b > 0.999, patch)
+        if len(pos_a) < 16 or len(pos_b) < 16:
+            out.append(float("nan"))
+            continue
+        pa = _patches_at(band_a, _subsample(pos_a, max_patches, seed + k), patch)
+        pb = _patches_at(band_b, _subsample(pos_b, max_patches, seed + 7 * k + 1), patch)
+        out.append(_sliced_w1(pa, pb, a.shape[1], patch, projections, seed + 1000 * k))
+    out += [float("nan")] * (levels + 1 - len(out))
+    if unit is not None:
+        out = [d / max(u, 1e-12) for d, u in zip(out, unit, strict=False)]
+    return out
+
+
+@torch.no_grad()
 def roi_swd_unit(
     source: torch.Tensor,
     roi: torch.Tensor,

@@ -13,6 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ from ..engine.model import TileModel
 from ..engine.patches import coarse_size, mask_at, refine, resize
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
-from ..engine.quality import roi_swd_levels, roi_swd_unit, seam_ratio
+from ..engine.quality import roi_swd_levels, roi_swd_levels_to, roi_swd_unit, seam_ratio
 from ..engine.train import train_tile
 from ..progress import ProgressCallback, no_progress, share, synthesis
 from . import resolve_guidance
@@ -41,7 +42,7 @@ from .finetune import (
     single_scale_scene,
 )
 from .prompts import PromptEnsemble, expand_prompt
-from .reference import load_reference, mixed_target
+from .reference import clip_view, mixed_target
 
 
 class TextEditor:
@@ -66,6 +67,12 @@ class TextEditor:
     def edit(self, tile, progress: ProgressCallback) -> list[np.ndarray]:
         """One edited model-space image (C, h, w) per variant."""
         opts, preset = self.options, self.preset
+        example = _ExamplePool.of(tile, opts.reference_weight)
+        if example and preset.detail == "patches" and preset.coarse != "patch-diffusion":
+            # Only the training-free sampler draws on the example's patches; a trained model
+            # knows the tile alone.
+            preset = replace(preset, coarse="patch-diffusion")
+            self.log("with an example the coarse layout is drawn from its and the tile's patches")
         seed = opts.seed if opts.seed is not None else secrets.randbits(31)
         seconds: dict[str, float] = {}
         started = time.perf_counter()
@@ -81,9 +88,9 @@ class TextEditor:
         else:
             ensemble = PromptEnsemble((opts.prompt,), "prompt", "prompt ensembling is off")
         target = clip.text_target(list(ensemble.prompts))
-        if opts.reference:
+        if tile.example is not None:
             target = mixed_target(
-                clip, target, load_reference(opts.reference), opts.reference_weight
+                clip, target, clip_view(tile.example, tile.rgb), opts.reference_weight
             )
         seconds["clip"] = time.perf_counter() - started
 
@@ -110,7 +117,7 @@ class TextEditor:
         else:
             progress = synthesis(progress)
             scene = single_scale_scene(image, tile.alpha, tile.rgb, self.device)
-            sampler = _PatchSampler(scene, tile, preset.sampler)
+            sampler = _PatchSampler(scene, tile, preset.sampler, example)
             model, cached, key = None, False, model_cache.model_key(image, preset.name)
         seconds["train"] = time.perf_counter() - mark
 
@@ -141,11 +148,13 @@ class TextEditor:
         realism, replaced = [], []
         if preset.detail == "patches":
             mark = time.perf_counter()
-            edits = self._add_detail(tile, edits, seeds, progress)
+            edits = self._add_detail(tile, edits, seeds, progress, example)
             seconds["detail"] = time.perf_counter() - mark
             mark = time.perf_counter()
             guided = guidance != "none"
-            edits, realism, replaced = self._guard(tile, sampler, guided, edits, seeds, progress)
+            edits, realism, replaced = self._guard(
+                tile, sampler, guided, edits, seeds, progress, example
+            )
             seconds["guard"] = time.perf_counter() - mark
 
         before = objective.similarity(scene.known[-1])
@@ -165,8 +174,8 @@ class TextEditor:
             "preset": preset.name,
             "coarse": "network" if trained else "patch-diffusion",
             "guidance": guidance,
-            "reference": opts.reference,
-            "reference_weight": opts.reference_weight if opts.reference else None,
+            "reference": tile.example.plan.describe() if tile.example is not None else None,
+            "reference_weight": opts.reference_weight if tile.example is not None else None,
             "model_cached": cached,
             "tile_hash": key,
             # The cache file this edit trained or reused (None: no model, or no cache).
@@ -185,7 +194,7 @@ class TextEditor:
         }
         return edits
 
-    def _guard(self, tile, sampler, guided, edits, seeds, progress):
+    def _guard(self, tile, sampler, guided, edits, seeds, progress, example=None):
         """The realism guard. An edit fails it when its ROI is far from anything in the tile
         (its worst `roi_swd_levels` level above the preset's `guard_bar`: flat colour, a colour
         cast, collapsed structure), when the ROI's boundary shows as an edge (`seam_ratio`
@@ -195,14 +204,17 @@ class TextEditor:
         alternatives made without the guidance (the same seed first when guided, then others):
         while the outline is what shows most, every other one starts from the surroundings
         (`guard_anchor`), the others from noise. Returns the edits, each one's `_Realism` and
-        the variants that were replaced."""
+        the variants that were replaced. With an example, realism is closeness to the tile or
+        to the example, and the outline is not judged: a change of texture along it is the
+        edit asked for."""
         preset, tries = self.preset, self.preset.guard_tries
-        measure = _RealismScore(tile)
+        measure = _RealismScore(tile, example)
 
         def terms(m: _Realism) -> tuple[float, float, float]:  # each over 1: fails
             seam = m.seam if m.seam > 0 else 1.0  # 0: not measurable
             edge = max(seam, 1 / seam) / preset.guard_seam  # busier or calmer than the input
-            return m.level / preset.guard_bar, edge, m.cut / preset.guard_cut
+            cut = 0.0 if example else m.cut / preset.guard_cut
+            return m.level / preset.guard_bar, edge, cut
 
         def badness(m: _Realism) -> float:
             return max(terms(m))
@@ -223,7 +235,7 @@ class TextEditor:
                 level, edge, cut = terms(measured[i])
                 anchor = preset.guard_anchor if cut >= max(level, edge) and k % 2 == 0 else None
                 coarse = sampler([alt_seed], unguided=True, anchor=anchor)
-                alt = self._add_detail(tile, coarse, [alt_seed], lambda *a, **kw: None)[0]
+                alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
                 m = measure(alt)
                 progress("guard", i * tries + k + 1, total)
                 if badness(m) < badness(measured[i]):
@@ -247,8 +259,9 @@ class TextEditor:
             )
         return edits, measured, replaced
 
-    def _add_detail(self, tile, coarse_edits, seeds, progress) -> list[np.ndarray]:
-        """Each coarse edit at the tile's size, its detail assembled from the tile's patches."""
+    def _add_detail(self, tile, coarse_edits, seeds, progress, example=None) -> list[np.ndarray]:
+        """Each coarse edit at the tile's size, its detail assembled from the tile's patches
+        (and the example's)."""
         image = torch.from_numpy(tile.model_image)[None]
         mask = torch.from_numpy(tile.alpha > 0)[None, None]
         invalid = torch.from_numpy(~tile.valid)[None, None]
@@ -261,6 +274,8 @@ class TextEditor:
                 self.preset.patches,
                 invalid=invalid,
                 seed=seeds[i],
+                example=example.pair if example else None,
+                example_weight=example.weight if example else 0.0,
                 progress=share(progress, i, len(coarse_edits)),
             )
             edits.append(full[0].numpy())
@@ -303,7 +318,8 @@ class _RealismScore:
     """The `_Realism` of an edit of one tile; the tile's units are computed once for all the
     edits scored."""
 
-    def __init__(self, tile):
+    def __init__(self, tile, example: _ExamplePool | None = None):
+        self.example = example
         self.source = torch.from_numpy(tile.model_image)
         self.roi = torch.from_numpy(tile.roi_mask & tile.valid)
         self.unit = self.cut_unit = None
@@ -318,6 +334,13 @@ class _RealismScore:
             return _Realism(0.0, 0.0, 0.0)
         edited = torch.from_numpy(edit)
         levels = roi_swd_levels(edited, self.source, self.roi, unit=self.unit)
+        if self.example is not None:  # as close to the example is as real
+            theirs = roi_swd_levels_to(
+                edited, self.roi, self.example.image, self.example.valid, unit=self.unit
+            )
+            levels = [
+                b if b == b and not b >= a else a for a, b in zip(levels, theirs, strict=False)
+            ]
         finite = [v for v in levels if v == v]
         seam = seam_ratio(edited, self.source, self.roi)
         cut = cut_ratio(edit, self.source, self.roi.numpy(), unit=self.cut_unit)
@@ -343,16 +366,57 @@ class _NetworkSampler:
         return sample_edits(model, self.scene, seeds, guide=guide, progress=progress)
 
 
+class _ExamplePool:
+    """The tile's example as the engine uses it: a picture whose patches join the tile's
+    with probability `weight`."""
+
+    def __init__(self, image: torch.Tensor, invalid: torch.Tensor, weight: float):
+        self.image, self.invalid, self.weight = image, invalid, weight  # (1, C|1, he, we)
+
+    @classmethod
+    def of(cls, tile, weight: float) -> _ExamplePool | None:
+        if tile.example is None or weight <= 0:
+            return None
+        image = torch.from_numpy(tile.example.image)[None]
+        invalid = torch.from_numpy(~tile.example.valid)[None, None]
+        return cls(image, invalid, weight)
+
+    @property
+    def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image, self.invalid
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return ~self.invalid[0, 0]
+
+    def scaled(self, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The picture and its invalid pixels scaled as the tile is by `factor`."""
+        he, we = self.image.shape[-2:]
+        size = (max(1, round(he * factor)), max(1, round(we * factor)))
+        return resize(self.image, size), mask_at(self.invalid, size)
+
+
 class _PatchSampler:
     """Coarse edits from the training-free patch-diffusion sampler, at the scene's one scale."""
 
-    def __init__(self, scene, tile, settings: patch_diffusion.PatchDiffusionSettings):
+    def __init__(
+        self,
+        scene,
+        tile,
+        settings: patch_diffusion.PatchDiffusionSettings,
+        example: _ExamplePool | None = None,
+    ):
         self.known = scene.known[0]
         size = tuple(self.known.shape[-2:])
         device = self.known.device
         self.roi = mask_at(torch.from_numpy(tile.alpha > 0)[None, None], size).to(device)
         self.invalid = mask_at(torch.from_numpy(~tile.valid)[None, None], size).to(device)
         self.settings = settings
+        self.example, self.example_weight = None, 0.0
+        if example is not None:
+            factor = size[0] / tile.model_image.shape[1]
+            self.example = tuple(t.to(device) for t in example.scaled(factor))
+            self.example_weight = example.weight
 
     def __call__(self, seeds, *, guide=None, unguided=False, anchor=None, progress=no_progress):
         edits = []
@@ -365,6 +429,8 @@ class _PatchSampler:
                 seed=seed,
                 guide=None if unguided else guide,
                 anchor=anchor,
+                example=self.example,
+                example_weight=self.example_weight,
                 progress=share(progress, i, len(seeds)),
             )
             edits.append(x[0].float().cpu().numpy())
