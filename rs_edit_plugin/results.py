@@ -2,8 +2,10 @@
 
 Each result becomes a raster layer in an "RS Edit results" group placed directly above its
 source layer, named "<source layer> – <prompt> (vN)" (N makes the name unique), styled like
-its source layer, with the prompt and settings in the layer's metadata. Files are
-saved next to the project (or in the folder from the settings), never in a temporary folder.
+its source layer and drawn with exactly its renderer (min/max never recomputed from the
+result's own pixels, so unchanged pixels look the same in a compare), with the prompt and
+settings in the layer's metadata. Files are saved next to the project (or in the folder from
+the settings), never in a temporary folder.
 """
 
 import json
@@ -17,7 +19,9 @@ from qgis.core import (
     QgsMapLayerStyle,
     QgsProject,
     QgsRasterLayer,
+    QgsRasterMinMaxOrigin,
 )
+from qgis.PyQt.QtCore import QObject, pyqtSlot
 
 from . import settings
 
@@ -87,13 +91,48 @@ def results_group(project: QgsProject, source_layer=None):
     return group
 
 
+def pinned_renderer(renderer):
+    """A copy of `renderer` (band mapping, each band's min/max and stretch) whose min/max QGIS
+    never recomputes: a source stretched to its statistics or to the canvas view would
+    re-stretch a result from the result's own pixels, and the ROI's new values would change how
+    every unchanged pixel looks next to the source."""
+    pinned = renderer.clone()
+    origin = pinned.minMaxOrigin()
+    origin.setLimits(QgsRasterMinMaxOrigin.Limits.None_)
+    pinned.setMinMaxOrigin(origin)
+    return pinned
+
+
+class SourceRenderer(QObject):
+    """Keeps a result drawn with its source layer's renderer: when the source's renderer
+    changes (restyled, or re-stretched for a new canvas view) the result gets it again, pinned.
+    A child of the result layer, so it goes with it."""
+
+    def __init__(self, source: QgsRasterLayer, result: QgsRasterLayer):
+        super().__init__(result)
+        self.source, self.result = source, result
+        source.rendererChanged.connect(self.follow)
+
+    @pyqtSlot()
+    def follow(self):
+        if self.source.bandCount() != self.result.bandCount() or self.source.renderer() is None:
+            return
+        self.result.setRenderer(pinned_renderer(self.source.renderer()))
+        self.result.triggerRepaint()
+
+
 def copy_style(source: QgsRasterLayer, target: QgsRasterLayer) -> bool:
-    """Give `target` the renderer and style of `source` when they have the same bands."""
+    """Give `target` the style of `source` when they have the same bands, its renderer pinned
+    to the source's (`pinned_renderer`) and following it (`SourceRenderer`)."""
     if source is None or not source.isValid() or source.bandCount() != target.bandCount():
         return False
     style = QgsMapLayerStyle()
     style.readFromLayer(source)
-    return style.writeToLayer(target)
+    style.writeToLayer(target)  # returns nothing in QGIS 3.22 (the old check never passed)
+    if source.renderer() is not None:
+        target.setRenderer(pinned_renderer(source.renderer()))
+        SourceRenderer(source, target)  # owned by the target layer (its Qt parent)
+    return True
 
 
 def describe(job_settings: dict) -> str:

@@ -15,7 +15,14 @@ edited by each prompt, `variants` times. The output folder holds:
   RGB bands; uint8 data as is, other data stretched by the pre chip's 2-98 % percentiles, the
   same limits for pre and post) and the label as 0/255;
 - `manifest.jsonl`: one JSON object per sample (`MANIFEST_KEYS`), appended only after the
-  sample's files exist. A rerun skips every sample whose manifest line and files exist.
+  sample's files exist. A rerun skips every sample whose manifest line and files exist (and
+  whose example, below, is the one asked for now).
+
+With `reference_map` (`--reference-map VALUE=EXAMPLE.tif`, with `--prompt-field`) the polygons
+of class VALUE are edited to look like that example image (`EditOptions.reference`, weighed by
+`reference_weight`); every example is checked against the raster (`example.plan_example`:
+readable, bands that match, a usable size) before any work, and each sample's manifest line
+names its example's file and weight (`reference`, `reference_weight`; null without one).
 
 With `remote` (`rs-edit augment --server URL`) the post chips are made as jobs of an
 `rs-edit serve` job API, several at a time (`rs_edit.augment_remote`; the server keeps the model
@@ -42,8 +49,10 @@ from rasterio.windows import Window
 from shapely import affinity
 
 from .bands import rgb_bands as pick_rgb_bands
+from .edit import EditOptions
 from .engine.presets import DEFAULT_PRESET
-from .errors import CrsError, ParameterError, RoiError
+from .errors import CrsError, InputError, ParameterError, RoiError
+from .example import plan_example
 from .files import atomic_path
 from .guidance.clip import DEFAULT_CLIP
 from .raster import gdal_env, inspect_raster, nodata_pixels
@@ -73,6 +82,8 @@ MANIFEST_KEYS = (
     "levircd_a",
     "levircd_b",
     "levircd_label",
+    "reference",
+    "reference_weight",
     "bounds",
     "crs",
     "width",
@@ -97,6 +108,9 @@ class AugmentOptions:
     layer: str | None = None
     rgb_bands: tuple[int, ...] | None = None
     device: str = "auto"
+    # Class value (of `prompt_field`) -> an example image its polygons are edited to look like.
+    reference_map: dict[str, str] = field(default_factory=dict)
+    reference_weight: float = EditOptions.reference_weight
 
 
 @dataclass
@@ -105,6 +119,15 @@ class Chip:
     prompts: list[str]
     roi: Roi  # the polygon on the full raster grid
     window: Window
+    reference: str | None = None  # the example image for this polygon's class
+
+
+def _feature_reference(feature: Feature, options: AugmentOptions) -> str | None:
+    """The example image for the polygon's class (`reference_map`), or None."""
+    if not options.prompt_field or not options.reference_map:
+        return None
+    value = feature.properties.get(options.prompt_field)
+    return None if value is None else options.reference_map.get(str(value))
 
 
 # --------------------------------------------------------------------------------- polygons
@@ -145,6 +168,48 @@ def parse_prompt_map(items: Sequence[str]) -> dict[str, str]:
     return mapping
 
 
+def parse_reference_map(items: Sequence[str]) -> dict[str, str]:
+    """'value=EXAMPLE.tif' pairs -> {value: path}; a value given twice is refused."""
+    mapping = {}
+    for item in items:
+        value, sep, path = item.partition("=")
+        value, path = value.strip(), path.strip()
+        if not sep or not value or not path:
+            raise ParameterError(f"--reference-map expects VALUE=EXAMPLE.tif, got {item!r}")
+        if value in mapping:
+            raise ParameterError(f"--reference-map gives two examples for {value!r}")
+        mapping[value] = path
+    return mapping
+
+
+def check_references(raster, options: AugmentOptions) -> None:
+    """Every example of `reference_map` against the raster (the chips have its bands and
+    resolution): readable, bands that match, a usable size. InputError naming the class."""
+    if not options.reference_map:
+        return
+    if not options.prompt_field:
+        raise ParameterError("--reference-map needs --prompt-field (its values are classes)")
+    if not 0.0 <= options.reference_weight <= 1.0:
+        raise ParameterError(
+            f"reference weight must be between 0 and 1, got {options.reference_weight}"
+        )
+    unmapped = sorted(set(options.reference_map) - set(options.prompt_map))
+    if options.prompt_map and unmapped:
+        raise ParameterError(
+            f"--reference-map names class(es) {', '.join(map(repr, unmapped))} that "
+            "--prompt-map does not map to a prompt: those polygons are not edited"
+        )
+    info = inspect_raster(raster)
+    rgb = pick_rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
+    for value, path in options.reference_map.items():
+        if not Path(path).is_file():
+            raise ParameterError(f"--reference-map {value}: example image not found: {path}")
+        try:
+            plan_example(path, info, rgb=rgb)
+        except InputError as exc:
+            raise type(exc)(f"--reference-map {value}: {exc}") from None
+
+
 # ------------------------------------------------------------------------------------- chips
 
 
@@ -173,6 +238,7 @@ def plan_chips(raster, polygons, options: AugmentOptions, log=lambda line: None)
         raise ParameterError(f"chip must be between 16 and {MAX_CHIP} px, got {options.chip}")
     if not 0 <= options.seed < 2**62:
         raise ParameterError(f"seed must be between 0 and 2**62-1, got {options.seed}")
+    check_references(raster, options)
     info = inspect_raster(raster)
     if not info.georeferenced:
         raise CrsError(
@@ -195,9 +261,8 @@ def plan_chips(raster, polygons, options: AugmentOptions, log=lambda line: None)
             roi = clip_to_raster(pixels, info)
         except RoiError as exc:
             raise RoiError(f"polygon {feat.id}: {exc}") from None
-        chips.append(
-            Chip(feat, prompts, roi, chip_window(roi, info.width, info.height, options.chip))
-        )
+        window = chip_window(roi, info.width, info.height, options.chip)
+        chips.append(Chip(feat, prompts, roi, window, _feature_reference(feat, options)))
     if not chips:
         raise RoiError("no polygon has a prompt: check --prompt-field / --prompt-map")
     return chips
@@ -356,6 +421,24 @@ class Sample:
     mask: np.ndarray
     post: Path
     grid: dict  # the chip's bounds, crs, width and height, as the manifest has them
+    reference: str | None = None  # the example image to look like (its class's)
+
+
+def example_fields(reference: str | None, options: AugmentOptions) -> dict:
+    """What the manifest says of a sample's example: its file name and weight (None: none)."""
+    if reference is None:
+        return {"reference": None, "reference_weight": None}
+    return {"reference": Path(reference).name, "reference_weight": options.reference_weight}
+
+
+def _is_done(done: dict, name: str, chip: Chip, options: AugmentOptions) -> bool:
+    """An earlier run made this sample, with the example asked for now (a sample made with
+    another example, or none, is made again)."""
+    entry = done.get(name)
+    if entry is None:
+        return False
+    wanted = example_fields(chip.reference, options)
+    return all(entry.get(key) == value for key, value in wanted.items())
 
 
 def _samples(raster, chips: list[Chip], slugs, options: AugmentOptions, done, outdir, limit):
@@ -368,7 +451,7 @@ def _samples(raster, chips: list[Chip], slugs, options: AugmentOptions, done, ou
             (p, k, f"{fid}_{slugs[p]}_v{k}")
             for p in chip.prompts
             for k in range(1, options.variants + 1)
-            if f"{fid}_{slugs[p]}_v{k}" not in done
+            if not _is_done(done, f"{fid}_{slugs[p]}_v{k}", chip, options)
         ]
         if limit is not None and count >= limit:
             return
@@ -381,7 +464,9 @@ def _samples(raster, chips: list[Chip], slugs, options: AugmentOptions, done, ou
             count += 1
             post = Path(outdir) / "post" / f"{name}.tif"
             seed = options.seed + k - 1
-            yield Sample(name, fid, prompt, k, seed, pre, mask_path, mask, post, grid)
+            yield Sample(
+                name, fid, prompt, k, seed, pre, mask_path, mask, post, grid, chip.reference
+            )
 
 
 def _chip_files(raster, chip: Chip, outdir: Path):
@@ -418,7 +503,7 @@ class _LocalEdits:
         pass
 
     def results(self, samples):
-        from .edit import EditOptions, run_edit
+        from .edit import run_edit
 
         for sample in samples:
             sample.post.parent.mkdir(parents=True, exist_ok=True)
@@ -428,6 +513,11 @@ class _LocalEdits:
                 clip=self.options.clip,
                 seed=sample.seed,
                 rgb_bands=self.options.rgb_bands,
+                reference=sample.reference,
+                # as a job without an example has it (`augment_remote` sends none then)
+                reference_weight=self.options.reference_weight
+                if sample.reference
+                else EditOptions.reference_weight,
             )
             result = run_edit(
                 sample.pre,
@@ -481,6 +571,7 @@ def _entry(sample: Sample, report: dict, options: AugmentOptions, outdir: Path, 
         "levircd_a": rel(pngs[0]),
         "levircd_b": rel(pngs[1]),
         "levircd_label": rel(pngs[2]),
+        **example_fields(sample.reference, options),
         **sample.grid,
     }
 
@@ -506,8 +597,6 @@ def run_augment(
     """
     from tqdm import tqdm
 
-    from .edit import EditOptions
-
     chips = plan_chips(raster, polygons, options, log=log)
     info = inspect_raster(raster)
     bands_pos = pick_rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
@@ -530,7 +619,7 @@ def run_augment(
         for c in chips
         for p in c.prompts
         for k in range(1, options.variants + 1)
-        if f"{c.feature.id}_{slugs[p]}_v{k}" in done
+        if _is_done(done, f"{c.feature.id}_{slugs[p]}_v{k}", c, options)
     )
     made = 0
     if remote is None:
@@ -562,8 +651,10 @@ __all__ = [
     "AugmentOptions",
     "AugmentResult",
     "MANIFEST_KEYS",
+    "check_references",
     "load_manifest",
     "parse_prompt_map",
+    "parse_reference_map",
     "plan_chips",
     "prompt_slugs",
     "read_polygons",

@@ -66,7 +66,8 @@ class RemoteOptions:
 
 @dataclass(frozen=True)
 class EditRequest:
-    """One sample's edit as a job: the pre chip, its mask and the edit's options."""
+    """One sample's edit as a job: the pre chip, its mask, an example image to look like (sent
+    as the job's `reference`) and the edit's options."""
 
     image: Path
     mask: Path
@@ -75,6 +76,8 @@ class EditRequest:
     clip: str
     seed: int
     rgb_bands: tuple[int, ...] | None = None
+    reference: Path | None = None
+    reference_weight: float | None = None  # with `reference`; None: the server's default
 
     def form(self) -> dict[str, str]:
         fields = {
@@ -86,6 +89,8 @@ class EditRequest:
         }
         if self.rgb_bands:
             fields["rgb_bands"] = ",".join(str(b) for b in self.rgb_bands)
+        if self.reference is not None and self.reference_weight is not None:
+            fields["reference_weight"] = repr(float(self.reference_weight))
         return fields
 
     def matches(self, options: dict) -> bool:
@@ -97,6 +102,12 @@ class EditRequest:
             and options.get("clip") == self.clip
             and options.get("seed") == self.seed
             and (tuple(bands) if bands else None) == (tuple(self.rgb_bands or ()) or None)
+            and bool(options.get("reference")) == (self.reference is not None)
+            and (
+                self.reference is None
+                or self.reference_weight is None
+                or options.get("reference_weight") == self.reference_weight
+            )
         )
 
 
@@ -137,10 +148,10 @@ class JobClient:
         """A new job for `request`; waits (Retry-After) while the server's queue is full."""
         deadline = time.monotonic() + QUEUE_FULL_WAIT_S
         while True:
-            with open(request.image, "rb") as image, open(request.mask, "rb") as mask:
+            with contextlib.ExitStack() as opened:
                 files = {
-                    "image": (request.image.name, image, "image/tiff"),
-                    "mask": (request.mask.name, mask, "image/tiff"),
+                    field: (path.name, opened.enter_context(open(path, "rb")), "image/tiff")
+                    for field, path in _uploads(request)
                 }
                 r = self._request("POST", "/v1/jobs", data=request.form(), files=files)
             if r.status_code == 429 and time.monotonic() < deadline:
@@ -249,6 +260,14 @@ class JobClient:
     def _sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):
             raise CancelledError("stopped")
+
+
+def _uploads(request: EditRequest) -> list[tuple[str, Path]]:
+    """The request's files by form field: the chip, its mask and the example, if any."""
+    uploads = [("image", request.image), ("mask", request.mask)]
+    if request.reference is not None:
+        uploads.append(("reference", Path(request.reference)))
+    return uploads
 
 
 class UnreachableError(RemoteError):
@@ -383,7 +402,7 @@ class RemoteEdits:
     def __init__(self, remote: RemoteOptions, options, outdir: Path, done, log=lambda line: None):
         self.remote = remote.validate()
         self.url = self.remote.server
-        self.options = options  # AugmentOptions: preset, clip, rgb_bands
+        self.options = options  # AugmentOptions: preset, clip, rgb_bands, reference_weight
         self.log = log
         self.ledger = JobLedger(Path(outdir) / JOBS_FILE, log)
         self.ledger.drop(*done)  # records of samples an earlier run finished
@@ -453,6 +472,8 @@ class RemoteEdits:
             clip=self.options.clip,
             seed=sample.seed,
             rgb_bands=self.options.rgb_bands,
+            reference=None if sample.reference is None else Path(sample.reference),
+            reference_weight=self.options.reference_weight if sample.reference else None,
         )
 
     def _edit(self, sample) -> dict:

@@ -262,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="VALUE=PROMPT for --prompt-field (repeatable); unmapped polygons are skipped",
     )
+    aug.add_argument(
+        "--reference-map",
+        action="append",
+        default=[],
+        metavar="VALUE=EXAMPLE.tif",
+        help="with --prompt-field: polygons of class VALUE are edited to look like this example "
+        "image (repeatable; resampled to RASTER's resolution and bands)",
+    )
+    aug.add_argument(
+        "--reference-weight",
+        type=float,
+        default=None,
+        help="weight of the --reference-map examples, 0..1 (default 0.8)",
+    )
     aug.add_argument("--variants", type=int, default=1, help="edits per polygon and prompt")
     aug.add_argument("--chip", type=int, default=128, help="chip size in pixels (default 128)")
     aug.add_argument("--preset", default=DEFAULT_PRESET, help=f"one of: {', '.join(PRESET_NAMES)}")
@@ -541,12 +555,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from .augment import AugmentOptions, parse_prompt_map, run_augment
+    from .augment import AugmentOptions, parse_prompt_map, parse_reference_map, run_augment
 
     options = AugmentOptions(
         prompts=tuple(args.prompt),
         prompt_field=args.prompt_field,
         prompt_map=parse_prompt_map(args.prompt_map),
+        reference_map=parse_reference_map(args.reference_map),
+        reference_weight=(
+            AugmentOptions.reference_weight
+            if args.reference_weight is None
+            else args.reference_weight
+        ),
         variants=args.variants,
         chip=args.chip,
         preset=args.preset,

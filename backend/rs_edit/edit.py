@@ -244,6 +244,9 @@ def write_edits(
 def result_settings(options: EditOptions, extra: dict | None = None) -> dict:
     """What goes into the output's RS_EDIT tag: enough to know how the edit was made."""
     settings = {"rs_edit_version": __version__, **asdict(options)}
+    for name in ("reference", "reference_roi"):  # file names: no server or user paths
+        if settings[name] is not None:
+            settings[name] = Path(settings[name]).name if Path(settings[name]).exists() else True
     settings.update(extra or {})
     return settings
 

@@ -276,17 +276,23 @@ def test_reference_image_condition_moves_the_edit_towards_the_reference(learned,
     image embedding comes closer to the reference's than with the text alone."""
     from conftest import write_raster
 
-    from rs_edit.guidance.reference import load_reference, mixed_target
+    from rs_edit.bands import BandScaling
+    from rs_edit.example import plan_example, read_example
+    from rs_edit.guidance.reference import clip_view, mixed_target
+    from rs_edit.raster import inspect_raster
 
     rng = np.random.default_rng(4)
     patch = np.zeros((3, 32, 32), dtype=np.uint8)
     patch[2] = 150 + rng.integers(0, 60, (32, 32))  # blue, rippled: "flood water"
     patch[1] = 60 + rng.integers(0, 30, (32, 32))
     ref_path = write_raster(tmp_path / "water.tif", patch, crs=None, transform=None)
-    reference = load_reference(ref_path)
+    model, clip, scene = learned
+    info = inspect_raster(ref_path)
+    as_bytes = BandScaling(lo=(0.0,) * 3, hi=(255.0,) * 3, dtype="uint8")  # x / 255 in CLIP
+    example = read_example(plan_example(ref_path, info), as_bytes)
+    reference = clip_view(example, (0, 1, 2))
     assert reference.shape == (1, 3, 32, 32) and 0 <= reference.min() <= reference.max() <= 1
 
-    model, clip, scene = learned
     text = clip.text_target([PROMPT])
     ref_embedding = clip.encode_image(reference)[0]
     seeds = [21, 22, 23]
@@ -306,7 +312,7 @@ def test_reference_image_condition_moves_the_edit_towards_the_reference(learned,
 
 
 def test_reference_option_is_validated(tmp_path):
-    with pytest.raises(ParameterError, match="reference image not found"):
+    with pytest.raises(ParameterError, match="example image not found"):
         options(reference=str(tmp_path / "missing.png")).validate()
     (tmp_path / "r.png").write_bytes(b"")
     with pytest.raises(ParameterError, match="between 0 and 1"):
@@ -319,7 +325,8 @@ def test_edit_with_a_reference_image_end_to_end(scene_files, cache_dir, tmp_path
     patch = np.full((3, 16, 16), 90, dtype=np.uint8)
     ref = write_raster(tmp_path / "ref.tif", patch, crs=None, transform=None)
     result = edit(scene_files, tmp_path / "r.tif", cache_dir, reference=str(ref))
-    assert result.report["reference"] == str(ref) and result.report["reference_weight"] == 0.5
+    assert result.report["reference"]["file"] == "ref.tif"
+    assert result.report["reference_weight"] == 0.8
     before, after = read(scene_files[0]), read(result.outputs[0])
     inside = roi_pixels(scene_files)
     assert np.array_equal(before[:, ~inside], after[:, ~inside])

@@ -85,6 +85,11 @@ def test_job_form_says_what_is_required_and_allowed(schema):
     # A form has no null: optional fields are left out, their schema is their type.
     assert all("anyOf" not in prop for prop in props.values())
     assert props["seed"]["type"] == "integer" and props["mask"]["type"] == "string"
+    # The example to look like: an upload like the mask, its polygons as text like the ROI.
+    assert props["reference"]["type"] == "string" and "contentMediaType" in props["reference"]
+    assert props["reference_roi"]["type"] == "string"
+    weight = props["reference_weight"]
+    assert weight["type"] == "number" and (weight["minimum"], weight["maximum"]) == (0, 1)
 
 
 def test_health_names_the_presets(client):

@@ -57,13 +57,17 @@ def server(tmp_path_factory):
 
 
 def _with_real_image(case, tile: bytes) -> None:
-    """Valid submissions carry a real GeoTIFF (random bytes never are one) and no mask, so that
-    some of them become jobs and the 201 answer is checked too."""
+    """Valid submissions carry a real GeoTIFF (random bytes never are one), no mask and, when
+    they send an example (`reference`), a real one without polygons (random text is never
+    GeoJSON on it), so that some of them become jobs and the 201 answer is checked too."""
     meta = case.meta
     positive = meta is not None and meta.generation.mode.is_positive
     if positive and case.method == "POST" and isinstance(case.body, dict) and "image" in case.body:
         case.body["image"] = tile
         case.body.pop("mask", None)
+        case.body.pop("reference_roi", None)
+        if "reference" in case.body:
+            case.body["reference"] = tile
 
 
 @schema.parametrize()

@@ -115,7 +115,7 @@ def test_run_from_the_dock_adds_the_result(dock, project, fake_backend, qgis_ifa
     assert "(1 warning(s))" in item.text(1)
     assert "random weights" in item.toolTip(0) and "CLIP similarity after" in item.toolTip(0)
     actions = {text: enabled for text, _slot, enabled in widget.job_actions(record)}
-    assert actions == {"Details…": True, "Add result": True, "Cancel": False}
+    assert actions["Details…"] and actions["Add result to map"] and not actions["Cancel"]
     dialog = widget.show_details(record)
     text = dialog.findChild(QPlainTextEdit, "jobDetailsText").toPlainText()
     assert "random weights" in text and "clip_similarity_input" in text

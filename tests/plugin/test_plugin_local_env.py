@@ -1,10 +1,10 @@
 """Setting up the plugin-managed backend environment (rs_edit_plugin/local_env.py).
 
 The slow test installs the backend for real into tmp_path (torch included: several minutes
-and a few GB of downloads) and starts it; `-m "not slow"` skips it.
+and a few GB of downloads), starts it from the dock, runs a `tiny` job from the dock to a
+result layer and unloads the plugin, leaving no process; `-m "not slow"` skips it.
 """
 
-import os
 import shutil
 import socket
 import stat
@@ -13,15 +13,28 @@ import time
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication, QgsTask
+from helpers import ORIGIN, RES, make_geotiff
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsPointXY,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsTask,
+)
 from qgis.PyQt.QtCore import QCoreApplication
 
-from rs_edit_plugin import local_backend, local_env
-from rs_edit_plugin.local_backend import FAILED, RUNNING, LocalBackend
+from rs_edit_plugin import local_backend, local_env, results, settings
+from rs_edit_plugin.local_backend import FAILED, RUNNING
 from rs_edit_plugin.local_env import CPU_TORCH_INDEX, SetupTask, Step
+from rs_edit_plugin.plugin import RsEditPlugin
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+UTM = QgsCoordinateReferenceSystem("EPSG:32633")
+WEB = QgsCoordinateReferenceSystem("EPSG:3857")
+JOB_TIMEOUT_S = 540  # the backend's tiny preset on 2 busy CPU cores
 
 
 def wait_until(condition, timeout_s: float, what: str):
@@ -254,14 +267,10 @@ def reachable(host: str) -> bool:
         return False
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1500, method="thread")
-def test_real_installation_into_tmp_path_then_the_backend_answers(tmp_path):
-    if not reachable("pypi.org"):
-        pytest.skip("no package index reachable")
-    # PyTorch's CPU index when reachable; else the index's default torch build.
+def install(env: Path) -> None:
+    """The plugin's own set-up (plan + SetupTask) into `env`, with this machine's pip
+    settings; PyTorch's CPU index when reachable, else the index's default torch build."""
     torch_index = CPU_TORCH_INDEX if reachable("download.pytorch.org") else ""
-    env = tmp_path / "env"
     steps = local_env.plan(local_env.find_python(), env, str(ROOT), torch_index=torch_index)
     task = SetupTask(steps)
     ok = task.run()
@@ -269,15 +278,95 @@ def test_real_installation_into_tmp_path_then_the_backend_answers(tmp_path):
     assert local_env.installed(env)
     # The trap was avoided: torch and torchvision import together (checked by the last step).
     assert any(line.startswith("rs-edit ") for line in task.log)
-    backend = LocalBackend(lambda: local_backend.env_executable(env), lambda: tmp_path / "data")
+
+
+def processes_running_from(folder: Path) -> list[int]:
+    """Pids of the processes whose command line names something inside `folder` (the
+    server, its job processes)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if any(str(folder).encode() in arg for arg in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+def run_tiny_job(dock, project, tmp_path):
+    """A `tiny` job from the dock, as an analyst runs one: a raster layer, a 48 x 48 px
+    rectangle, a polygon drawn on the map, prompt, Edit. Returns the job's record once ended."""
+    path, _data, _gt = make_geotiff(tmp_path / "scene.tif", width=60, height=56, bands=3)
+    layer = QgsRasterLayer(str(path), "scene")
+    project.addMapLayer(layer)
+    canvas = dock.canvas()
+    to_web = QgsCoordinateTransform(UTM, WEB, project)
+
+    def point(c, r):
+        return to_web.transform(QgsPointXY(ORIGIN[0] + c * RES, ORIGIN[1] - r * RES))
+
+    canvas.setExtent(to_web.transformBoundingBox(layer.extent()))
+    dock.layer_combo.setLayer(layer)
+    dock.set_rectangle(QgsRectangle(point(5.5, 2.5), point(52.5, 49.5)), WEB)
+    dock.draw_polygons()
+    for c, r in [(15.5, 12.5), (35.5, 14.5), (33.5, 36.5), (16.5, 34.5)]:
+        dock.polygon_tool.add_point(point(c, r))
+    dock.polygon_tool.finish()
+    dock.prompt_edit.setText("flooded fields")
+    dock.preset_combo.setCurrentText("tiny")
+    dock.clip_combo.setCurrentText("tiny-random")  # a fresh backend has no RemoteCLIP weights
+    dock.seed_spin.setValue(1)
+    dock.confirm = lambda _text: True
+    wait_until(dock.run_button.isEnabled, 60, "Edit to be enabled")
+    dock.run_button.click()
+    assert dock.jobs.records, dock.iface.messageBar().messages
+    record = dock.jobs.records[-1]
+    assert (record.request.window.width, record.request.window.height) == (48, 48)
+    wait_until(lambda: record.finished, JOB_TIMEOUT_S, "the tiny job")
+    return record
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400, method="thread")
+def test_real_installation_runs_a_job_and_unload_leaves_no_process(
+    tmp_path, qgis_iface, gui, project
+):
+    """Issue 16's "done when": the backend installed through the plugin's own code into a
+    temporary folder, started from the dock, a `tiny` job from the dock to a result layer,
+    then the plugin unloaded: no process of that installation is left."""
+    if not reachable("pypi.org"):
+        pytest.skip("no package index reachable")
+    env = tmp_path / "env"
+    install(env)
+    local_backend.set_env_dir(str(env))
+    local_backend.set_data_dir(str(tmp_path / "data"))
+    plugin = RsEditPlugin(qgis_iface)
+    plugin.initGui()
     try:
-        assert backend.start(), backend.reason
+        dock = plugin.dock
+        dock.local_button.click()  # Start
+        backend = dock.local_backend
         wait_until(lambda: backend.state in (RUNNING, FAILED), 300, "the installed backend")
         assert backend.state == RUNNING, "\n".join(backend.log)
         assert local_backend.health_answers(backend.url, backend.token)
+        assert settings.backend_url() == backend.url  # the dock's jobs go to it
+        server = backend.pid()
+
+        record = run_tiny_job(dock, project, tmp_path)
+        assert record.state == "succeeded", f"{record.message}\n" + "\n".join(backend.log)
+        group = project.layerTreeRoot().findGroup(results.GROUP_NAME)
+        layer = group.findLayers()[-1].layer()
+        assert layer.isValid() and layer.source() == str(record.outputs[0])
+        assert layer.extent() == record.request.window.extent
+        assert server in processes_running_from(env)
     finally:
-        pid = backend.pid()
-        backend.stop()
-    if pid:
-        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the backend to end")
+        plugin.unload()
+        local_backend.set_env_dir("")
+        local_backend.set_data_dir("")
+    assert gui.is_empty()
+    wait_until(lambda: not processes_running_from(env), 20, "the backend's processes to end")
+    assert settings.local_backend_url() == ""  # forgotten, with its token
     shutil.rmtree(env, ignore_errors=True)  # a few GB: pytest keeps its last temporary folders

@@ -28,7 +28,13 @@ import torch.nn.functional as F
 
 from ..progress import ProgressCallback, no_progress
 from .diffusion import Guide
-from .patches import NoPatchesError, patch_touches, source_patches, vote_weights
+from .patches import (
+    NoPatchesError,
+    example_share,
+    patch_touches,
+    source_patches,
+    vote_weights,
+)
 
 STAGE = "sample"  # progress stage name: sampling, as for a trained model
 
@@ -47,6 +53,9 @@ class PatchDiffusionSettings:
     eta: float = 1.0  # 1: ancestral (fresh noise each step; diverse), 0: deterministic DDIM
     max_keys: int = 20_000  # tile patches searched (a regular subsample beyond)
     chunk: int = 512  # noisy patches per softmax block
+    # With an example: how far (px at this scale) into the ROI its share rises to full, so the
+    # surroundings continue a little way in and the boundary is not a cut between two images.
+    example_ramp: int = 1
 
 
 def noise_levels(settings: PatchDiffusionSettings) -> torch.Tensor:
@@ -57,37 +66,36 @@ def noise_levels(settings: PatchDiffusionSettings) -> torch.Tensor:
     return torch.cat([sigmas, torch.zeros(1)])
 
 
-def _denoise(queries, keys, key_norms, sigma: float, chunk: int, log_prior=None):
+def _denoise(queries, keys, key_norms, sigma: float, chunk: int, pools: _Pools | None = None):
     """The MMSE clean estimate of each noisy patch (rows of `queries`) under the empirical
-    distribution of `keys` (each with prior probability exp(`log_prior`); None: uniform) with
-    Gaussian noise of std `sigma`."""
+    distribution of `keys` (uniform, or the per-query mixture `pools`) with Gaussian noise of
+    std `sigma`."""
     out = torch.empty_like(queries)
     for i in range(0, len(queries), chunk):
         q = queries[i : i + chunk]
         # -|q - k|^2 / 2 sigma^2 up to a per-row constant (|q|^2), which softmax ignores.
         logits = torch.addmm(key_norms[None], q, keys.T, beta=-1.0, alpha=2.0) / (2 * sigma**2)
-        if log_prior is not None:
-            logits += log_prior[None]
+        if pools is not None:
+            pools.add_log_prior(logits, i)
         out[i : i + chunk] = torch.softmax(logits, dim=1) @ keys
     return out
 
 
-def pooled_keys(tile_keys, example_keys, weight: float):
-    """Keys of a patch distribution that is the tile's with probability 1 - `weight` and the
-    example's with probability `weight` (whatever their patch counts), and each key's log
-    prior (None: uniform)."""
-    if example_keys is None or weight <= 0:
-        return tile_keys, None
-    if weight >= 1:
-        return example_keys, None
-    kt, ke = len(tile_keys), len(example_keys)
-    log_prior = torch.cat(
-        [
-            torch.full((kt,), math.log((1 - weight) / kt), device=tile_keys.device),
-            torch.full((ke,), math.log(weight / ke), device=tile_keys.device),
-        ]
-    )
-    return torch.cat([tile_keys, example_keys]), log_prior
+class _Pools:
+    """A patch distribution that mixes the tile's keys (the first `tile` rows) with an
+    example's (the rest), the example's share set per query patch (`share`, one per query):
+    whatever the two patch counts, a query draws on the example with its share."""
+
+    def __init__(self, tile: int, example: int, share: torch.Tensor):
+        share = share.clamp(1e-6, 1 - 1e-6)
+        self.tile = tile
+        self.tile_log = torch.log((1 - share) / tile)[:, None]
+        self.example_log = torch.log(share / example)[:, None]
+
+    def add_log_prior(self, logits: torch.Tensor, first: int) -> None:
+        rows = slice(first, first + len(logits))
+        logits[:, : self.tile] += self.tile_log[rows]
+        logits[:, self.tile :] += self.example_log[rows]
 
 
 def sample(
@@ -112,7 +120,8 @@ def sample(
     falling to the tile's commonest content (None: from noise, the most varied). `example`:
     an image (1, C, he, wh) at the same scale and its invalid pixels (1, 1, he, we), whose
     patches the ROI is drawn from with probability `example_weight` (the tile's with the
-    rest): the new layout takes on the example's look while agreeing with the surroundings."""
+    rest; less near the ROI's edge, `example_share`): the new layout takes on the example's
+    look while agreeing with the surroundings."""
     known = known.float()
     roi = roi.bool()
     invalid = torch.zeros_like(roi) if invalid is None else invalid.bool()
@@ -133,17 +142,19 @@ def sample(
         valid = valid.expand_as(known)
         mean = (known * valid).sum((2, 3), keepdim=True) / valid.sum((2, 3), keepdim=True).clamp(1)
         return torch.where(roi, mean.expand_as(known), known)
+    touched = torch.nonzero(patch_touches(roi, p)).flatten()
+    pools = None
     if example is not None and example_weight > 0:
         picture, banned = example[0].float().to(device), example[1].bool().to(device)
         try:
             theirs = source_patches(picture, torch.zeros_like(banned), banned, p, settings.max_keys)
         except NoPatchesError:
             theirs = None
-        keys, log_prior = pooled_keys(keys, theirs, example_weight)
-    else:
-        log_prior = None
+        if theirs is not None:
+            share = example_share(roi, p, example_weight, settings.example_ramp)[touched]
+            pools = _Pools(len(keys), len(theirs), share)
+            keys = torch.cat([keys, theirs])
     key_norms = (keys * keys).sum(1)
-    touched = torch.nonzero(patch_touches(roi, p)).flatten()
     n_columns = (h - p + 1) * (w - p + 1)
     # Overlapping estimates are averaged while noise remains (the MMSE image); the last step
     # keeps each pixel from its own patch's centre, so the sample is made of the tile's
@@ -169,9 +180,7 @@ def sample(
         noisy = torch.where(roi, x, known + sigma * noise())
         columns = F.unfold(noisy, p)[0].T
         with torch.no_grad():
-            estimate = _denoise(
-                columns[touched], keys, key_norms, sigma, settings.chunk, log_prior
-            )
+            estimate = _denoise(columns[touched], keys, key_norms, sigma, settings.chunk, pools)
         if following > 0:
             pasted = torch.zeros_like(columns).index_copy_(0, touched, estimate)
             clean = F.fold(pasted.T[None], (h, w), p) / count.clamp_min(1)

@@ -117,17 +117,41 @@ def patch_touches(mask: torch.Tensor, patch: int) -> torch.Tensor:
     return hit.flatten() > 0
 
 
+def example_share(roi: torch.Tensor, patch: int, weight: float, ramp: int) -> torch.Tensor:
+    """Per patch position (as `patch_touches` flattens them), the example's share: `weight`
+    where the patch's centre lies `ramp` px or more inside the ROI, rising from 0 at its edge,
+    so the surroundings go on a little way into the ROI before the example's look takes over
+    (the boundary then runs through content that fits on both sides)."""
+    depth = torch.zeros_like(roi, dtype=torch.float32)
+    inside = roi.float()
+    for _ in range(max(ramp, 1)):  # the distance from outside, counted by erosions
+        depth += inside
+        inside = -F.max_pool2d(-inside, 3, stride=1, padding=1)
+    share = weight * (depth / max(ramp, 1)).clamp(max=1.0)
+    centre = patch // 2
+    return share[..., centre : share.shape[-2] - patch + 1 + centre,
+                 centre : share.shape[-1] - patch + 1 + centre].flatten()  # fmt: skip
+
+
 def _nearest(
-    queries: torch.Tensor, keys: torch.Tensor, chunk: int, completeness: float = 0.0
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    chunk: int,
+    completeness: float = 0.0,
+    pools: _PoolCost | None = None,
 ) -> torch.Tensor:
-    """Index of the nearest key (rows of keys, (K, D)) for every query row (Q, D)."""
+    """Index of the nearest key (rows of keys, (K, D)) for every query row (Q, D); `pools`
+    adds a per-query cost of drawing on the tile's or the example's keys."""
     key_norms = (keys * keys).sum(1)
     query_norms = (queries * queries).sum(1)
 
     def distances(i: int) -> torch.Tensor:  # mean squared distances of a chunk of queries
         q = queries[i : i + chunk]
         d = torch.addmm(key_norms[None], q, keys.T, beta=1.0, alpha=-2.0)
-        return (d + query_norms[i : i + chunk, None]).clamp_min(0) / q.shape[1]
+        d = (d + query_norms[i : i + chunk, None]).clamp_min(0) / q.shape[1]
+        if pools is not None:
+            pools.add_cost(d, i)
+        return d
 
     out = torch.empty(len(queries), dtype=torch.long, device=queries.device)
     if completeness <= 0:
@@ -173,14 +197,40 @@ class _Source:
         p = settings.patch
         index = _source_index(roi, invalid, p, settings.max_keys)
         self.values = F.unfold(sharp, p)[0].T[index].contiguous()  # (K, C*p*p)
+        self.tile_count = len(index)  # the first keys are the tile's (then an example's)
+        self.share: torch.Tensor | None = None  # the example's, per patch position
         self.blurry_keys = None if blurry is None else F.unfold(blurry, p)[0].T[index].contiguous()
 
-    def add(self, other: _Source, weight: float) -> None:
-        """Draw on `other`'s patches too (`weight` 1: on them alone)."""
-        pools = [other] if weight >= 1 else [self, other]
-        self.values = torch.cat([s.values for s in pools])
+    def add(self, other: _Source) -> None:
+        """Draw on `other`'s patches too."""
+        self.values = torch.cat([self.values, other.values])
         if self.blurry_keys is not None:
-            self.blurry_keys = torch.cat([s.blurry_keys for s in pools])
+            self.blurry_keys = torch.cat([self.blurry_keys, other.blurry_keys])
+
+
+class _PoolCost:
+    """The example's share per query (`share`) as a cost on the squared distance: the tile's
+    first `tile` keys cost -2 s^2 log(1 - share), the example's -2 s^2 log(share) (the
+    maximum a posteriori match under noise of std s = `EXAMPLE_NOISE`). Where the share is 1,
+    only the example's patches can win; where it is 0, only the tile's."""
+
+    def __init__(self, tile: int, share: torch.Tensor):
+        share = share.clamp(1e-6, 1 - 1e-6)
+        scale = 2 * EXAMPLE_NOISE**2
+        self.tile = tile
+        self.tile_cost = (-scale * torch.log(1 - share))[:, None]
+        self.example_cost = (-scale * torch.log(share))[:, None]
+
+    def add_cost(self, d: torch.Tensor, first: int) -> None:
+        rows = slice(first, first + len(d))
+        d[:, : self.tile] += self.tile_cost[rows]
+        d[:, self.tile :] += self.example_cost[rows]
+
+
+# Noise std (model range) under which a query is matched to the tile or the example: a cost of
+# 0.02 x -log(share), so a share of 0.8 favours the example by about 0.03 (a mean squared
+# difference of patches that look alike), and a share near 1 excludes the tile.
+EXAMPLE_NOISE = 0.1
 
 
 class NoPatchesError(Exception):
@@ -195,7 +245,8 @@ def _vote(x, roi, source: _Source, keys, settings: PatchSettings, completeness: 
     touched = torch.nonzero(patch_touches(roi, p)).flatten()
     if len(touched) == 0:
         return x
-    nn = _nearest(columns[touched], keys, settings.chunk, completeness)
+    pools = None if source.share is None else _PoolCost(source.tile_count, source.share[touched])
+    nn = _nearest(columns[touched], keys, settings.chunk, completeness, pools)
     c = x.shape[1]
     spatial = vote_weights(p, settings.vote_sigma, x.dtype).to(x.device)
     weight = torch.zeros(len(columns), p * p, dtype=x.dtype, device=x.device)
@@ -237,6 +288,7 @@ def refine(
     seed: int = 0,
     example: tuple[torch.Tensor, torch.Tensor] | None = None,
     example_weight: float = 0.0,
+    example_ramp: int = 1,
     progress: ProgressCallback = no_progress,
 ) -> torch.Tensor:
     """The full-size edit (1, C, H, W) from a coarse one (1, C, h, w).
@@ -245,7 +297,8 @@ def refine(
     the ROI is regenerated; `invalid` (same shape, optional): pixels no patch may come from
     (nodata). Outside the mask the result is `image` exactly. `example`: an image at the
     tile's resolution (1, C, he, we) and its invalid pixels (1, 1, he, we) whose patches join
-    the tile's at every scale (`example_weight` > 0; 1: its patches alone).
+    the tile's at every scale when `example_weight` > 0, preferred inside the ROI as at the
+    coarse scale (`example_ramp`: the coarse scale's ramp, in its px).
     """
     image = image.float()
     mask = mask.bool()
@@ -259,6 +312,11 @@ def refine(
     x = coarse.float()
     known_prev = None
     examples = _example_scales(example, sizes, image.shape[-2:]) if example_weight > 0 else None
+
+    def share(roi: torch.Tensor) -> torch.Tensor:  # the example's, ramped in as at the coarse
+        ramp = round(example_ramp * roi.shape[-2] / sizes[0][0])
+        return example_share(roi, settings.patch, example_weight, ramp)
+
     for s, size in enumerate(sizes):
         known = image if s == len(sizes) - 1 else resize(image, size)
         roi = mask_at(mask, size)
@@ -275,7 +333,7 @@ def refine(
             except NoPatchesError:
                 known_prev = known
                 continue
-            _add_example(source, examples, s, settings, example_weight)
+            _add_example(source, examples, s, settings, share(roi) if examples else None)
             if settings.coarse_noise > 0:
                 gen = torch.Generator().manual_seed(seed)
                 noise = torch.randn(x.shape, generator=gen).to(x.device)
@@ -290,7 +348,7 @@ def refine(
                 x = torch.where(roi, x, known)
                 known_prev = known
                 continue
-            _add_example(source, examples, s, settings, example_weight)
+            _add_example(source, examples, s, settings, share(roi) if examples else None)
             passes = [source.blurry_keys] + [source.values] * (passes_per_scale - 1)
         for keys in passes:
             # Outside the ROI: blurry for the first pass at a new scale (its keys are blurry
@@ -325,8 +383,10 @@ def _example_scales(example, sizes, full) -> list[tuple] | None:
     return out
 
 
-def _add_example(source: _Source, examples, s: int, settings: PatchSettings, weight: float):
-    """Let scale `s`'s source draw on the example's patches at that scale (when it has any)."""
+def _add_example(source: _Source, examples, s: int, settings: PatchSettings, share):
+    """Let scale `s`'s source draw on the example's patches at that scale (when it has any),
+    with the example's `share` per patch position (`patch_diffusion.example_share`): its
+    patches are preferred inside the ROI, the tile's at its edge, whatever matches best."""
     if examples is None:
         return
     sharp, blurry, banned = examples[s]
@@ -337,4 +397,5 @@ def _add_example(source: _Source, examples, s: int, settings: PatchSettings, wei
         theirs = _Source(sharp, blurry, torch.zeros_like(banned), banned, settings)
     except NoPatchesError:
         return
-    source.add(theirs, weight)
+    source.add(theirs)
+    source.share = share

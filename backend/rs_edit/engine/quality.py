@@ -405,8 +405,7 @@ def roi_swd_levels(
 def roi_swd_levels_to(
     edited: torch.Tensor,
     roi: torch.Tensor,
-    reference: torch.Tensor,
-    reference_valid: torch.Tensor | None = None,
+    references: list[tuple[torch.Tensor, torch.Tensor | None, float]],
     *,
     patch: int = 7,
     levels: int = 4,
@@ -415,33 +414,52 @@ def roi_swd_levels_to(
     seed: int = 0,
     unit: list[float] | None = None,
 ) -> list[float]:
-    """As `roi_swd_levels`, but from the ROI of `edited` to another image: the patches of
-    `reference` (C, h, w) lying wholly in `reference_valid` (h, w; None: all). Divided by
-    `unit` when given (e.g. the tile's `roi_swd_unit`, to read on the same scale)."""
-    a, b = _as_batch(edited).cpu(), _as_batch(reference).cpu()
+    """As `roi_swd_levels`, but from the ROI of `edited` to a mixture of other images: each
+    reference is (image (C, h, w), the pixels its patches may lie in ((h, w) bool; None: all),
+    its share of the mixture). Divided by `unit` when given (e.g. the tile's `roi_swd_unit`,
+    to read on the same scale). NaN at a level where there are too few patches."""
+    a = _as_batch(edited).cpu()
     region = torch.as_tensor(roi, dtype=torch.bool).cpu()[None, None]
-    if reference_valid is None:
-        reference_valid = torch.ones(b.shape[-2:], dtype=torch.bool)
-    valid = torch.as_tensor(reference_valid, dtype=torch.bool).cpu()[None, None]
-    if not region.any() or not valid.any():
-        raise ValueError("the ROI or the reference is empty")
-    n = min(levels, _max_levels(patch, a), _max_levels(patch, b))
-    out = [_w1_rows(a[0][:, region[0, 0]], b[0][:, valid[0, 0]])]
-    bands = zip(_laplacian(a, n), _laplacian(b, n), strict=True)
-    for k, (band_a, band_b) in enumerate(bands):
-        frac_a = F.adaptive_avg_pool2d(region.float(), band_a.shape[-2:])
-        frac_b = F.adaptive_avg_pool2d(valid.float(), band_b.shape[-2:])
-        pos_a, pos_b = _positions(frac_a > 0.999, patch), _positions(frac_b > 0.999, patch)
-        if len(pos_a) < 16 or len(pos_b) < 16:
+    refs = []
+    for image, valid, share in references:
+        b = _as_batch(image).cpu()
+        valid = torch.ones(b.shape[-2:], dtype=torch.bool) if valid is None else valid
+        refs.append((b, torch.as_tensor(valid, dtype=torch.bool).cpu()[None, None], share))
+    refs = [r for r in refs if r[2] > 0 and r[1].any()]
+    if not region.any() or not refs:
+        raise ValueError("the ROI or the references are empty")
+    total = sum(share for _, _, share in refs)
+    n = min(levels, _max_levels(patch, a, *(b for b, _, _ in refs)))
+
+    def mixture(pick) -> torch.Tensor:  # rows from each reference in proportion to its share
+        return torch.cat([pick(b, v, max(1, round(max_patches * s / total))) for b, v, s in refs])
+
+    colours = mixture(lambda b, v, m: _subsample_rows(b[0][:, v[0, 0]].T, m, seed))
+    out = [_w1_rows(a[0][:, region[0, 0]], colours.T)]
+    pyramids = [_laplacian(b, n) for b, _, _ in refs]
+    for k, band_a in enumerate(_laplacian(a, n)):
+        pos_a = _positions(F.adaptive_avg_pool2d(region.float(), band_a.shape[-2:]) > 0.999, patch)
+        parts = []
+        for (_, v, s), pyramid in zip(refs, pyramids, strict=True):
+            band_b = pyramid[k]
+            pos_b = _positions(F.adaptive_avg_pool2d(v.float(), band_b.shape[-2:]) > 0.999, patch)
+            if len(pos_b):
+                m = max(1, round(max_patches * s / total))
+                parts.append(_patches_at(band_b, _subsample(pos_b, m, seed + 7 * k + 1), patch))
+        pb = torch.cat(parts) if parts else torch.empty(0)
+        if len(pos_a) < 16 or len(pb) < 16:
             out.append(float("nan"))
             continue
         pa = _patches_at(band_a, _subsample(pos_a, max_patches, seed + k), patch)
-        pb = _patches_at(band_b, _subsample(pos_b, max_patches, seed + 7 * k + 1), patch)
         out.append(_sliced_w1(pa, pb, a.shape[1], patch, projections, seed + 1000 * k))
     out += [float("nan")] * (levels + 1 - len(out))
     if unit is not None:
         out = [d / max(u, 1e-12) for d, u in zip(out, unit, strict=False)]
     return out
+
+
+def _subsample_rows(rows: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+    return rows[_subsample(torch.arange(len(rows)), m, seed)]
 
 
 @torch.no_grad()

@@ -276,6 +276,7 @@ class TextEditor:
                 seed=seeds[i],
                 example=example.pair if example else None,
                 example_weight=example.weight if example else 0.0,
+                example_ramp=self.preset.sampler.example_ramp,
                 progress=share(progress, i, len(coarse_edits)),
             )
             edits.append(full[0].numpy())
@@ -322,6 +323,7 @@ class _RealismScore:
         self.example = example
         self.source = torch.from_numpy(tile.model_image)
         self.roi = torch.from_numpy(tile.roi_mask & tile.valid)
+        self.outside = torch.from_numpy(~tile.roi_mask & tile.valid)
         self.unit = self.cut_unit = None
         if self.roi.any() and not self.roi.all():
             # A window too small for the measure's patches stays unmeasured.
@@ -333,14 +335,16 @@ class _RealismScore:
         if self.unit is None:
             return _Realism(0.0, 0.0, 0.0)
         edited = torch.from_numpy(edit)
-        levels = roi_swd_levels(edited, self.source, self.roi, unit=self.unit)
-        if self.example is not None:  # as close to the example is as real
-            theirs = roi_swd_levels_to(
-                edited, self.roi, self.example.image, self.example.valid, unit=self.unit
-            )
-            levels = [
-                b if b == b and not b >= a else a for a, b in zip(levels, theirs, strict=False)
-            ]
+        if self.example is None:
+            levels = roi_swd_levels(edited, self.source, self.roi, unit=self.unit)
+        else:  # from the mixture the edit was drawn from: the tile's surroundings and the example
+            w = self.example.weight
+            levels = roi_swd_levels_to(
+                edited,
+                self.roi,
+                [(self.source, self.outside, 1 - w), (self.example.image, self.example.valid, w)],
+                unit=self.unit,
+            )[: len(self.unit)]
         finite = [v for v in levels if v == v]
         seam = seam_ratio(edited, self.source, self.roi)
         cut = cut_ratio(edit, self.source, self.roi.numpy(), unit=self.cut_unit)

@@ -156,7 +156,7 @@ class LocalBackend:
             self.edit_fn or worker.default_edit_fn(),
             job_dir / "input.tif",
             work / "result.tif",
-            job.options,
+            worker.example_paths(job.options, job_dir),
             roi=_read_roi(job_dir),
             mask_path=job_dir / "mask.tif" if job.inputs.get("mask") else None,
             device=self.config.device,
@@ -178,7 +178,7 @@ class LocalBackend:
             "edit_fn": self._payload,
             "input_path": str(job_dir / "input.tif"),
             "output": str(work / "result.tif"),
-            "options": job.options,
+            "options": worker.example_paths(job.options, job_dir),
             "roi": _read_roi(job_dir),
             "mask_path": str(job_dir / "mask.tif") if job.inputs.get("mask") else None,
             "device": self.config.device,
@@ -361,6 +361,7 @@ class RayBackend:
             self.cache_dir,
             self.config.cache_models,
             self.config.cache_bytes,
+            example=_example_files(job_dir),
         )
         cancel_deadline = None
         try:
@@ -502,7 +503,7 @@ class JobRunner:
             outputs, report = self.backend.run(job, job_dir, work, reporter, slot)
             names = publish(outputs, job_dir)
             seconds = time.monotonic() - t0
-            report = {**report, "job_seconds": round(seconds, 3)}
+            report = {**_public_report(report, job_dir), "job_seconds": round(seconds, 3)}
             note = " (cached model: training skipped)" if report.get("model_cached") else ""
             if not self.store.finish(
                 job.id, SUCCEEDED, f"done in {seconds:.1f} s{note}", outputs=names, report=report
@@ -529,20 +530,39 @@ class JobRunner:
 
 
 def _public(message: str, job_dir: Path) -> str:
-    """A failed job's message for clients: the job's files by their form field names, never
-    the server's folders (as at submission)."""
+    """A failed job's message for clients: the job's files by their form field names (the
+    example by its own name), never the server's folders (as at submission)."""
+    message = message.replace(str(job_dir / worker.EXAMPLE_DIR) + os.sep, "")
     for name, field in (("input.tif", "image"), ("mask.tif", "mask")):
         message = name_field(message, job_dir / name, field)
     return message.replace(str(job_dir), "the job's folder")
 
 
-UPLOADS = ("input.tif", "mask.tif", "roi.geojson")
+def _public_report(report: dict, job_dir: Path) -> dict:
+    """A job's report for clients: a path of the job's own files (the example's, which the
+    edit records) as its name in the job's folder, never the server's folders."""
+    text = json.dumps(report)
+    folder = json.dumps(str(job_dir) + os.sep)[1:-1]  # as it appears inside a JSON string
+    if folder not in text:
+        return report
+    return json.loads(text.replace(folder, ""))
+
+
+def _example_files(job_dir: Path) -> dict[str, bytes]:
+    """The job's example files by their names in its folder, for a Ray task."""
+    names = [p.relative_to(job_dir).as_posix() for p in (job_dir / worker.EXAMPLE_DIR).glob("*")]
+    names += [worker.EXAMPLE_ROI] if (job_dir / worker.EXAMPLE_ROI).is_file() else []
+    return {name: (job_dir / name).read_bytes() for name in names}
+
+
+UPLOADS = ("input.tif", "mask.tif", "roi.geojson", worker.EXAMPLE_ROI)
 
 
 def remove_uploads(job_dir: Path) -> None:
     """A cancelled job's inputs: nothing will read them again (its record stays)."""
     for name in UPLOADS:
         (job_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(job_dir / worker.EXAMPLE_DIR, ignore_errors=True)
 
 
 def _stop(proc) -> None:

@@ -22,6 +22,7 @@ child was running when the server died may have caused the death (memory): it is
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -32,6 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import NotFoundError, NotReadyError, QueueFullError, redact
+
+log = logging.getLogger("rs_edit.service")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued",
@@ -196,6 +199,7 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._versions: dict[str, int] = {}
+        self._end_listeners: list = []  # see add_end_listener
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -218,6 +222,20 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    # --- end listeners (retention: a failed or cancelled job's uploads go when it ends) -------
+
+    def add_end_listener(self, listener) -> None:
+        """`listener(job_id, status)` is called once a job has reached a terminal state (in the
+        thread that ended it, outside the store's lock); its errors are logged, never raised."""
+        self._end_listeners.append(listener)
+
+    def _ended(self, job_id: str, status: str) -> None:
+        for listener in list(self._end_listeners):
+            try:
+                listener(job_id, status)
+            except Exception:
+                log.exception("job %s: an end listener failed", job_id)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -364,7 +382,7 @@ class JobStore:
             retryable = status == FAILED and message in RETRYABLE_MESSAGES
         now = time.time()
         progress = ", progress = 100" if status == SUCCEEDED else ""
-        return self._update(
+        ended = self._update(
             f"UPDATE jobs SET status = ?, message = ?, outputs = ?, report = ?, finished = ?, "
             f"updated = ?, stage = ?, retryable = ?{progress} WHERE id = ? AND status = ?",
             (
@@ -381,12 +399,15 @@ class JobStore:
             ),
             job_id,
         )
+        if ended:
+            self._ended(job_id, status)
+        return ended
 
     def request_cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once; a running one is flagged (the worker stops it)."""
         now = time.time()
         with self._lock:
-            self._update(
+            cancelled = self._update(
                 "UPDATE jobs SET status = ?, message = ?, stage = ?, finished = ?, updated = ?, "
                 "cancel_requested = 1 WHERE id = ? AND status = ?",
                 (CANCELLED, CANCELLED_MESSAGE, CANCELLED, now, now, job_id, QUEUED),
@@ -398,6 +419,8 @@ class JobStore:
                 (now, job_id, RUNNING),
                 job_id,
             )
+        if cancelled:
+            self._ended(job_id, CANCELLED)
         return self.require(job_id)
 
     def recover(self) -> tuple[list[str], list[str]]:
@@ -439,6 +462,7 @@ class JobStore:
             ]
         for job_id in interrupted:
             self._bump(job_id)
+            self._ended(job_id, FAILED)
         return interrupted, queued
 
     def purge(self, job_id: str) -> Job:

@@ -4,8 +4,13 @@
   running job is refused, 409 `job_active`: cancel it first). The record goes first, then the
   folder: a crash in between leaves a folder without a record, which the next start removes
   (`service.Service._remove_orphans`), never a record whose files are gone.
-- A cancelled job's upload is removed when it is cancelled (`executor.remove_uploads`, by the
-  runner); its record stays until it is purged or swept.
+- A failed or cancelled job's uploads (image, mask, ROI, example: `executor.remove_uploads`) go
+  as soon as it ends (`drop_uploads_of_ended`, which `Sweeper` registers with the store's end
+  listeners; at start, `drop_leftover_uploads` clears those an earlier version or a crash
+  left). Nothing reads them again: the service never runs a job twice, a retryable failure is
+  retried by the client sending its request again (a new job with its own upload), and a
+  re-run with another prompt or seed is a new submission too. Their record, message and log
+  stay until purged or swept. A succeeded job keeps its upload with its results.
 - `sweep`: every job that ended more than `ServiceConfig.retention_days` ago is purged (0 keeps
   jobs forever); `Sweeper` runs it at start and then hourly (`executor.JobRunner` starts it).
 - `DataUsage`: the bytes the data directory holds on disk (job folders, model cache, database),
@@ -15,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -23,7 +29,7 @@ import time
 from pathlib import Path
 
 from .errors import NotFoundError, ServiceError
-from .jobs import Job, JobActiveError, JobStore, check_job_id
+from .jobs import CANCELLED, FAILED, Job, JobActiveError, JobStore, check_job_id
 
 log = logging.getLogger("rs_edit.service")
 
@@ -45,6 +51,39 @@ def purge_job(store: JobStore, jobs_dir: Path, job_id: str) -> Job:
     job = store.purge(check_job_id(job_id))
     shutil.rmtree(Path(jobs_dir) / job.id, ignore_errors=True)
     return job
+
+
+ENDED_WITHOUT_RESULT = (FAILED, CANCELLED)
+
+
+def drop_uploads_of_ended(jobs_dir: Path, job_id: str, status: str) -> None:
+    """A store end listener: a job that failed or was cancelled loses its uploads now."""
+    if status in ENDED_WITHOUT_RESULT:
+        from .executor import remove_uploads  # executor imports this module
+
+        remove_uploads(Path(jobs_dir) / check_job_id(job_id))
+
+
+def drop_leftover_uploads(store: JobStore, jobs_dir: Path) -> list[str]:
+    """Remove the uploads still in the folders of failed or cancelled jobs (kept by an earlier
+    version, or left by a crash right after the job ended). Returns those jobs' ids."""
+    dropped = []
+    for folder in _folders_with_uploads(Path(jobs_dir)):
+        job = store.get(folder.name)
+        if job is not None and job.status in ENDED_WITHOUT_RESULT:
+            drop_uploads_of_ended(jobs_dir, job.id, job.status)
+            dropped.append(job.id)
+    return dropped
+
+
+def _folders_with_uploads(jobs_dir: Path):
+    try:
+        folders = [f for f in jobs_dir.iterdir() if f.is_dir()]
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        if (folder / "input.tif").exists():  # every submission stores its image there
+            yield folder
 
 
 def sweep(
@@ -71,7 +110,10 @@ def sweep(
 
 
 class Sweeper:
-    """`sweep` at start, then every `interval_s`, in a daemon thread until `stop`."""
+    """What the service keeps over time: a failed or cancelled job's uploads go when it ends
+    (from construction on, so also for the jobs the store's `recover` fails); at `start`, the
+    uploads such jobs still hold; then `sweep` at start and every `interval_s`, in a daemon
+    thread until `stop`."""
 
     def __init__(
         self,
@@ -85,8 +127,14 @@ class Sweeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.removed = 0
+        store.add_end_listener(functools.partial(drop_uploads_of_ended, self.jobs_dir))
 
     def start(self) -> None:
+        dropped = drop_leftover_uploads(self.store, self.jobs_dir)
+        if dropped:
+            log.info(
+                "retention: removed the uploads of %d failed or cancelled job(s)", len(dropped)
+            )
         if not self.retention_days or self.retention_days <= 0 or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._loop, name="rs-edit-retention", daemon=True)

@@ -75,9 +75,10 @@ def add_routes(app: FastAPI, service: Service) -> None:
 
     submit_answers = _errors(
         _400="Or a form value refused (bad_parameter) or the upload refused: not a GeoTIFF, "
-        "bad ROI or CRS, mask on another grid, ... (the message says which field).",
-        _413="Or the image's declared size, the ROI or the estimated memory of the edit over "
-        "the server's limits.",
+        "bad ROI or CRS, mask on another grid, an example (reference) whose bands cannot match "
+        "the image's or without its polygons, ... (the message says which field).",
+        _413="Or the image's or the example's declared size, the ROI or the estimated memory "
+        "of the edit over the server's limits.",
         _422="A field missing or of the wrong type.",
         _429="The job queue is full: try again later.",
         _507="The server's storage for jobs is full (storage_full; its --max-data-gb): try "
@@ -104,9 +105,10 @@ def add_routes(app: FastAPI, service: Service) -> None:
         form: Annotated[JobForm, File(media_type="multipart/form-data")],
     ) -> JSONResponse:
         """Submit an edit (multipart/form-data). Everything checkable is checked now (4xx at
-        once): the form's fields, then the upload (a GeoTIFF within the limits), the ROI and
-        the memory the edit would need."""
-        body = service.submit(form, _real_upload(form.mask))
+        once): the form's fields, then the uploads (GeoTIFFs within the limits: the image, a
+        mask, an example to look like), the ROI, the example's polygons and the memory the
+        edit would need."""
+        body = service.submit(form, _real_upload(form.mask), _real_upload(form.reference))
         return JSONResponse(
             status_code=201, content=body, headers={"Location": f"/v1/jobs/{body['id']}"}
         )
@@ -254,7 +256,7 @@ async def _events(service: Service, job_id: str, request: Request):
 
 
 def _real_upload(upload):
-    """Some clients send an empty file part for 'no mask'."""
+    """Some clients send an empty file part for 'no mask' (or 'no reference')."""
     if upload is None or (not upload.filename and upload.size == 0):
         return None
     return upload

@@ -3,7 +3,8 @@ a submission (checked by `submit`) to a queued job, and reading jobs and results
 
 Data directory layout (`--data-dir`, env RS_EDIT_DATA_DIR, default the user's data dir):
     jobs.sqlite3        job records (SQLite, WAL)
-    jobs/<id>/          input.tif, mask.tif or roi.geojson, result*.tif once succeeded
+    jobs/<id>/          input.tif, mask.tif or roi.geojson, result*.tif once succeeded;
+                        an example as reference/<its file name>, its polygons reference_roi.geojson
     cache/models/       trained tile models, reused across prompts (LRU-bounded)
     tmp/                uploads being checked (cleared at start)
 
@@ -19,7 +20,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from fastapi import UploadFile
@@ -31,6 +32,7 @@ from .errors import NotFoundError, NotReadyError, QueueFullError, redact_json
 from .executor import JobRunner, LocalBackend, RayBackend
 from .health import device_info, health
 from .jobs import SUCCEEDED, TERMINAL, JobStore, new_job_id
+from .worker import EXAMPLE_DIR, EXAMPLE_ROI
 
 log = logging.getLogger("rs_edit.service")
 
@@ -110,21 +112,25 @@ class Service:
 
     # --- submission ----------------------------------------------------------------------
 
-    def submit(self, form, mask: UploadFile | None) -> dict:
-        """A checked `submit.job_form` (its `mask` as `mask`: None for an empty part) to a
-        queued job; its JSON."""
+    def submit(self, form, mask: UploadFile | None, reference: UploadFile | None = None) -> dict:
+        """A checked `submit.job_form` (its `mask` and `reference` as `mask` and `reference`:
+        None for an empty part) to a queued job; its JSON."""
         limits = self.config.limits
         self._check_queue()
-        options = submit.build_options(form)
+        options = submit.build_options(form, has_reference=reference is not None)
         if self.config.executor == "local":  # Ray workers may hold weights this machine lacks
             submit.check_clip_weights(options.clip)
-        roi = None
+        roi = reference_roi = None
         if form.roi is not None:
             roi = submit.parse_roi(form.roi, limits, repair=form.repair_roi)
+        if form.reference_roi is not None:
+            reference_roi = submit.parse_roi(
+                form.reference_roi, limits, repair=form.repair_roi, field="reference_roi"
+            )
         # Before anything is stored: the folder's size (walked at most every few seconds) plus
         # this request's uploads within the disk budget, else 507.
         if self.config.max_data_bytes is not None:
-            incoming = _upload_bytes(form.image, mask)
+            incoming = _upload_bytes(form.image, mask, reference)
             self.usage.check(self.config.max_data_bytes, incoming=incoming)
         job_id = new_job_id()
         staging = self.tmp_dir / job_id
@@ -137,16 +143,17 @@ class Service:
                 save_upload(mask, mask_path)
             if roi is not None:
                 (staging / "roi.geojson").write_text(json.dumps(roi), encoding="utf-8")
+            example = save_example(staging, reference, reference_roi)
             summary = submit.validate_inputs(
                 staging / "input.tif",
-                options,
+                submit.with_example(options, *example),
                 roi=roi,
                 mask=mask_path,
                 limits=limits,
                 memory_budget_mb=self.memory_budget_mb,
                 device_type=self.device_type,
             )
-            stored = sum(p.stat().st_size for p in staging.iterdir() if p.is_file())
+            stored = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
             final = self.jobs_dir / job_id
             os.replace(staging, final)
         except BaseException:
@@ -154,7 +161,8 @@ class Service:
             raise
         try:
             inputs = {**summary, "mask": mask_path is not None}
-            job = self.store.create(job_id, options_dict(options), inputs, limits.max_queue)
+            recorded = options_dict(_by_name(options, *example))
+            job = self.store.create(job_id, recorded, inputs, limits.max_queue)
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
             raise
@@ -224,6 +232,32 @@ def _upload_bytes(*uploads: UploadFile | None) -> int:
             upload.file.seek(0)
         total += int(size)
     return total
+
+
+def save_example(
+    folder: Path, reference: UploadFile | None, reference_roi: dict | None
+) -> tuple[Path | None, Path | None]:
+    """The example image (under its own file name, made safe) and its polygons stored in the
+    job's folder (`worker.EXAMPLE_DIR`, `worker.EXAMPLE_ROI`); their paths (None: not sent)."""
+    if reference is None:
+        return None, None
+    path = folder / EXAMPLE_DIR / submit.example_file_name(reference.filename)
+    path.parent.mkdir()
+    save_upload(reference, path)
+    roi_path = None
+    if reference_roi is not None:
+        roi_path = folder / EXAMPLE_ROI
+        roi_path.write_text(json.dumps(reference_roi), encoding="utf-8")
+    return path, roi_path
+
+
+def _by_name(options, reference: Path | None, reference_roi: Path | None):
+    """The options as the job records them: its example's files by name, no server path
+    (`worker.example_paths` turns them back into paths)."""
+    if reference is None:
+        return options
+    roi_name = None if reference_roi is None else reference_roi.name
+    return replace(options, reference=reference.name, reference_roi=roi_name)
 
 
 def save_upload(upload: UploadFile, dest: Path) -> None:

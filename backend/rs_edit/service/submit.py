@@ -8,12 +8,19 @@ any of that, the service's own rules: only GeoTIFF uploads (no VRT or other form
 name other files), the declared size within limits (read from the header, before any pixel), a
 GeoJSON ROI parsed here from text (never a path) whose `crs` member may only name a CRS, and
 CLIP models by name only. Messages name the form field ("image", "mask"), never a server path.
+
+An example image to look like (`reference`, with `reference_roi` polygons on it and a
+`reference_weight`) is an upload checked as the image is (header, limits, every block) and then
+by the plan (`example.plan_example`: bands that match the image's, polygons on it, a usable
+size). It is stored under its own file name, made safe (`example_file_name`), which the job's
+report and the result's tags then show; messages name it by that name, never its server path.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -49,6 +56,7 @@ EDIT_PRESETS = tuple(n for n in PRESET_NAMES if n == AUTO or not get_preset(n).m
 LLM_OPTIONS = ("none", "openai")
 SEED_BOUND = 2**63  # seeds are below (exact as the schema's float, unlike 2**63 - 1)
 MAX_PX = 4096  # feather and dilate, as `EditOptions.validate`
+DEFAULT_REFERENCE_WEIGHT = EditOptions.reference_weight  # the dataclass default (0..1)
 # One band number (the same band as R, G and B) or three; blank: chosen from the raster.
 RGB_BANDS_PATTERN = r"^\s*(\d{1,4}\s*(,\s*\d{1,4}\s*,\s*\d{1,4}\s*)?)?$"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -217,6 +225,30 @@ def job_form(limits: Limits) -> type[BaseModel]:
             Field(0, description="grow the ROI by px"),
         ),
         "repair_roi": (bool, Field(False, description="repair invalid polygons")),
+        "reference": (
+            UploadFile | None,
+            Field(
+                None,
+                description="an example GeoTIFF whose look the ROI takes on (resampled to the "
+                "image's resolution and bands: the same bands, or RGB for an RGB image)",
+            ),
+        ),
+        "reference_roi": (
+            str | None,
+            Field(
+                None,
+                description="GeoJSON polygons of the example to use (any CRS); only with "
+                "reference; without: all of it",
+            ),
+        ),
+        "reference_weight": (
+            Annotated[float, Field(ge=0, le=1), _between("reference_weight", 0, 1)] | None,
+            Field(
+                None,
+                description="the example's weight against the prompt and the image's own look: "
+                f"0 = text only, 1 = example only (default {DEFAULT_REFERENCE_WEIGHT})",
+            ),
+        ),
     }
     return create_model(
         "JobForm",
@@ -239,9 +271,16 @@ def _absent_not_null(schema: dict, model=None) -> None:
             schema["properties"][name] = {**kept[0], **prop}
 
 
-def build_options(form) -> EditOptions:
+def build_options(form, *, has_reference: bool = False) -> EditOptions:
     """The job's options from a checked `job_form` (ParameterError on what only the options as
-    a whole can tell, `EditOptions.validate`)."""
+    a whole can tell, `EditOptions.validate`). The example's files are not stored yet: they
+    join the options by `with_example`; `has_reference` says whether one was uploaded."""
+    if form.reference_roi is not None and not has_reference:
+        raise ParameterError(
+            "reference_roi outlines parts of an example image: send the example as reference "
+            "too, or leave reference_roi out"
+        )
+    weight = form.reference_weight
     bands = None
     if form.rgb_bands is not None and form.rgb_bands.strip():
         bands = parse_band_list(form.rgb_bands)
@@ -256,7 +295,31 @@ def build_options(form) -> EditOptions:
         rgb_bands=bands,
         dilate_px=form.dilate,
         feather_px=form.feather,
+        reference_weight=DEFAULT_REFERENCE_WEIGHT if weight is None else weight,
     ).validate()
+
+
+def with_example(
+    options: EditOptions, reference: Path | None, reference_roi: Path | None
+) -> EditOptions:
+    """`options` with the stored example image and its polygons (GeoJSON file), checked."""
+    if reference is None:
+        return options
+    return replace(
+        options,
+        reference=str(reference),
+        reference_roi=None if reference_roi is None else str(reference_roi),
+    ).validate()
+
+
+def example_file_name(filename: str | None) -> str:
+    """The name the example is stored (and reported) under: the client's file name without
+    any folder, in letters, digits, `.`, `-` and `_` only, at most 100 characters, ending in
+    .tif (it is a GeoTIFF); `reference.tif` when nothing of it is left."""
+    name = re.split(r"[\\/]", filename or "")[-1]
+    stem = Path(name).stem if Path(name).suffix.lower() in (".tif", ".tiff") else name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:96]
+    return f"{stem or 'reference'}.tif"
 
 
 def check_geotiff_header(path: Path, field: str, limits: Limits) -> None:
@@ -291,29 +354,30 @@ def check_geotiff_header(path: Path, field: str, limits: Limits) -> None:
         )
 
 
-def parse_roi(text: str, limits: Limits, *, repair: bool) -> dict:
-    """A GeoJSON ROI from form text: parsed here (text is never taken for a path), its `crs`
-    member checked to be a CRS name, and its polygons valid unless `repair` is asked for."""
+def parse_roi(text: str, limits: Limits, *, repair: bool, field: str = "roi") -> dict:
+    """A GeoJSON ROI from the form's text field `field` (roi, reference_roi): parsed here (text
+    is never taken for a path), its `crs` member checked to be a CRS name, and its polygons
+    valid unless `repair` is asked for."""
     if len(text.encode("utf-8", "replace")) > limits.max_roi_bytes:
-        raise LimitError(f"roi is larger than {limits.max_roi_bytes:,} bytes")
+        raise LimitError(f"{field} is larger than {limits.max_roi_bytes:,} bytes")
     if not text.strip():
-        raise RoiError("roi is empty: send GeoJSON polygons, or leave the field out")
+        raise RoiError(f"{field} is empty: send GeoJSON polygons, or leave the field out")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise RoiError(f"roi is not valid JSON: {exc}") from None
+        raise RoiError(f"{field} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise RoiError("roi is not usable GeoJSON: nested too deeply") from None
+        raise RoiError(f"{field} is not usable GeoJSON: nested too deeply") from None
     if not isinstance(obj, dict) or "type" not in obj:
-        raise RoiError("roi is not GeoJSON: expected an object with a 'type' member")
-    polygons = list(_polygons(obj, 0))
+        raise RoiError(f"{field} is not GeoJSON: expected an object with a 'type' member")
+    polygons = list(_polygons(obj, 0, field))
     crs = obj.get("crs")
     if crs is not None:
         props = crs.get("properties") if isinstance(crs, dict) else None
         name = props.get("name") if isinstance(props, dict) else None
         if not isinstance(name, str) or not _CRS_NAME.fullmatch(name):
             raise CrsError(
-                "roi's 'crs' member must name a CRS, e.g. "
+                f"{field}'s 'crs' member must name a CRS, e.g. "
                 '{"type": "name", "properties": {"name": "EPSG:32633"}}'
             )
     if not repair:
@@ -324,16 +388,16 @@ def parse_roi(text: str, limits: Limits, *, repair: bool) -> dict:
                 continue
             if not geom.is_empty and not geom.is_valid:
                 raise RoiError(
-                    f"roi polygon is invalid ({explain_validity(geom)}): fix it, or send "
+                    f"{field} polygon is invalid ({explain_validity(geom)}): fix it, or send "
                     "repair_roi=true to have it repaired"
                 )
     return obj
 
 
-def _polygons(obj, depth: int):
+def _polygons(obj, depth: int, field: str = "roi"):
     """The Polygon/MultiPolygon geometry objects anywhere in a GeoJSON object."""
     if depth > _MAX_GEOJSON_DEPTH:
-        raise RoiError("roi is not usable GeoJSON: nested too deeply")
+        raise RoiError(f"{field} is not usable GeoJSON: nested too deeply")
     if not isinstance(obj, dict):
         return
     kind = obj.get("type")
@@ -341,12 +405,12 @@ def _polygons(obj, depth: int):
         yield obj
     elif kind == "FeatureCollection" and isinstance(obj.get("features"), list):
         for feature in obj["features"]:
-            yield from _polygons(feature, depth + 1)
+            yield from _polygons(feature, depth + 1, field)
     elif kind == "Feature":
-        yield from _polygons(obj.get("geometry"), depth + 1)
+        yield from _polygons(obj.get("geometry"), depth + 1, field)
     elif kind == "GeometryCollection" and isinstance(obj.get("geometries"), list):
         for geometry in obj["geometries"]:
-            yield from _polygons(geometry, depth + 1)
+            yield from _polygons(geometry, depth + 1, field)
 
 
 def validate_inputs(
@@ -365,7 +429,11 @@ def validate_inputs(
 
     With `memory_budget_mb`, an edit whose estimated peak memory (`memory.estimate_edit`: the
     plan's windows, the bands, the preset) exceeds it is refused too (`MemoryBudgetError`, 413):
-    a small upload can declare a large raster (a 4600x4600 all-zero DEFLATE GeoTIFF is 72 KB)."""
+    a small upload can declare a large raster (a 4600x4600 all-zero DEFLATE GeoTIFF is 72 KB).
+
+    The example (`options.reference`, a stored upload) is checked as the image is, then by the
+    plan (`example.plan_example`)."""
+    reference = Path(options.reference) if options.reference else None
     try:
         check_geotiff_header(image, "image", limits)
         info = inspect_raster(image)
@@ -375,6 +443,8 @@ def validate_inputs(
         if mask is not None:
             check_geotiff_header(mask, "mask", limits)
             check_integrity(mask)
+        if reference is not None:
+            check_example(reference, limits)
         try:
             plan = plan_edit(image, options, roi_geojson=roi, mask_path=mask, info=info)
         except WindowTooLargeError as exc:
@@ -387,7 +457,10 @@ def validate_inputs(
     except RecursionError:
         raise RoiError("roi is not usable GeoJSON: nested too deeply") from None
     except InputError as exc:
-        message = name_field(str(exc), image, "image")
+        message = str(exc)
+        if reference is not None:  # by its own (client's) file name, before "input.tif" goes
+            message = message.replace(str(reference), reference.name)
+        message = name_field(message, image, "image")
         if mask is not None:
             message = name_field(message, mask, "mask")
         raise type(exc)(message) from None
@@ -410,4 +483,15 @@ def validate_inputs(
         + [int(region.bbox.width), int(region.bbox.height)],
         "roi_clipped": bool(getattr(region, "clipped", False)),
         "memory_estimate_mb": estimate,
+        "reference": None if plan.example is None else plan.example.describe(),
     }
+
+
+def check_example(path: Path, limits: Limits) -> None:
+    """The example upload by the image's rules: a GeoTIFF within the limits, every block
+    readable. Messages call it by its form field, `reference`."""
+    try:
+        check_geotiff_header(path, "reference", limits)
+        check_integrity(path)
+    except InputError as exc:
+        raise type(exc)(name_field(str(exc), path, "reference")) from None

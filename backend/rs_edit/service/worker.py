@@ -35,6 +35,23 @@ def default_edit_fn() -> EditFn:
     return run_edit
 
 
+# A job's example image is kept as `reference/<its uploaded name, made safe>` in the job's
+# folder, its polygons as `reference_roi.geojson`; the job's options record these by name only
+# (clients see them), `example_paths` makes them paths wherever the job's inputs are.
+EXAMPLE_DIR = "reference"
+EXAMPLE_ROI = "reference_roi.geojson"
+
+
+def example_paths(options: dict, folder: Path) -> dict:
+    """The job's recorded options with its example's files as paths in `folder`."""
+    values = dict(options)
+    if values.get("reference"):
+        values["reference"] = str(Path(folder) / EXAMPLE_DIR / Path(values["reference"]).name)
+    if values.get("reference_roi"):
+        values["reference_roi"] = str(Path(folder) / EXAMPLE_ROI)
+    return values
+
+
 def options_from_dict(options: dict) -> EditOptions:
     values = dict(options)
     if values.get("rgb_bands") is not None:
@@ -250,8 +267,10 @@ def ray_edit_task(
     cache_dir: str | None,
     cache_models: int,
     cache_bytes: int,
+    example: dict[str, bytes] | None = None,
 ) -> dict:
     """A Ray task: write the inputs to a local temporary folder, edit, return the outputs' bytes.
+    `example`: the job's example files by their names in its folder (`example_paths`).
 
     Never raises: returns {"ok": True, "outputs": [(name, bytes)], "report": ...} or
     {"ok": False, "kind": "cancelled"|"input"|"internal", "message": ...}.
@@ -285,6 +304,10 @@ def ray_edit_task(
             if mask is not None:
                 mask_path = folder / "mask.tif"
                 mask_path.write_bytes(mask)
+            for name, data in (example or {}).items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(data)
+            options = example_paths(options, folder)
             out_dir = folder / "out"
             out_dir.mkdir()
             result = execute_edit(
