@@ -1,0 +1,94 @@
+"""The example image: ground sample distance on the ground, band matching, sizes, radiometry,
+and the example's share of the patch pools."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_raster
+from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
+
+from rs_edit.bands import BandScaling
+from rs_edit.engine.patches import example_share
+from rs_edit.errors import ParameterError
+from rs_edit.example import ground_sample_distance, plan_example, read_example
+from rs_edit.raster import inspect_raster
+
+
+def _raster(tmp_path, name, data, crs="EPSG:32633", res=10.0, origin=(500000, 5000000), **kw):
+    return write_raster(
+        tmp_path / name, data, crs=crs, transform=from_origin(*origin, res, res), **kw
+    )
+
+
+def test_ground_sample_distance_is_measured_on_the_ground(tmp_path):
+    data = np.zeros((1, 20, 20), np.uint8)
+    utm = inspect_raster(_raster(tmp_path, "utm.tif", data))
+    assert ground_sample_distance(utm) == pytest.approx(10.0, rel=0.01)
+    # Web Mercator at 60 degrees north: a nominal 10 m is 5 m on the ground.
+    y60 = 8399737.89  # EPSG:3857 northing of 60 N
+    merc = inspect_raster(_raster(tmp_path, "m.tif", data, crs="EPSG:3857", origin=(0, y60)))
+    assert ground_sample_distance(merc) == pytest.approx(5.0, rel=0.02)
+    deg = inspect_raster(
+        _raster(tmp_path, "d.tif", data, crs="EPSG:4326", res=0.0001, origin=(10, 45))
+    )
+    assert 7.0 < ground_sample_distance(deg) < 11.2  # 7.9 m across x 11.1 m down at 45 N
+
+
+def test_an_example_is_resampled_to_the_tiles_resolution(tmp_path):
+    tile = inspect_raster(_raster(tmp_path, "t.tif", np.zeros((3, 40, 40), np.uint8)))
+    coarse = _raster(tmp_path, "e.tif", np.zeros((3, 30, 20), np.uint8), res=20.0)
+    plan = plan_example(coarse, tile)
+    assert plan.size == (60, 40) and plan.scale == pytest.approx(2.0, rel=0.01)
+    small = _raster(tmp_path, "s.tif", np.zeros((3, 10, 10), np.uint8), res=5.0)
+    with pytest.raises(ParameterError, match="only 5x5 px"):
+        plan_example(small, tile)
+
+
+def test_bands_match_by_count_or_by_colour(tmp_path):
+    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+    bgr = (ColorInterp.blue, ColorInterp.green, ColorInterp.red)
+    tile = inspect_raster(
+        _raster(tmp_path, "t.tif", np.zeros((3, 20, 20), np.uint8), colorinterp=bgr)
+    )
+    rgba = _raster(
+        tmp_path, "e.tif", np.zeros((4, 20, 20), np.uint8),
+        colorinterp=(*rgb, ColorInterp.undefined),
+    )  # fmt: skip
+    # The tile's first band is blue: it takes the example's blue (its third band).
+    assert plan_example(rgba, tile, rgb=(2, 1, 0)).bands == (2, 1, 0)
+    grey = inspect_raster(_raster(tmp_path, "g.tif", np.zeros((1, 20, 20), np.uint8)))
+    with pytest.raises(ParameterError, match="has 4 data band"):
+        plan_example(rgba, grey)
+
+
+def test_example_polygons_outside_it_are_refused(tmp_path):
+    tile = inspect_raster(_raster(tmp_path, "t.tif", np.zeros((3, 20, 20), np.uint8)))
+    example = _raster(tmp_path, "e.tif", np.zeros((3, 20, 20), np.uint8))
+    far = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}
+    with pytest.raises(ValueError, match="example polygons"):
+        plan_example(example, tile, roi_geojson=far)
+
+
+def test_the_examples_radiometry_is_matched_to_the_tile(tmp_path):
+    rng = np.random.default_rng(0)
+    tile_data = (60 + rng.integers(0, 40, (3, 32, 32))).astype(np.uint8)
+    bright = (150 + rng.integers(0, 80, (3, 32, 32))).astype(np.uint8)  # another exposure
+    tile = inspect_raster(_raster(tmp_path, "t.tif", tile_data))
+    scaling = BandScaling(lo=(0.0,) * 3, hi=(255.0,) * 3, dtype="uint8")
+    model = scaling.forward(tile_data)
+    plan = plan_example(_raster(tmp_path, "e.tif", bright), tile)
+    as_is = read_example(plan, scaling)
+    matched = read_example(plan, scaling, (model, np.ones((32, 32), bool)))
+    gap = lambda e: np.abs(e.image.mean((1, 2)) - model.mean((1, 2))).max()  # noqa: E731
+    assert gap(as_is) > 0.5 and gap(matched) < 0.05
+
+
+def test_the_examples_share_rises_from_the_rois_edge():
+    roi = torch.zeros(1, 1, 21, 21, dtype=torch.bool)
+    roi[..., 2:19, 2:19] = True
+    share = example_share(roi, 1, 0.8, 3).view(21, 21)
+    assert share[0, 0] == 0 and share[10, 10] == pytest.approx(0.8)
+    assert 0 < share[2, 10] < share[3, 10] < share[10, 10]
