@@ -104,9 +104,7 @@ def plan_edit(
             raise WindowTooLargeError.of(window, MAX_WINDOW_PIXELS)
     example = None
     if options.reference is not None:
-        example = plan_example(
-            options.reference, info, roi_geojson=options.reference_roi, rgb=rgb
-        )
+        example = plan_example(options.reference, info, roi_geojson=options.reference_roi, rgb=rgb)
     return EditPlan(options=options, info=info, roi=roi, rgb=rgb, windows=windows, example=example)
 
 
