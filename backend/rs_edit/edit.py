@@ -246,9 +246,17 @@ def result_settings(options: EditOptions, extra: dict | None = None) -> dict:
     settings = {"rs_edit_version": __version__, **asdict(options)}
     for name in ("reference", "reference_roi"):  # file names: no server or user paths
         if settings[name] is not None:
-            settings[name] = Path(settings[name]).name if Path(settings[name]).exists() else True
+            settings[name] = _file_name(settings[name])
     settings.update(extra or {})
     return settings
+
+
+def _file_name(value: str) -> str | bool:
+    """A file's name; True for what is not a file (GeoJSON text: too long to be a name)."""
+    try:
+        return Path(value).name if Path(value).is_file() else True
+    except (OSError, ValueError):
+        return True
 
 
 def variant_paths(output: str | os.PathLike, variants: int) -> Sequence[Path]:

@@ -202,6 +202,7 @@ def read_example(
         )
         # GDAL's own mask (nodata, alpha, internal masks) at the same size.
         valid = src.dataset_mask(window=plan.window, out_shape=plan.size) > 0
+        scene = _whole_raster(src, plan) if tile is not None else None
     if plan.roi is not None:
         h, w = plan.size
         onto = Affine(plan.window.width / w, 0, plan.window.col_off,
@@ -216,23 +217,24 @@ def read_example(
     else:
         to_model = BandScaling.fit(data, valid)
     model = to_model.forward(data, valid)
-    if tile is not None:
-        scene, scene_valid = _whole_raster(plan, to_model)
-        model = _match_radiometry(model, scene, scene_valid, *tile)
+    if scene is not None:
+        scene_data, scene_valid = scene
+        model = _match_radiometry(
+            model, to_model.forward(scene_data, scene_valid), scene_valid, *tile
+        )
     return Example(plan, np.clip(model, -1.0, 1.0), valid)
 
 
-def _whole_raster(plan: ExamplePlan, to_model: BandScaling) -> tuple[np.ndarray, np.ndarray]:
-    """The example's whole raster (its bands, at most 512 px a side, model range): the scene
-    the example was cut from, whose statistics stand for its sensor and light."""
+def _whole_raster(src, plan: ExamplePlan) -> tuple[np.ndarray, np.ndarray]:
+    """The example's whole raster (open as `src`; its bands, at most 512 px a side, native
+    values) and its valid pixels: the scene the example was cut from, whose statistics stand
+    for its sensor and light."""
     info = plan.info
     shrink = min(1.0, 512 / max(info.width, info.height))
     size = (max(1, round(info.height * shrink)), max(1, round(info.width * shrink)))
-    with gdal_env(), rasterio.open(info.path) as src:
-        data = src.read([b + 1 for b in plan.bands], out_shape=(len(plan.bands), *size),
-                        resampling=Resampling.average)  # fmt: skip
-        valid = src.dataset_mask(out_shape=size) > 0
-    return to_model.forward(data, valid), valid
+    data = src.read([b + 1 for b in plan.bands], out_shape=(len(plan.bands), *size),
+                    resampling=Resampling.average)  # fmt: skip
+    return data, src.dataset_mask(out_shape=size) > 0
 
 
 def _match_radiometry(model, scene, scene_valid, tile, tile_valid) -> np.ndarray:

@@ -92,3 +92,14 @@ def test_the_examples_share_rises_from_the_rois_edge():
     share = example_share(roi, 1, 0.8, 3).view(21, 21)
     assert share[0, 0] == 0 and share[10, 10] == pytest.approx(0.8)
     assert 0 < share[2, 10] < share[3, 10] < share[10, 10]
+
+
+def test_the_result_tags_name_example_files_never_their_paths(tmp_path):
+    from rs_edit.edit import EditOptions, result_settings
+
+    example = _raster(tmp_path, "e.tif", np.zeros((3, 20, 20), np.uint8))
+    geojson_text = '{"type": "Polygon", "coordinates": [[' + "[0, 0], " * 200 + "[0, 0]]]}"
+    settings = result_settings(
+        EditOptions(prompt="x", reference=str(example), reference_roi=geojson_text)
+    )
+    assert settings["reference"] == "e.tif" and settings["reference_roi"] is True

@@ -204,9 +204,9 @@ class TextEditor:
         alternatives made without the guidance (the same seed first when guided, then others):
         while the outline is what shows most, every other one starts from the surroundings
         (`guard_anchor`), the others from noise. Returns the edits, each one's `_Realism` and
-        the variants that were replaced. With an example, realism is closeness to the tile or
-        to the example, and the outline is not judged: a change of texture along it is the
-        edit asked for."""
+        the variants that were replaced. With an example, realism is closeness to the mixture
+        of the tile's surroundings and the example it was drawn from, and the outline is not
+        judged: a change of texture along it is the edit asked for."""
         preset, tries = self.preset, self.preset.guard_tries
         measure = _RealismScore(tile, example)
 
