@@ -36,10 +36,10 @@ def run(guidance: str, strength: float | None, folder: Path, clip: str) -> dict:
     report = editor.report
     return {
         "guidance": guidance if strength is None else f"{guidance} {strength:g}",
-        "input": report["clip_similarity_input"],
-        "variants": report["clip_similarity_edits"],
+        "input": report.clip_similarity_input,
+        "variants": report.clip_similarity_edits,
         "variant_difference": round(float(np.abs(edits[0] - edits[1])[:, inside].mean()), 3),
-        "seconds": round(report["seconds"]["guidance"] + report["seconds"]["sample"], 2),
+        "seconds": round(report.seconds["guidance"] + report.seconds["sample"], 2),
     }
 
 

@@ -207,13 +207,13 @@ def run_scenario(
             **roi,
         )
         ensemble = evaluate_edit(
-            image, output, scenario.prompt, clip=clip, prompts=result.report["prompts"], **roi
+            image, output, scenario.prompt, clip=clip, prompts=result.report.prompts, **roi
         )
         runs[label] = {
             "seconds": round(seconds, 2),
-            "editor_seconds": result.report["seconds"],
-            "model_cached": result.report["model_cached"],
-            "prompts": result.report["prompts"],
+            "editor_seconds": result.report.seconds,
+            "model_cached": result.report.model_cached,
+            "prompts": result.report.prompts,
             "clip_score_edit": plain["clip_score_edit"],
             "clip_similarity_edit": plain["clip_similarity_edit"],
             "clip_score_edit_vs_own_prompts": ensemble["clip_score_edit"],

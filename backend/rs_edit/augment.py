@@ -528,7 +528,7 @@ class _LocalEdits:
                 cache_dir=self.cache,
                 log=self.log,
             )
-            yield sample, result.report
+            yield sample, result.report.to_dict()  # as a job's report (augment_remote)
 
     def finished(self, sample: Sample) -> None:
         pass

@@ -367,7 +367,8 @@ def _fail(code: int, line: str) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from .edit import EditOptions, default_cache_dir, run_edit
+    from .edit import EditOptions, default_cache_dir, run_plan
+    from .plan import plan_edit
     from .progress import tqdm_progress
 
     options = EditOptions(
@@ -387,7 +388,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
         feather_px=args.feather,
         cog=args.cog,
     ).validate()
-    _check_memory(args, options)
+    plan = plan_edit(args.input, options, roi_geojson=args.roi, mask_path=args.mask)
+    _check_memory(args, plan)
     say = (
         (lambda line: None)
         if args.quiet
@@ -395,12 +397,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     )
     progress, close = tqdm_progress(enabled=not args.quiet)
     try:
-        result = run_edit(
-            args.input,
+        result = run_plan(
+            plan,
             args.output,
-            options,
-            roi_geojson=args.roi,
-            mask_path=args.mask,
             device=args.device,
             progress=progress,
             cache_dir=None if args.no_cache else default_cache_dir(args.cache_dir),
@@ -409,13 +408,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
     finally:
         close()
     report = result.report
-    seconds = report["seconds"]
-    edits = ", ".join(f"{v:.3f}" for v in report["clip_similarity_edits"])
+    seconds = report.seconds
+    edits = ", ".join(f"{v:.3f}" for v in report.clip_similarity_edits)
     say(
         f"done in {sum(seconds.values()):.0f} s ("
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
         + f"); CLIP similarity of the ROI to the prompt: input "
-        f"{report['clip_similarity_input']:.3f}, edited {edits}"
+        f"{report.clip_similarity_input:.3f}, edited {edits}"
     )
     if args.report:
         from .evaluate import evaluate_edit
@@ -434,9 +433,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 png=path.with_name(f"{path.stem}_quicklook.png"),
                 context_px=options.context_px,
                 dilate_px=options.dilate_px,
-                prompts=report["prompts"],
+                prompts=report.prompts,
             )
-            evaluation["edit"] = {**report, "variant": i + 1}
+            evaluation["edit"] = {**report.to_dict(), "variant": i + 1}
             report_path = path.with_name(f"{path.stem}_report.json")
             report_path.write_text(json.dumps(evaluation, indent=2) + "\n", encoding="utf-8")
             say(
@@ -450,14 +449,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_memory(args: argparse.Namespace, options) -> None:
+def _check_memory(args: argparse.Namespace, plan) -> None:
     """Refuse (exit 2) an edit whose estimated peak memory exceeds the budget, before any pixel
     is read: the edit's plan (header, ROI, windows, bands) and the preset are enough."""
     from .memory import check_edit, resolve_budget
-    from .plan import plan_edit
 
     budget = resolve_budget(args.memory_budget)
-    plan = plan_edit(args.input, options, roi_geojson=args.roi, mask_path=args.mask)
     device_type = args.device
     if device_type == "auto":
         import torch

@@ -78,8 +78,8 @@ def run_demo(
         DEMO_PROMPT,
         roi_geojson=roi_path,
         clip=clip,
-        prompts=result.report["prompts"],
-        device=result.report["device"],
+        prompts=result.report.prompts,
+        device=result.report.device,
         png=png_path,
     )
     checks = {
@@ -93,8 +93,8 @@ def run_demo(
     say(f"edited GeoTIFF: {edited_path}")
     say(f"before/after quicklook: {png_path}")
     say(
-        f"CLIP similarity of the ROI to the prompt: before {report['clip_similarity_input']:.3f}, "
-        f"after {report['clip_similarity_edits'][0]:.3f} ({report['clip']})"
+        f"CLIP similarity of the ROI to the prompt: before {report.clip_similarity_input:.3f}, "
+        f"after {report.clip_similarity_edits[0]:.3f} ({report.clip})"
     )
     say(
         f"checks: georeferencing identical: {checks['georef_identical']}, pixels outside the ROI "
@@ -105,6 +105,6 @@ def run_demo(
         **checks,
         "seconds": seconds,
         "out_dir": str(out_dir),
-        "report": report,
+        "report": report.to_dict(),
         "evaluation": evaluation,
     }

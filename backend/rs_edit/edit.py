@@ -6,7 +6,8 @@ window's pixels into a `PreparedTile`; `prepare` (one window around the whole RO
 `prepare_windows` (one per group of far-apart polygons) do both. `edit_raster` runs an editor on
 a prepared tile and writes the result atomically. An editor maps the tile's model-space image to
 an edited one; `identity_editor` exercises the whole raster path without a model. `run_edit`
-edits polygons that lie far apart in windows of their own and writes them into one raster.
+(`plan_edit`, then `run_plan`) edits polygons that lie far apart in windows of their own and
+writes them into one raster.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from .bands import BandScaling
 from .composite import composite, roi_alpha
 from .engine.presets import AUTO, DEFAULT_PRESET, check_preset_name, get_preset
 from .errors import ParameterError
-from .example import Example, read_example
+from .example import Example, ExamplePixels, example_for_tile, load_example
 from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
 from .paths import cache_root
 from .plan import EditPlan, PlannedWindow, plan_edit
 from .progress import ProgressCallback, no_progress, share, windows
 from .raster import RasterInfo, read_tile, write_result
+from .report import EditReport
 from .roi import Roi
 
 MAX_PROMPT_CHARS = 1000
@@ -148,11 +150,13 @@ def prepare_windows(
 
 
 def read_plan(plan: EditPlan) -> list[PreparedTile]:
-    """Read the pixels of each of the plan's windows and map them to the model's range."""
-    return [_read(plan, planned) for planned in plan.windows]
+    """Read the pixels of each of the plan's windows (and the example's, once) and map them to
+    the model's range."""
+    example = load_example(plan.example) if plan.example is not None else None
+    return [_read(plan, planned, example) for planned in plan.windows]
 
 
-def _read(plan: EditPlan, planned: PlannedWindow) -> PreparedTile:
+def _read(plan: EditPlan, planned: PlannedWindow, example: ExamplePixels | None) -> PreparedTile:
     info, options, window = plan.info, plan.options, planned.window
     tile = read_tile(info, window)
     roi_mask = planned.roi.rasterize(window)
@@ -160,9 +164,8 @@ def _read(plan: EditPlan, planned: PlannedWindow) -> PreparedTile:
     bands = list(info.data_bands)
     scaling = BandScaling.fit(tile.data[bands], tile.valid)
     model_image = scaling.forward(tile.data[bands], tile.valid)
-    example = None
-    if plan.example is not None:
-        example = read_example(plan.example, scaling, (model_image, tile.valid))
+    if example is not None:
+        example = example_for_tile(example, scaling, (model_image, tile.valid))
     return PreparedTile(
         info=info,
         roi=planned.roi,
@@ -277,7 +280,7 @@ class EditResult:
     """What one `run_edit` produced: the written files and a report of how."""
 
     outputs: list[Path]
-    report: dict
+    report: EditReport
 
 
 def run_edit(
@@ -292,22 +295,33 @@ def run_edit(
     cache_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] = lambda line: None,
 ) -> EditResult:
-    """The whole edit, as `rs-edit edit`, the job API and Ray tasks run it.
+    """The whole edit, as `rs-edit edit`, the job API and Ray tasks run it: `plan_edit` (bad
+    input raises an InputError before any work), then `run_plan`."""
+    plan = plan_edit(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path)
+    return run_plan(plan, output, device=device, progress=progress, cache_dir=cache_dir, log=log)
 
-    Validates everything first (bad input raises an InputError before any work), then trains
-    the tile model (or reuses a cached one from `cache_dir`), edits by the prompt and writes
-    OUTPUT (or OUTPUT_v1.. for several variants). To cancel, `progress` raises CancelledError:
-    nothing is written then.
-    """
+
+def run_plan(
+    plan: EditPlan,
+    output: str | os.PathLike,
+    *,
+    device: str = "auto",
+    progress: ProgressCallback = no_progress,
+    cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = lambda line: None,
+) -> EditResult:
+    """Edit a planned edit: check the outputs can be written, read the windows, train the tile
+    model (or reuse a cached one from `cache_dir`), edit by the prompt and write OUTPUT (or
+    OUTPUT_v1.. for several variants). To cancel, `progress` raises CancelledError: nothing is
+    written then."""
     from .guidance.editor import TextEditor
     from .raster import check_output_path
 
-    options = options.validate()
-    plan = plan_edit(input_path, options, roi_geojson=roi_geojson, mask_path=mask_path)
-    tiles = read_plan(plan)
+    options = plan.options
     paths = variant_paths(output, options.variants)
     for path in paths:
-        check_output_path(tiles[0].info, path)
+        check_output_path(plan.info, path)
+    tiles = read_plan(plan)
     if len(tiles) > 1:
         log(f"the ROI's polygons lie far apart: editing them in {len(tiles)} windows")
     editor = TextEditor(options, device=device, cache_dir=cache_dir, log=log)
@@ -315,17 +329,11 @@ def run_edit(
     for i, tile in enumerate(tiles):
         per_tile.append(editor.edit(tile, windows(progress, i, len(tiles))))
         reports.append(editor.report)
-    report = {
-        **reports[0],
-        "windows": [_window_dict(t.window) for t in tiles],
-        "model_cached": all(r["model_cached"] for r in reports),
-        "seconds": {k: round(sum(r["seconds"].get(k, 0) for r in reports), 2)
-                    for k in reports[0]["seconds"]},
-    }  # fmt: skip
+    report = EditReport.combine(reports, [_window_dict(t.window) for t in tiles])
     written = []
     for v, path in enumerate(paths):
         edits = [variants[v] for variants in per_tile]
-        extra = {**report, "variant": v + 1}
+        extra = {**report.to_dict(), "variant": v + 1}
         written.append(
             write_edits(
                 tiles, path, edits, progress=share(progress, v, len(paths)), extra_settings=extra

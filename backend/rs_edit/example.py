@@ -4,7 +4,8 @@ in the tile's bands and model range.
 `plan_example` does everything that needs no pixels (so the job API can refuse a bad example at
 submission): the raster header, the polygons of it to use (`reference_roi`), which of its bands
 stand for which of the tile's, and the scale that brings its ground sample distance to the
-tile's. `read_example` then reads it, resampled by GDAL (averaging when it shrinks).
+tile's. `load_example` then reads it once per edit, resampled by GDAL (averaging when it
+shrinks), and `example_for_tile` maps it into each window's model range.
 
 Ground sample distance is measured on the ground, not in CRS units: the pixel's neighbours are
 taken to the CRS's geographic coordinates and their distances measured on its ellipsoid, so a
@@ -180,17 +181,20 @@ def _scale(info: RasterInfo, tile: RasterInfo) -> tuple[float, str]:
     return theirs / mine, f"{theirs:.3g} m/px resampled to the tile's {mine:.3g} m/px"
 
 
-def read_example(
-    plan: ExamplePlan,
-    scaling: BandScaling,
-    tile: tuple[np.ndarray, np.ndarray] | None = None,
-) -> Example:
-    """The example's pixels at the tile's resolution, in the model range of the tile whose
-    `scaling` is given (when the dtypes differ, its own range is stretched to the model's).
+@dataclass(frozen=True)
+class ExamplePixels:
+    """The example as read from its file, once per edit: native values at the tile's ground
+    sample distance, and its whole scene (at most 512 px a side) for radiometry matching."""
 
-    `tile`: the tile's model image (C, h, w) and valid pixels. When given, the example's
-    radiometry is matched to it (`_match_radiometry`): a brighter sensor, another season or
-    sun angle would otherwise show the whole ROI as a pasted piece of another picture."""
+    plan: ExamplePlan
+    data: np.ndarray  # (bands, h, w) native values
+    valid: np.ndarray  # (h, w) bool: GDAL's mask and the example's polygons
+    scene: np.ndarray  # (bands, sh, sw) native values of the whole raster
+    scene_valid: np.ndarray  # (sh, sw) bool
+
+
+def load_example(plan: ExamplePlan) -> ExamplePixels:
+    """Read the planned example (resampled by GDAL: averaging when it shrinks) and its scene."""
     info = plan.info
     resampling = Resampling.average if plan.scale < 1 else Resampling.bilinear
     with gdal_env(), rasterio.open(info.path) as src:
@@ -202,7 +206,7 @@ def read_example(
         )
         # GDAL's own mask (nodata, alpha, internal masks) at the same size.
         valid = src.dataset_mask(window=plan.window, out_shape=plan.size) > 0
-        scene = _whole_raster(src, plan) if tile is not None else None
+        scene, scene_valid = _whole_raster(src, plan)
     if plan.roi is not None:
         h, w = plan.size
         onto = Affine(plan.window.width / w, 0, plan.window.col_off,
@@ -212,17 +216,38 @@ def read_example(
         ).astype(bool)
     if not valid.any():
         raise ParameterError(f"example image {Path(info.path).name} has no valid pixels there")
-    if np.dtype(info.dtype) == np.dtype(scaling.dtype):
+    return ExamplePixels(plan, data, valid, scene, scene_valid)
+
+
+def example_for_tile(
+    pixels: ExamplePixels,
+    scaling: BandScaling,
+    tile: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Example:
+    """The example in the model range of the tile whose `scaling` is given (when the dtypes
+    differ, its own range is stretched to the model's).
+
+    `tile`: the tile's model image (C, h, w) and valid pixels. When given, the example's
+    radiometry is matched to it (`_match_radiometry`): a brighter sensor, another season or
+    sun angle would otherwise show the whole ROI as a pasted piece of another picture."""
+    if np.dtype(pixels.plan.info.dtype) == np.dtype(scaling.dtype):
         to_model = scaling
     else:
-        to_model = BandScaling.fit(data, valid)
-    model = to_model.forward(data, valid)
-    if scene is not None:
-        scene_data, scene_valid = scene
-        model = _match_radiometry(
-            model, to_model.forward(scene_data, scene_valid), scene_valid, *tile
-        )
-    return Example(plan, np.clip(model, -1.0, 1.0), valid)
+        to_model = BandScaling.fit(pixels.data, pixels.valid)
+    model = to_model.forward(pixels.data, pixels.valid)
+    if tile is not None:
+        scene = to_model.forward(pixels.scene, pixels.scene_valid)
+        model = _match_radiometry(model, scene, pixels.scene_valid, *tile)
+    return Example(pixels.plan, np.clip(model, -1.0, 1.0), pixels.valid)
+
+
+def read_example(
+    plan: ExamplePlan,
+    scaling: BandScaling,
+    tile: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Example:
+    """`load_example`, then `example_for_tile`: one window's example in one read."""
+    return example_for_tile(load_example(plan), scaling, tile)
 
 
 def _whole_raster(src, plan: ExamplePlan) -> tuple[np.ndarray, np.ndarray]:

@@ -79,15 +79,20 @@ def estimate_mb(
     clip: str = "tiny-random",
     variants: int = 1,
     device_type: str = "cpu",
+    example_pixels: int = 0,
 ) -> int:
     """Peak resident memory (MB) of an edit of these windows ((height, width) in pixels) of a
-    raster with `bands` modelled bands. Conservative: never below bench/memory.py's peaks."""
+    raster with `bands` modelled bands. Conservative: never below bench/memory.py's peaks.
+    `example_pixels`: the size of an example image at the tile's resolution; it is held with
+    the windows and its patches join the finest scale's pool beside the window's."""
     p = _preset(preset, device_type)
     patch = getattr(getattr(p, "patches", None), "patch", 7)
     sizes = [(int(h), int(w)) for h, w in windows]
     bands = max(int(bands), 1)
+    example_pixels = max(int(example_pixels), 0)
     held = sum(h * w for h, w in sizes) * bands * HELD_BYTES_PER_PIXEL_BAND * (1 + variants)
-    work = max((h * w for h, w in sizes), default=0) * bands * patch * patch
+    held += example_pixels * bands * HELD_BYTES_PER_PIXEL_BAND
+    work = (max((h * w for h, w in sizes), default=0) + example_pixels) * bands * patch * patch
     total = BASE_MB * MB + held + work * REFINE_BYTES_PER_VALUE
     if trains_network(preset, guidance, device_type):
         total += TRAIN_MB * MB
@@ -170,5 +175,6 @@ def estimate_edit(plan: EditPlan, device_type: str = "cpu") -> tuple[list, int]:
         clip=options.clip,
         variants=options.variants,
         device_type=device_type,
+        example_pixels=plan.example.size[0] * plan.example.size[1] if plan.example else 0,
     )
     return windows, estimate

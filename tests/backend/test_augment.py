@@ -31,6 +31,7 @@ from rs_edit.augment import (
     run_augment,
 )
 from rs_edit.errors import CancelledError, InputError, RoiError
+from rs_edit.report import EditReport
 from rs_edit.scene import make_scene, write_scene
 
 PROMPTS = ["flooded fields", "burned forest"]
@@ -42,21 +43,20 @@ class FakeEditor:
 
     def __init__(self, options, device=None, cache_dir=None, log=None):
         self.options = options
-        self.report = {}
+        self.report = EditReport()
 
     def edit(self, tile, progress):
         seed = self.options.seed or 0
         edited = np.clip(tile.model_image * 0.5 + 0.3 + 0.01 * seed, -1, 1).astype(np.float32)
-        self.report = {
-            "seed": seed,
-            "clip": "tiny-random",
-            "clip_random": True,
-            "prompts": [self.options.prompt, f"a satellite image of {self.options.prompt}"],
-            "model_cached": False,
-            "clip_similarity_input": 0.0,
-            "clip_similarity_edits": [0.1],
-            "seconds": {},
-        }
+        self.report = EditReport(
+            seed=seed,
+            clip="tiny-random",
+            clip_random=True,
+            prompts=[self.options.prompt, f"a satellite image of {self.options.prompt}"],
+            model_cached=False,
+            clip_similarity_input=0.0,
+            clip_similarity_edits=[0.1],
+        )
         return [edited]
 
 

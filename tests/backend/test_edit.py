@@ -110,8 +110,8 @@ def test_edit_changes_only_the_roi_and_keeps_georeferencing(scene_files, cache_d
         )
         assert json.loads(b.tags()["RS_EDIT"])["prompt"] == PROMPT
     report = result.report
-    assert report["clip_random"] is True and report["prompt_source"] == "templates"
-    assert len(report["prompts"]) >= 2 and report["prompts"][0] == PROMPT
+    assert report.clip_random is True and report.prompt_source == "templates"
+    assert len(report.prompts) >= 2 and report.prompts[0] == PROMPT
 
 
 def test_second_prompt_reuses_the_trained_model(scene_files, cache_dir, tmp_path):
@@ -126,9 +126,9 @@ def test_second_prompt_reuses_the_trained_model(scene_files, cache_dir, tmp_path
         cache_dir=cache_dir,
         progress=lambda stage, step, total, loss=None: stages.append((stage, step, total)),
     )
-    assert result.report["model_cached"] is True
+    assert result.report.model_cached is True
     # The report names the cache file it reused: the one the service's LRU bound keeps.
-    assert (cache_dir / "models" / result.report["model_entry"]).is_file()
+    assert (cache_dir / "models" / result.report.model_entry).is_file()
     assert max(total for stage, _, total in stages if stage == "train") == 1
     assert any(stage == "finetune" for stage, _, _ in stages)
 
@@ -186,7 +186,7 @@ def test_guided_sampling_raises_clip_similarity_and_keeps_variants_apart(learned
 
 def test_sampling_guidance_path_writes_an_edit(scene_files, cache_dir, tmp_path):
     result = edit(scene_files, tmp_path / "s.tif", cache_dir, guidance="sampling")
-    assert result.report["guidance"] == "sampling"
+    assert result.report.guidance == "sampling"
     before, after = read(scene_files[0]), read(result.outputs[0])
     inside = roi_pixels(scene_files)
     assert np.array_equal(before[:, ~inside], after[:, ~inside])
@@ -325,8 +325,8 @@ def test_edit_with_a_reference_image_end_to_end(scene_files, cache_dir, tmp_path
     patch = np.full((3, 16, 16), 90, dtype=np.uint8)
     ref = write_raster(tmp_path / "ref.tif", patch, crs=None, transform=None)
     result = edit(scene_files, tmp_path / "r.tif", cache_dir, reference=str(ref))
-    assert result.report["reference"]["file"] == "ref.tif"
-    assert result.report["reference_weight"] == 0.8
+    assert result.report.reference["file"] == "ref.tif"
+    assert result.report.reference_weight == 0.8
     before, after = read(scene_files[0]), read(result.outputs[0])
     inside = roi_pixels(scene_files)
     assert np.array_equal(before[:, ~inside], after[:, ~inside])
@@ -334,8 +334,8 @@ def test_edit_with_a_reference_image_end_to_end(scene_files, cache_dir, tmp_path
 
 def test_prompt_ensembling_can_be_switched_off(scene_files, cache_dir, tmp_path):
     result = edit(scene_files, tmp_path / "p.tif", cache_dir, prompt_ensemble=False)
-    assert result.report["prompts"] == [PROMPT]
-    assert result.report["prompt_source"] == "prompt"
+    assert result.report.prompts == [PROMPT]
+    assert result.report.prompt_source == "prompt"
 
 
 def test_auto_guidance_samples_the_layout_without_training(scene_files, cache_dir, tmp_path):
@@ -352,8 +352,8 @@ def test_auto_guidance_samples_the_layout_without_training(scene_files, cache_di
         progress=lambda stage, step, total, loss=None: stages.append((stage, step, total)),
     )
     report = result.report
-    assert (report["guidance"], report["coarse"]) == ("sampling", "patch-diffusion")
-    assert report["model_cached"] is False and report["seconds"]["train"] < 1.0
+    assert (report.guidance, report.coarse) == ("sampling", "patch-diffusion")
+    assert report.model_cached is False and report.seconds["train"] < 1.0
     names = {stage for stage, _, _ in stages}
     assert not names & {"train", "finetune", "sample", "detail"}, names
     assert "synthesize" in names

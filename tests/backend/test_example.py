@@ -103,3 +103,45 @@ def test_the_result_tags_name_example_files_never_their_paths(tmp_path):
         EditOptions(prompt="x", reference=str(example), reference_roi=geojson_text)
     )
     assert settings["reference"] == "e.tif" and settings["reference_roi"] is True
+
+
+def test_the_example_is_read_once_however_many_windows(tmp_path, monkeypatch):
+    """Far-apart polygons split the edit into windows; the example file is read once, and each
+    window gets it in its own model range."""
+    import json
+
+    import rasterio.io
+
+    from rs_edit.edit import EditOptions, read_plan
+    from rs_edit.plan import plan_edit
+
+    rng = np.random.default_rng(1)
+    tile = _raster(tmp_path, "t.tif", rng.integers(0, 255, (3, 200, 200), dtype=np.uint8))
+    example = _raster(tmp_path, "e.tif", rng.integers(0, 255, (3, 40, 40), dtype=np.uint8))
+    x0, y0 = 500000, 5000000
+    rings = [
+        [[x0 + c * 10, y0 - r * 10], [x0 + (c + 10) * 10, y0 - r * 10],
+         [x0 + (c + 10) * 10, y0 - (r + 10) * 10], [x0 + c * 10, y0 - (r + 10) * 10],
+         [x0 + c * 10, y0 - r * 10]]
+        for c, r in ((5, 5), (180, 180))
+    ]  # fmt: skip
+    roi = {
+        "type": "Feature",
+        "properties": {},
+        "crs": {"type": "name", "properties": {"name": "EPSG:32633"}},
+        "geometry": {"type": "MultiPolygon", "coordinates": [[ring] for ring in rings]},
+    }
+    reads: list[str] = []
+    original = rasterio.io.DatasetReader.read
+
+    def counted(self, *args, **kwargs):
+        reads.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", counted)
+    options = EditOptions(prompt="x", context_px=16, reference=str(example))
+    plan = plan_edit(tile, options, roi_geojson=json.dumps(roi))
+    tiles = read_plan(plan)
+    assert len(tiles) == 2 and all(t.example is not None for t in tiles)
+    # one read of the example's window and one of its whole scene (radiometry)
+    assert sum(name == str(example) for name in reads) == 2

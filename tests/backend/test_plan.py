@@ -4,6 +4,7 @@ estimate all go through it."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -262,3 +263,63 @@ def test_the_service_checks_the_planned_windows(tmp_path, monkeypatch):
     assert str(info.value) == (
         "the area to edit (256x256 px with context) is larger than 1,000 px: send a smaller ROI"
     )
+
+
+def test_run_plan_refuses_an_unwritable_output_before_reading_a_pixel(tmp_path, pixel_reads):
+    from rs_edit.edit import run_plan
+    from rs_edit.errors import InputError
+
+    path = scene(tmp_path / "scene.tif")
+    plan = plan_edit(path, options(preset="tiny"), roi_geojson=squares([(30, 30)], 20))
+    with pytest.raises(InputError, match="output folder does not exist"):
+        run_plan(plan, tmp_path / "missing" / "out.tif")
+    with pytest.raises(InputError, match="overwrite the input"):
+        run_plan(plan, path)
+    assert pixel_reads == []
+
+
+def test_the_cli_plans_the_edit_once(tmp_path, monkeypatch):
+    """`rs-edit edit` plans once: the memory check and the edit use the same plan."""
+    from rs_edit import cli, edit
+
+    path = scene(tmp_path / "scene.tif", size=64)
+    roi = tmp_path / "roi.geojson"
+    roi.write_text(json.dumps(squares([(20, 20)], 16)), encoding="utf-8")
+    planned: list[EditPlan] = []
+    original = plan_module.plan_edit
+
+    def counting(*args, **kwargs):
+        planned.append(original(*args, **kwargs))
+        return planned[-1]
+
+    monkeypatch.setattr(plan_module, "plan_edit", counting)
+    ran: list[EditPlan] = []
+    monkeypatch.setattr(edit, "run_plan", lambda plan, output, **kw: ran.append(plan) or _done())
+    code = cli.main(
+        ["edit", str(path), "--roi", str(roi), "--prompt", "flooded", "--preset", "tiny",
+         "--clip", "tiny-random", "-o", str(tmp_path / "out.tif"), "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    assert len(planned) == 1 and ran == planned
+
+
+def _done():
+    from rs_edit.edit import EditResult
+    from rs_edit.report import EditReport
+
+    return EditResult(outputs=[], report=EditReport(clip_similarity_input=0.0))
+
+
+def test_the_memory_estimate_counts_the_example(tmp_path):
+    """An example's patches join the finest scale's pool: a large example costs memory."""
+    path = scene(tmp_path / "scene.tif")
+    example = scene(tmp_path / "example.tif", size=1024)
+    roi = squares([(30, 30)], 20)
+    without = estimate_edit(plan_edit(path, options(preset="tiny"), roi_geojson=roi))[1]
+    plan = plan_edit(path, options(preset="tiny", reference=str(example)), roi_geojson=roi)
+    assert plan.example.size == (1024, 1024)
+    with_example = estimate_edit(plan)[1]
+    assert with_example == estimate_mb(
+        plan.sizes, bands=3, preset="tiny", clip=plan.options.clip, example_pixels=1024 * 1024
+    )
+    assert with_example > without + 500  # 1 M px x 3 bands x 25 patch values x 28 B ~ 2 GB

@@ -130,9 +130,9 @@ def test_random_clip_finetuning_keeps_a_real_tile_realistic(tmp_path, tile):
     assert levels[0] < 2.0, f"colour drifted: {levels}"
     assert np.nanmax(levels) < 2.5, f"not realistic: {levels} (a flat fill scores {flat_levels})"
     # The editor measured the same thing and said so in its report.
-    (realism,) = result.report["realism"]
+    (realism,) = result.report.realism
     assert realism < 2.5 and realism == pytest.approx(np.nanmax(levels), abs=0.5)
-    (seam,) = result.report["seam"]
+    (seam,) = result.report.seam
     assert seam == pytest.approx(
         seam_ratio(torch.from_numpy(edited.astype(np.float32)), src_t, roi), abs=0.3
     )
@@ -162,7 +162,7 @@ def test_the_guard_keeps_the_sea_from_filling_a_box_of_land(tmp_path):
     with rasterio.open(out) as dst:
         edited = dst.read()
     assert np.array_equal(edited[:, ~roi], data[:, ~roi]), "pixels outside the ROI changed"
-    (cut,) = result.report["cut"]
+    (cut,) = result.report.cut
     assert cut < 1.3, result.report  # what the guard measured, on the edited window
     # The same measure on the whole crop (its unit from a larger area): the sea box scored
     # 1.39-1.61 here.

@@ -417,6 +417,10 @@ def test_roi_over_a_megabyte_is_413_naming_roi(server, tile):
         "code": "too_large",
         "message": "roi is larger than 1,048,576 bytes",
     }
+    # The example's polygons are an ROI too: the same 413, naming their field.
+    r = submit(server.c, tile, roi=ROI, reference_roi=roi, clip="tiny-random")
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["message"] == "reference_roi is larger than 1,048,576 bytes"
     # Another text field over the parser's limit stays a 400, now naming the field.
     r = submit(server.c, tile, prompt="x" * 1_500_000, clip="tiny-random")
     assert r.status_code == 400

@@ -109,7 +109,7 @@ def test_scattered_polygons_edit_into_one_raster(tmp_path):
         path, out, options, roi_geojson=tmp_path / "roi.geojson",
         cache_dir=tmp_path / "cache", progress=lambda s, i, n, loss=None: stages.append((s, i, n)),
     )  # fmt: skip
-    assert len(result.report["windows"]) == 3
+    assert len(result.report.windows) == 3
     with rasterio.open(path) as src, rasterio.open(out) as dst:
         before, after = src.read(), dst.read()
         assert dst.transform == src.transform and dst.crs == src.crs

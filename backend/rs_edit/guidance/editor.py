@@ -31,6 +31,7 @@ from ..engine.pyramid import lanczos_resize
 from ..engine.quality import roi_swd_levels, roi_swd_levels_to, roi_swd_unit, seam_ratio
 from ..engine.train import train_tile
 from ..progress import ProgressCallback, no_progress, share, synthesis
+from ..report import EditReport
 from . import resolve_guidance
 from .clip import load_clip
 from .finetune import (
@@ -62,7 +63,7 @@ class TextEditor:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.log = log
         log(why)
-        self.report: dict = {}
+        self.report = EditReport()
 
     def edit(self, tile, progress: ProgressCallback) -> list[np.ndarray]:
         """One edited model-space image (C, h, w) per variant."""
@@ -163,35 +164,35 @@ class TextEditor:
             objective.similarity(resize(torch.from_numpy(e)[None], size).to(self.device))
             for e in edits
         ]
-        self.report = {
-            "seed": seed,
-            "device": str(self.device),
-            "clip": clip.name,
-            "clip_random": clip.is_random,
-            "prompt_source": ensemble.source,
-            "prompt_note": ensemble.note,
-            "prompts": list(ensemble.prompts),
-            "preset": preset.name,
-            "coarse": "network" if trained else "patch-diffusion",
-            "guidance": guidance,
-            "reference": tile.example.plan.describe() if tile.example is not None else None,
-            "reference_weight": opts.reference_weight if tile.example is not None else None,
-            "model_cached": cached,
-            "tile_hash": key,
+        self.report = EditReport(
+            seed=seed,
+            device=str(self.device),
+            clip=clip.name,
+            clip_random=clip.is_random,
+            prompt_source=ensemble.source,
+            prompt_note=ensemble.note,
+            prompts=list(ensemble.prompts),
+            preset=preset.name,
+            coarse="network" if trained else "patch-diffusion",
+            guidance=guidance,
+            reference=tile.example.plan.describe() if tile.example is not None else None,
+            reference_weight=opts.reference_weight if tile.example is not None else None,
+            model_cached=cached,
+            tile_hash=key,
             # The cache file this edit trained or reused (None: no model, or no cache).
-            "model_entry": (
+            model_entry=(
                 model_cache.model_path(self.cache_dir, key).name
                 if trained and self.cache_dir
                 else None
             ),
-            "clip_similarity_input": round(before, 4),
-            "clip_similarity_edits": [round(a, 4) for a in after],
-            "realism": [round(m.level, 3) for m in realism],
-            "seam": [round(m.seam, 3) for m in realism],
-            "cut": [round(m.cut, 3) for m in realism],
-            "realism_replaced": replaced,
-            "seconds": {k: round(v, 2) for k, v in seconds.items()},
-        }
+            clip_similarity_input=round(before, 4),
+            clip_similarity_edits=[round(a, 4) for a in after],
+            realism=[round(m.level, 3) for m in realism],
+            seam=[round(m.seam, 3) for m in realism],
+            cut=[round(m.cut, 3) for m in realism],
+            realism_replaced=replaced,
+            seconds={k: round(v, 2) for k, v in seconds.items()},
+        )
         return edits
 
     def _guard(self, tile, sampler, guided, edits, seeds, progress, example=None):

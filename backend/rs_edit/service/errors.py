@@ -138,7 +138,8 @@ def response_for(exc: BaseException) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI, max_roi_bytes: int | None = None) -> None:
-    """`max_roi_bytes`: the ROI limit to name when the form parser refuses a large `roi`."""
+    """`max_roi_bytes`: the ROI limit to name when the form parser refuses a large `roi` or
+    `reference_roi`."""
 
     async def _known(request: Request, exc: Exception) -> JSONResponse:
         return response_for(exc)
@@ -155,9 +156,9 @@ def install_error_handlers(app: FastAPI, max_roi_bytes: int | None = None) -> No
         cause = _multipart_error(exc)
         if exc.status_code == 400 and cause is not None:
             field, limit = oversized_field(cause)
-            if field == "roi":  # the documented 413, as `submit.parse_roi` answers it
+            if field in ("roi", "reference_roi"):  # the 413 `submit.parse_roi` answers
                 limit = min(limit, max_roi_bytes or limit)
-                return response_for(LimitError(f"roi is larger than {limit:,} bytes"))
+                return response_for(LimitError(f"{field} is larger than {limit:,} bytes"))
             if field is not None:
                 detail = f"form field {field[:50]!r} exceeded the maximum size of {limit:,} bytes"
             else:

@@ -166,7 +166,7 @@ class LocalBackend:
             cache_models=self.config.cache_models,
             cache_bytes=self.config.cache_bytes,
         )
-        return [Path(p) for p in result.outputs], result.report
+        return [Path(p) for p in result.outputs], result.report.to_dict()
 
     def _run_child(self, job: Job, job_dir: Path, work: Path, reporter: Reporter, slot: int):
         from ..engine import presets

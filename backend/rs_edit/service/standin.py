@@ -29,6 +29,7 @@ from .. import model_cache
 from ..edit import EditResult, edit_raster, identity_editor, prepare, variant_paths
 from ..files import write_bytes_atomic
 from ..progress import no_progress
+from ..report import EditReport
 
 
 def identity_edit(
@@ -76,12 +77,11 @@ def identity_edit(
         edit_raster(tile, path, identity_editor, progress=progress)
         for path in variant_paths(output, options.variants)
     ]
-    report = {
-        "editor": "identity-standin",
-        "model_cached": cached,
-        "model_entry": model.name if model is not None else None,
-        "pid": os.getpid(),
-    }
+    report = EditReport(
+        editor="identity-standin",
+        model_cached=cached,
+        model_entry=model.name if model is not None else None,
+    )
     return EditResult(outputs=written, report=report)
 
 

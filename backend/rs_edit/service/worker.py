@@ -77,7 +77,7 @@ def execute_edit(
     """One edit, then the cache's book-keeping (mark the model used, prune LRU beyond bounds)."""
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    report: dict = {}
+    entry = None
     try:
         result = edit_fn(
             input_path,
@@ -90,11 +90,10 @@ def execute_edit(
             cache_dir=cache_dir,
             log=log,
         )
-        report = result.report
+        entry = result.report.model_entry
         return result
     finally:
         if cache_dir is not None:
-            entry = report.get("model_entry")
             model_cache.after_job(cache_dir, entry, cache_models, cache_bytes)
 
 
@@ -165,7 +164,7 @@ def job_child(spec: dict, conn) -> None:
             cache_models=spec["cache_models"],
             cache_bytes=spec["cache_bytes"],
         )
-        report = {**result.report, "child_peak_rss_mb": _peak_rss_mb()}
+        report = {**result.report.to_dict(), "child_peak_rss_mb": _peak_rss_mb()}
         send("done", [str(p) for p in result.outputs], report)
     except BaseException as exc:  # noqa: BLE001 - every outcome is reported to the server
         _send_error(send, exc)
@@ -325,7 +324,8 @@ def ray_edit_task(
                 cache_bytes=cache_bytes,
             )
             outputs = [(Path(p).name, Path(p).read_bytes()) for p in result.outputs]
-            report = {**result.report, "ray_node": ray.get_runtime_context().get_node_id()}
+            node = ray.get_runtime_context().get_node_id()
+            report = {**result.report.to_dict(), "ray_node": node}
             return {"ok": True, "outputs": outputs, "report": report}
     except CancelledError:
         return {"ok": False, "kind": "cancelled", "message": "cancelled"}
