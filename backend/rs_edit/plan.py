@@ -1,12 +1,13 @@
 """An edit's plan: everything about its inputs that is known before any pixel is read.
 
 `plan_edit` validates the options, reads the raster's header (`inspect_raster`), makes the ROI
-(GeoJSON, a mask raster, or the whole image), checks the band choice, and lays out the windows
-to edit: one per group of far-apart polygons (`Roi.clusters`), each the group's box grown by the
-context (`context_window`) and within `MAX_WINDOW_PIXELS`; an example image to look like is
-checked and matched to the raster (`example.plan_example`). `edit.read_plan` reads the windows'
-pixels; `memory.estimate_edit` sizes the edit from the plan; the service's submission checks
-and `rs-edit edit`'s memory check make the same plan that the edit then reads.
+(`roi.resolve_roi`: GeoJSON, a mask raster, or the whole image), checks the band choice, and
+lays out the windows to edit: one per group of far-apart polygons (`Roi.clusters`), each the
+group's box grown by the context (`roi.context_window`) and within `MAX_WINDOW_PIXELS`; an
+example image to look like is checked and matched to the raster (`example.plan_example`).
+`edit.read_plan` reads the windows' pixels; `memory.estimate_edit` sizes the edit from the plan;
+the service's submission checks and `rs-edit edit`'s memory check make the same plan that the
+edit then reads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .bands import rgb_bands
 from .errors import ParameterError
 from .example import ExamplePlan, plan_example
 from .raster import RasterInfo, inspect_raster
-from .roi import Roi, roi_from_geojson, roi_from_mask, whole_image
+from .roi import Roi, context_window, resolve_roi
 
 if TYPE_CHECKING:
     from .edit import EditOptions
@@ -106,27 +107,3 @@ def plan_edit(
     if options.reference is not None:
         example = plan_example(options.reference, info, roi_geojson=options.reference_roi, rgb=rgb)
     return EditPlan(options=options, info=info, roi=roi, rgb=rgb, windows=windows, example=example)
-
-
-def resolve_roi(
-    info: RasterInfo,
-    roi_geojson: str | os.PathLike | dict | None = None,
-    mask_path: str | os.PathLike | None = None,
-) -> Roi:
-    """The ROI in the raster's pixels: GeoJSON polygons, a mask raster, or the whole image."""
-    if roi_geojson is not None and mask_path is not None:
-        raise ParameterError("give either a GeoJSON ROI or a mask raster, not both")
-    if roi_geojson is not None:
-        return roi_from_geojson(roi_geojson, info)
-    if mask_path is not None:
-        return roi_from_mask(mask_path, info)
-    return whole_image(info)
-
-
-def context_window(bbox: Window, info: RasterInfo, context_px: int) -> Window:
-    """The ROI's bounding box grown by `context_px` on each side, clipped to the raster."""
-    c0 = max(0, int(bbox.col_off) - context_px)
-    r0 = max(0, int(bbox.row_off) - context_px)
-    c1 = min(info.width, int(bbox.col_off + bbox.width) + context_px)
-    r1 = min(info.height, int(bbox.row_off + bbox.height) + context_px)
-    return Window(c0, r0, c1 - c0, r1 - r0)

@@ -1,4 +1,5 @@
-"""The region of interest: GeoJSON polygons or a mask raster -> pixels of the image grid.
+"""The region of interest: GeoJSON polygons or a mask raster -> pixels of the image grid
+(`resolve_roi`), and the context window around it (`context_window`).
 
 Everything is brought to the image's pixel space once (`Roi.pixels`), so that only the window
 being edited is ever rasterized: memory does not grow with the scene.
@@ -28,7 +29,7 @@ from shapely.errors import GEOSException
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from .errors import CrsError, GridMismatchError, RasterError, RoiError
+from .errors import CrsError, GridMismatchError, ParameterError, RasterError, RoiError
 from .raster import RasterInfo, gdal_env, inspect_raster, nodata_pixels
 
 WGS84 = ProjCRS.from_epsg(4326)
@@ -114,6 +115,30 @@ def whole_image(info: RasterInfo) -> Roi:
     return Roi(
         bbox=Window(0, 0, info.width, info.height), pixels=box(0, 0, info.width, info.height)
     )
+
+
+def resolve_roi(
+    info: RasterInfo,
+    roi_geojson: str | os.PathLike | dict | None = None,
+    mask_path: str | os.PathLike | None = None,
+) -> Roi:
+    """The ROI in the raster's pixels: GeoJSON polygons, a mask raster, or the whole image."""
+    if roi_geojson is not None and mask_path is not None:
+        raise ParameterError("give either a GeoJSON ROI or a mask raster, not both")
+    if roi_geojson is not None:
+        return roi_from_geojson(roi_geojson, info)
+    if mask_path is not None:
+        return roi_from_mask(mask_path, info)
+    return whole_image(info)
+
+
+def context_window(bbox: Window, info: RasterInfo, context_px: int) -> Window:
+    """The ROI's bounding box grown by `context_px` on each side, clipped to the raster."""
+    c0 = max(0, int(bbox.col_off) - context_px)
+    r0 = max(0, int(bbox.row_off) - context_px)
+    c1 = min(info.width, int(bbox.col_off + bbox.width) + context_px)
+    r1 = min(info.height, int(bbox.row_off + bbox.height) + context_px)
+    return Window(c0, r0, c1 - c0, r1 - r0)
 
 
 def roi_from_geojson(source: str | os.PathLike | dict, info: RasterInfo) -> Roi:

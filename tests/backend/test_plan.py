@@ -20,7 +20,8 @@ from rs_edit import raster
 from rs_edit.edit import EditOptions, prepare, prepare_windows, read_plan
 from rs_edit.errors import ParameterError, RasterError, RoiError
 from rs_edit.memory import check_edit, estimate_edit, estimate_mb
-from rs_edit.plan import EditPlan, WindowTooLargeError, context_window, plan_edit
+from rs_edit.plan import EditPlan, WindowTooLargeError, plan_edit
+from rs_edit.roi import context_window
 from rs_edit.service.config import Limits
 from rs_edit.service.errors import LimitError
 from rs_edit.service.submit import validate_inputs
