@@ -30,7 +30,7 @@ from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
 from .paths import cache_root
 from .plan import EditPlan, PlannedWindow, plan_edit
-from .progress import ProgressCallback, no_progress, share, windows
+from .progress import ProgressCallback, Stage, no_progress, share, windows
 from .raster import RasterInfo, read_tile, write_result
 from .report import EditReport
 from .roi import Roi
@@ -120,7 +120,7 @@ Editor = Callable[[PreparedTile, ProgressCallback], np.ndarray]
 
 def identity_editor(tile: PreparedTile, progress: ProgressCallback) -> np.ndarray:
     """Changes nothing: the raster path end to end, without a model."""
-    progress("edit", 1, 1, None)
+    progress(Stage.EDIT, 1, 1, None)
     return tile.model_image.copy()
 
 
@@ -232,7 +232,7 @@ def write_edits(
         )
         pieces.append((tile.window, result))
     first = tiles[0]
-    progress("write", 0, 1, None)
+    progress(Stage.WRITE, 0, 1, None)
     path = write_result(
         first.info,
         output,
@@ -240,7 +240,7 @@ def write_edits(
         settings=result_settings(first.options, extra_settings),
         cog=first.options.cog,
     )
-    progress("write", 1, 1, None)
+    progress(Stage.WRITE, 1, 1, None)
     return path
 
 

@@ -7,7 +7,27 @@ the work stops at the next step and nothing is written.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Protocol
+
+
+class Stage(StrEnum):
+    """The stages of an edit, as the engine reports them (plain strings on the wire: the job
+    API's `stage`, the CLI's bars and the plugin's labels read them)."""
+
+    STARTING = "starting"  # the service: the job's process is starting
+    PREPARE = "prepare"
+    LOAD = "load"
+    TRAIN = "train"  # training (or loading) the tile model
+    FINETUNE = "finetune"  # CLIP fine-tuning
+    GUIDE = "guide"
+    EDIT = "edit"  # an editor without stages of its own (the identity editor)
+    SAMPLE = "sample"  # the coarse layout, every variant's steps in one run
+    DETAIL = "detail"  # the fine scales from the tile's patches
+    GUARD = "guard"  # the realism guard
+    WINDOWS = "windows"  # several windows: each one's stages as a slice of this one
+    SYNTHESIZE = "synthesize"  # an edit without training: sample, detail and guard in one
+    WRITE = "write"
 
 
 class ProgressCallback(Protocol):
@@ -21,19 +41,19 @@ def no_progress(stage: str, step: int, total: int, loss: float | None = None) ->
 # Where each stage of an edit falls in a job's 0-100 progress (the job API reports it, the
 # windows of one edit are laid end to end by it). Unknown stages share the middle.
 STAGE_BANDS: dict[str, tuple[float, float]] = {
-    "starting": (0.0, 1.0),
-    "prepare": (1.0, 3.0),
-    "load": (1.0, 3.0),
-    "train": (3.0, 70.0),
-    "guide": (70.0, 90.0),
-    "finetune": (70.0, 90.0),
-    "edit": (90.0, 97.0),
-    "sample": (90.0, 93.0),
-    "detail": (93.0, 96.0),
-    "guard": (96.0, 97.0),
-    "windows": (3.0, 97.0),  # several windows: train ... guard of each, one after the other
-    "synthesize": (3.0, 97.0),  # an edit without training: sample, detail and guard (below)
-    "write": (97.0, 99.0),
+    Stage.STARTING: (0.0, 1.0),
+    Stage.PREPARE: (1.0, 3.0),
+    Stage.LOAD: (1.0, 3.0),
+    Stage.TRAIN: (3.0, 70.0),
+    Stage.GUIDE: (70.0, 90.0),
+    Stage.FINETUNE: (70.0, 90.0),
+    Stage.EDIT: (90.0, 97.0),
+    Stage.SAMPLE: (90.0, 93.0),
+    Stage.DETAIL: (93.0, 96.0),
+    Stage.GUARD: (96.0, 97.0),
+    Stage.WINDOWS: (3.0, 97.0),  # several windows: train ... guard of each, one after another
+    Stage.SYNTHESIZE: (3.0, 97.0),  # an edit without training: sample, detail and guard (below)
+    Stage.WRITE: (97.0, 99.0),
 }
 DEFAULT_BAND = (3.0, 95.0)
 
@@ -51,11 +71,11 @@ def windows(progress: ProgressCallback, index: int, count: int) -> ProgressCallb
     moves on through every window instead of restarting the stages for each."""
     if count == 1:
         return progress
-    lo, hi = STAGE_BANDS["windows"]
+    lo, hi = STAGE_BANDS[Stage.WINDOWS]
 
     def callback(stage: str, step: int, total: int, loss: float | None = None) -> None:
         done = min(1.0, max(0.0, (percent(stage, step, total) - lo) / (hi - lo)))
-        progress("windows", round(1000 * (index + done)), 1000 * count, loss)
+        progress(Stage.WINDOWS, round(1000 * (index + done)), 1000 * count, loss)
 
     return callback
 
@@ -64,9 +84,9 @@ def windows(progress: ProgressCallback, index: int, count: int) -> ProgressCallb
 # guard stages are laid end to end as one "synthesize" stage, each by its usual share of the
 # time (on 2 CPU cores, a 256 px window: sample about 1 s, detail 2 s, guard 0.5-10 s).
 SYNTHESIS_SHARES: dict[str, tuple[float, float]] = {
-    "sample": (0.0, 0.2),
-    "detail": (0.2, 0.6),
-    "guard": (0.6, 1.0),
+    Stage.SAMPLE: (0.0, 0.2),
+    Stage.DETAIL: (0.2, 0.6),
+    Stage.GUARD: (0.6, 1.0),
 }
 
 
@@ -79,7 +99,7 @@ def synthesis(progress: ProgressCallback) -> ProgressCallback:
             return
         lo, hi = SYNTHESIS_SHARES[stage]
         done = min(1.0, max(0.0, step / total)) if total and total > 0 else 0.0
-        progress("synthesize", round(1000 * (lo + (hi - lo) * done)), 1000, loss)
+        progress(Stage.SYNTHESIZE, round(1000 * (lo + (hi - lo) * done)), 1000, loss)
 
     return callback
 

@@ -71,6 +71,19 @@ def test_share_runs_steps_on_across_parts():
     assert share(progress, 0, 1) is progress
 
 
+def test_every_stage_is_named_once_and_has_a_band():
+    """The stages are one enumeration (`progress.Stage`), each with its band, and travel as the
+    plain strings a client reads."""
+    import json
+
+    from rs_edit.progress import SYNTHESIS_SHARES, Stage
+
+    assert set(worker.STAGE_BANDS) == set(Stage)
+    assert set(SYNTHESIS_SHARES) <= set(Stage)
+    assert json.loads(json.dumps({"stage": Stage.TRAIN})) == {"stage": "train"}
+    assert worker.percent("train", 1, 2) == worker.percent(Stage.TRAIN, 1, 2)
+
+
 # --- a real job with three variants: slow ------------------------------------------------------
 
 

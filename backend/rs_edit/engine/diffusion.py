@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..progress import ProgressCallback, no_progress
+from ..progress import ProgressCallback, Stage, no_progress
 from .pyramid import upsample
 from .schedule import NoiseSchedule
 
@@ -140,7 +140,7 @@ class MultiScaleDiffusion:
         x = start
 
         def tick(k: int) -> None:
-            progress("sample", done + k, total)
+            progress(Stage.SAMPLE, done + k, total)
 
         for s in range(start_scale, len(sizes)):
             h, w = sizes[s]

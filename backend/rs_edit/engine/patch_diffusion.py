@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..progress import ProgressCallback, no_progress
+from ..progress import ProgressCallback, Stage, no_progress
 from .diffusion import Guide
 from .patches import (
     NoPatchesError,
@@ -36,7 +36,7 @@ from .patches import (
     vote_weights,
 )
 
-STAGE = "sample"  # progress stage name: sampling, as for a trained model
+STAGE = Stage.SAMPLE  # sampling, as for a trained model
 
 
 @dataclass(frozen=True)

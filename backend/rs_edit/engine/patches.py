@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..progress import ProgressCallback, no_progress
+from ..progress import ProgressCallback, Stage, no_progress
 
-STAGE = "detail"  # progress stage name of the patch refinement
+STAGE = Stage.DETAIL  # progress stage of the patch refinement
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..progress import ProgressCallback, no_progress
+from ..progress import ProgressCallback, Stage, no_progress
 from .device import autocast, channels_last, use_bf16
 from .diffusion import MultiScaleDiffusion
 from .model import TileModel, tile_hash
@@ -189,13 +189,13 @@ def train_tile(
     `tile_hash` replaces the default hash (image + preset), e.g. by a model cache's own key."""
     trainer = Trainer(image, preset, device=torch.device(device), seed=seed, precision=precision)
     total = steps or preset.steps
-    progress("train", 0, total, None)
+    progress(Stage.TRAIN, 0, total, None)
     started = time.perf_counter()
     for step in range(1, total + 1):
         loss = trainer.step()
         if not math.isfinite(loss):
             raise RuntimeError(f"training diverged at step {step} (loss {loss})")
-        progress("train", step, total, loss)
+        progress(Stage.TRAIN, step, total, loss)
     trainer.seconds = time.perf_counter() - started
     model = trainer.model(scaling=scaling)
     if tile_hash:

@@ -30,7 +30,7 @@ from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
 from ..engine.quality import roi_swd_levels, roi_swd_levels_to, roi_swd_unit, seam_ratio
 from ..engine.train import train_tile
-from ..progress import ProgressCallback, no_progress, share, synthesis
+from ..progress import ProgressCallback, Stage, no_progress, share, synthesis
 from ..report import EditReport
 from . import resolve_guidance
 from .clip import load_clip
@@ -223,7 +223,7 @@ class TextEditor:
         measured = [measure(e) for e in edits]
         replaced = []
         total = len(edits) * tries
-        progress("guard", 0, total)
+        progress(Stage.GUARD, 0, total)
         for i, seed in enumerate(seeds):
             for k in range(tries):
                 if badness(measured[i]) <= 1:
@@ -238,12 +238,12 @@ class TextEditor:
                 coarse = sampler([alt_seed], unguided=True, anchor=anchor)
                 alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
                 m = measure(alt)
-                progress("guard", i * tries + k + 1, total)
+                progress(Stage.GUARD, i * tries + k + 1, total)
                 if badness(m) < badness(measured[i]):
                     edits[i], measured[i] = alt, m
                     if i + 1 not in replaced:
                         replaced.append(i + 1)
-        progress("guard", total, total)
+        progress(Stage.GUARD, total, total)
         for i, m in enumerate(measured):
             if badness(m) > 1:
                 self.log(
@@ -296,7 +296,7 @@ class TextEditor:
                 if model.tile_hash == key:
                     os.utime(path)  # the cache is pruned least recently used first
                     self.log(f"reusing the trained tile model {path.name}")
-                    progress("train", 1, 1, None)
+                    progress(Stage.TRAIN, 1, 1, None)
                     return model, True
         model = train_tile(
             image, self.preset, device=self.device, seed=seed, progress=progress, tile_hash=key

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..engine.diffusion import Guide, Inpaint
 from ..engine.model import TileModel
 from ..engine.pyramid import blurry_inputs, build_pyramid
-from ..progress import ProgressCallback, no_progress, share
+from ..progress import ProgressCallback, Stage, no_progress, share
 from .views import clip_views
 
 Box = tuple[int, int, int, int]  # row0, col0, row1, col1 (exclusive)
@@ -148,7 +148,7 @@ def finetune(
     device = model.device
 
     net.train()
-    progress("finetune", 0, steps, None)
+    progress(Stage.FINETUNE, 0, steps, None)
     for step in range(1, steps + 1):
         s = chooser.randrange(len(scene.known))
         clean, blurry, mask = scene.known[s], scene.blurry[s], scene.masks[s]
@@ -171,7 +171,7 @@ def finetune(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress("finetune", step, steps, float(loss.detach()))
+        progress(Stage.FINETUNE, step, steps, float(loss.detach()))
     net.eval().requires_grad_(False)
     return tuned
 

@@ -28,7 +28,7 @@ import time
 from .. import model_cache
 from ..edit import EditResult, edit_raster, identity_editor, prepare, variant_paths
 from ..files import write_bytes_atomic
-from ..progress import no_progress
+from ..progress import Stage, no_progress
 from ..report import EditReport
 
 
@@ -64,7 +64,7 @@ def identity_edit(
         held = np.ones(allocate_mb * 1024 * 1024, dtype=np.uint8)  # touched: resident
     if not cached:
         for step in range(train_steps + 1):
-            progress("train", step, train_steps, None)
+            progress(Stage.TRAIN, step, train_steps, None)
             if step == 1 and crash:
                 _crash(crash)
             if step < train_steps and step_s:
