@@ -58,10 +58,31 @@ class Health:
     clip_weights: tuple = ()  # ((name, weights present), ...) as the backend reports them
     presets: tuple = ()  # the backend's preset names ("auto" first); () from older backends
     preset_auto: str = ""  # the preset "auto" picks on the backend's device
+    # ((preset, (seconds_fixed, seconds_per_megapixel, source)), ...): how long an edit takes
+    # there for an area's size; a preset absent or None: unknown
+    estimates: tuple = ()
 
     def clip_available(self, name: str) -> bool | None:
         """Whether the backend has weights for CLIP `name` (None: not reported)."""
         return dict(self.clip_weights).get(name)
+
+    def estimate_seconds(self, preset: str, width: int, height: int) -> float | None:
+        """Seconds an edit of a `width` x `height` px area takes with `preset` on this backend
+        (None: the backend gives no figure for it)."""
+        figures = dict(self.estimates)
+        entry = figures.get(preset)
+        if entry is None and preset == "auto" and self.preset_auto:
+            entry = figures.get(self.preset_auto)
+        if entry is None:
+            return None
+        fixed, per_megapixel, _source = entry
+        return fixed + per_megapixel * max(0, width) * max(0, height) / 1e6
+
+    def estimate_source(self, preset: str) -> str:
+        """ "history" (this backend's own jobs) or "built-in" (reference figures); "" unknown."""
+        figures = dict(self.estimates)
+        entry = figures.get(preset) or figures.get(self.preset_auto if preset == "auto" else "")
+        return entry[2] if entry else ""
 
     @property
     def summary(self) -> str:
@@ -134,6 +155,28 @@ def _presets(value) -> tuple[tuple, str]:
     return names, str(value.get("auto") or "")
 
 
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if value >= 0 else None
+
+
+def _estimates(value) -> tuple:
+    """((preset, (fixed s, s per megapixel, source)), ...) from the backend's `estimates`;
+    entries that are null or malformed are left out (unknown)."""
+    if not isinstance(value, dict):
+        return ()
+    found = []
+    for name, entry in value.items():
+        if not isinstance(entry, dict):
+            continue
+        fixed = _number(entry.get("seconds_fixed"))
+        rate = _number(entry.get("seconds_per_megapixel"))
+        if fixed is not None and rate is not None:
+            found.append((str(name), (fixed, rate, str(entry.get("source") or ""))))
+    return tuple(found)
+
+
 def parse_health(base_url: str, body) -> Health:
     if not isinstance(body, dict) or body.get("status") != "ok":
         return Health(
@@ -158,6 +201,7 @@ def parse_health(base_url: str, body) -> Health:
         clip_weights,
         presets,
         preset_auto,
+        _estimates(body.get("estimates")),
     )
 
 
@@ -446,12 +490,27 @@ class BackendClient:
         part.replace(destination)
         return destination
 
+    def purge(self, job_id: str) -> dict:
+        """DELETE /v1/jobs/{id}?purge=true: the backend removes an ended job with its files.
+        Raises BackendError (409 job_active: it is still queued or running)."""
+        content = self._checked("DELETE", purge_path(job_id), "deleting the job on the backend")
+        try:
+            body = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            body = None
+        return body if isinstance(body, dict) else {}
+
     def cancel(self, job_id: str) -> None:
         """DELETE /v1/jobs/{id}; the job may already be finished (not an error)."""
         status, content = self._send("DELETE", f"{JOBS_PATH}/{job_id}")
         if status >= 400 and status not in (404, 409):
             message, code = error_message(status, content)
             raise BackendError(f"cancelling the job failed: {message}", status, code)
+
+
+def purge_path(job_id: str) -> str:
+    """The URL path that deletes an ended job and its files on the backend."""
+    return f"{JOBS_PATH}/{job_id}?purge=true"
 
 
 def send_async(base_url: str, token: str, path: str, method: str, timeout_ms: int):

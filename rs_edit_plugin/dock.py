@@ -5,6 +5,7 @@ with consequences lives in the pure modules; this file only gathers what the use
 """
 
 import contextlib
+from pathlib import Path
 
 from qgis.core import (
     Qgis,
@@ -45,7 +46,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import area, choices, jobs, local_backend, local_env, messages, roi, settings
+from . import area, choices, jobs, local_backend, local_env, messages, roi, settings, weights
 from .bands import BandCombo
 from .client import Health, HealthMonitor, check_health
 from .compare import Compare
@@ -68,6 +69,17 @@ ROI_SOURCES = [
     ("whole", "The whole area"),
 ]
 OK_STYLE, BAD_STYLE = "color: #1a7f37;", "color: #b42318;"
+
+
+def format_duration(seconds: float) -> str:
+    """ "12 s", "4 min", "3 h", "2 days": rounded, as an estimate deserves."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"{round(seconds / 3600)} h"
+    return f"{round(seconds / 86400)} days"
 
 
 class WheelGuard(QObject):
@@ -340,6 +352,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         if state == local_backend.RUNNING:
             self.url_edit.setText(backend.url)
             self.check_backend()
+        self.update_weights_button()
 
     def _input_box(self, parent):
         box = QGroupBox("Image, area and ROI", parent)
@@ -435,7 +448,16 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.preset_combo = QComboBox(box)
         self.preset_combo.setObjectName("presetCombo")
         choices.fill_presets(self.preset_combo, None, settings.option("preset"))
-        form.addRow("Preset", self.preset_combo)
+        # How long the edit would take, from the backend's figures and the area's size.
+        self.estimate_label = self._label("time: unknown", "estimateLabel", box)
+        self.estimate_label.setToolTip(
+            "The backend's estimate for the chosen preset and the current area's size: from "
+            "its own recent jobs when it has some, else from reference figures"
+        )
+        row = QHBoxLayout()
+        row.addWidget(self.preset_combo, 1)
+        row.addWidget(self.estimate_label, 1)
+        form.addRow("Preset", row)
         self.variants_spin = QSpinBox(box)
         self.variants_spin.setObjectName("variantsSpin")
         self.variants_spin.setRange(1, 8)  # rs-edit serve: at most 8
@@ -451,7 +473,14 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.clip_combo.setObjectName("clipCombo")
         self.clip_combo.setEditable(True)  # a checkpoint path on the backend also works
         choices.fill_clips(self.clip_combo, None, settings.option("clip"))
-        form.addRow("CLIP", self.clip_combo)
+        self.weights_button = QPushButton("Use a weights file…", box)
+        self.weights_button.setObjectName("weightsFileButton")
+        self.weights_task = None
+        self.weights_message = ""  # the outcome of the last "Use a weights file…"
+        row = QHBoxLayout()
+        row.addWidget(self.clip_combo, 1)
+        row.addWidget(self.weights_button)
+        form.addRow("CLIP", row)
         self.llm_combo = QComboBox(box)
         self.llm_combo.setObjectName("llmCombo")
         self.llm_combo.addItems(settings.LLM_OPTIONS)
@@ -490,6 +519,10 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         form.addRow(self.run_reason_label)
 
         self.run_button.clicked.connect(self.start_job)
+        self.preset_combo.currentIndexChanged.connect(lambda _i: self.update_estimate())
+        self.weights_button.clicked.connect(lambda _checked=False: self.use_weights_file())
+        self.url_edit.textChanged.connect(lambda _text: self.update_weights_button())
+        self.update_weights_button()
         self.prompt_edit.returnPressed.connect(self.start_job)
         browse.clicked.connect(self.browse_results)
         self.results_edit.editingFinished.connect(
@@ -649,6 +682,8 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         if health.ok:  # what this backend can run: CLIP weights present, its presets
             choices.fill_clips(self.clip_combo, health, choices.clip_name(self.clip_combo))
             choices.fill_presets(self.preset_combo, health, choices.preset_name(self.preset_combo))
+        self.update_estimate()
+        self.update_weights_button()
 
     def _visibility_changed(self, visible):
         if visible:
@@ -867,9 +902,11 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.roi_label.setText(self._roi_text())
         self.area_label.setText(self._area_text())
         self.example_label.setText(self._example_text())
+        self.update_estimate()
 
     def _area_text(self):
         """ "Area W x H px of <layer>, ROI n px (p %)": what Edit would send, or why not."""
+        self.area_size = None
         layer = self.layer_combo.currentLayer()
         if not isinstance(layer, QgsRasterLayer) or not layer.isValid():
             return "Choose a raster layer."
@@ -878,6 +915,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             window = area.window_for_extent(layer, extent, extent_crs)
         except (area.AreaError, roi.RoiError, QgsCsException) as exc:
             return f"Area: {exc}."
+        self.area_size = (window.width, window.height)
         text = f"Area {window.width} x {window.height} px of {layer.name()}"
         try:
             geometries, geometries_crs = self.roi_geometries()
@@ -889,6 +927,24 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         share = 100 * count / window.pixels
         about = "about " if approx else ""
         return f"{text}, ROI {about}{count} px ({share:.3g} %)."
+
+    def update_estimate(self) -> None:
+        """ "about N s for this area": the backend's estimate for the chosen preset and the
+        area's size; "unknown" when the backend gives none (or there is no area)."""
+        if not hasattr(self, "estimate_label"):
+            return
+        health, size = self.health, getattr(self, "area_size", None)
+        preset = choices.preset_name(self.preset_combo)
+        seconds = None
+        if health is not None and health.ok and size is not None:
+            seconds = health.estimate_seconds(preset, *size)
+        if seconds is None:
+            self.estimate_label.setText("time: unknown")
+            return
+        text = f"about {format_duration(seconds)} for this area"
+        if health.estimate_source(preset) == "built-in":
+            text += " (reference figures)"
+        self.estimate_label.setText(text)
 
     def _roi_text(self):
         """Polygons and rectangle, measured against the current source layer."""
@@ -1045,6 +1101,101 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             return "No example: the prompt alone guides the edit."
         return f"Example: {example.describe()}."
 
+    # --- a CLIP weights file ----------------------------------------------------------------
+
+    def update_weights_button(self) -> None:
+        """ "Use a weights file…" works for a backend on this computer only (it reads the file
+        from here); disabled, saying why, otherwise."""
+        if not hasattr(self, "weights_button"):
+            return
+        url = self.url_edit.text().strip() or settings.backend_url()
+        reason = weights.unavailable_reason(url, self.weights_python())
+        busy = self.weights_task is not None
+        self.weights_button.setEnabled(not reason and not busy)
+        self.weights_button.setToolTip(
+            reason
+            or "Register a RemoteCLIP checkpoint (.pt) you have: it is checked by loading it "
+            "with the local backend's Python, then placed where the local backend finds it"
+        )
+
+    def weights_python(self):
+        """The Python that checks weights files (the local backend's; tests replace it)."""
+        return weights.backend_python()
+
+    def ask_weights_file(self) -> str:
+        """A checkpoint chosen by the user ("" when cancelled); tests replace this."""
+        path, _filter = QFileDialog.getOpenFileName(
+            self, "RemoteCLIP weights file", "", weights.FILE_FILTER
+        )
+        return path
+
+    def use_weights_file(self, path: str = "", runner=None) -> bool:
+        """Check a checkpoint with the backend's Python (in a task), then register it
+        (`_weights_checked`). False when nothing was started."""
+        if self.weights_task is not None:
+            return False
+        url = self.url_edit.text().strip() or settings.backend_url()
+        python = self.weights_python()
+        reason = weights.unavailable_reason(url, python)
+        if reason:
+            self._push(reason)
+            return False
+        path = path or self.ask_weights_file()
+        if not path:
+            return False
+        task = weights.CheckTask(path, python, runner or weights.run_check)
+        task.done_callbacks.append(self._weights_checked)
+        self.weights_task = task
+        self.update_weights_button()
+        self.status_label.setText(f"Checking {Path(path).name} with the backend's Python…")
+        QgsApplication.taskManager().addTask(task)
+        return True
+
+    def _weights_checked(self, task) -> None:
+        if task is not self.weights_task:
+            return
+        self.weights_task = None
+        self.update_weights_button()
+        answer = task.answer or {}
+        name = Path(task.path).name
+        if not answer.get("ok"):
+            why = task.error or answer.get("error") or "the check failed"
+            self.weights_message = f"{name} cannot be used as CLIP weights: {why}"
+            self.status_label.setText(self.weights_message)
+            self._push(self.weights_message, Qgis.MessageLevel.Critical, 15)
+            return
+        arch, model = answer.get("arch") or "?", answer.get("name")
+        if not model:  # another open_clip architecture: used by its path
+            spec = f"{arch}={answer.get('path') or task.path}"
+            self.clip_combo.setEditText(spec)
+            settings.set_option("clip", spec)
+            self.weights_message = (
+                f"{name} loads as {arch}, which is not a RemoteCLIP architecture: it is used "
+                f"by its path ({spec})"
+            )
+            self.status_label.setText(self.weights_message)
+            self._push(self.weights_message, Qgis.MessageLevel.Info, 8)
+            return
+        try:
+            placed = weights.install(task.path, model)
+        except weights.WeightsError as exc:
+            self.weights_message = str(exc)
+            self._push(self.weights_message, Qgis.MessageLevel.Critical, 15)
+            return
+        settings.set_option("clip", model)
+        index = self.clip_combo.findData(model)
+        if index >= 0:
+            self.clip_combo.setCurrentIndex(index)
+        done = f"{name} checked ({arch}) and placed as {placed}"
+        if self.local_backend.state in (local_backend.STARTING, local_backend.RUNNING):
+            self.weights_message = f"{done}: restarting the local backend."
+            self.local_backend.stop()
+            self.local_backend.start()  # its health then lists the weights
+        else:
+            self.weights_message = f"{done}: start the local backend to use it."
+        self.status_label.setText(self.weights_message)
+        self._push(self.weights_message, Qgis.MessageLevel.Success, 8)
+
     # --- jobs -----------------------------------------------------------------------------
 
     def _save_options(self):
@@ -1139,6 +1290,9 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.local_backend.stop()
         if self.setup_task is not None:
             self.setup_task.cancel()
+        if self.weights_task is not None:  # its end must not reach this (dying) dock
+            self.weights_task.done_callbacks.clear()
+            self.weights_task = None
         self.jobs.shutdown()
         self.compare.shutdown()
         self.label_timer.stop()

@@ -20,6 +20,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QMenu,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
@@ -272,15 +273,45 @@ class JobListMixin:
         return record is not None and record.finished
 
     def remove_from_list(self, record) -> bool:
-        """Take an ended job's row away (its files and layers stay; the backend keeps the job,
-        which is not listed again in this session)."""
-        if not self._can_remove(record) or record not in self.jobs.records:
+        """Take an ended job's row away, asking whether to also delete the job and its files
+        on the backend (`DELETE ...?purge=true`); the local result files and layers stay. A
+        job kept on the backend is not listed again in this session. A job that has not ended
+        is cancelled, never purged (and stays listed until it has ended)."""
+        if record is None or record not in self.jobs.records:
             return False
-        if record.job_id:
+        if not record.finished:
+            self.jobs.cancel(record)
+            return False
+        purge = False
+        if record.job_id and record.backend:
+            answer = self.ask_purge(record)
+            if answer is None:  # the question was cancelled: nothing happens
+                return False
+            purge = bool(answer)
             self.removed_jobs.add((record.backend, record.job_id))
         self.jobs.records.remove(record)
         self.jobs.jobRemoved.emit(record)
+        if purge:
+            self.jobs.purge(record)
         return True
+
+    def ask_purge(self, record):
+        """True: also delete the job and its files on the backend; False: only take it off
+        the list; None: cancelled. Tests replace this."""
+        answer = QMessageBox.question(
+            self,
+            "RS Edit",
+            f"Remove “{record.prompt}” from the list.\n\nAlso delete the job and its files "
+            f"(upload, results) on the backend {record.backend}? Result files already "
+            "downloaded and layers on the map stay.",
+            QMessageBox.StandardButton.Yes
+            | QMessageBox.StandardButton.No
+            | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.No,
+        )
+        if answer == QMessageBox.StandardButton.Cancel:
+            return None
+        return answer == QMessageBox.StandardButton.Yes
 
     def show_details(self, record=None):
         """A (non-modal) window with the job's warnings, key figures and full report."""

@@ -381,6 +381,21 @@ def prepare_inputs(request: EditRequest, feedback: QgsFeedback | None = None) ->
         raise CancelledError("cancelled")
 
 
+def remove_inputs(request: EditRequest) -> None:
+    """Delete the inputs exported for a job (tile, mask, example, with GDAL's .aux.xml
+    sidecars) and their folder when that is left empty. Once a job has ended nothing reads
+    them: a retry after a backend restart resubmits them while the job runs, the full-scene
+    set is written before the job ends, and a re-run exports its own."""
+    for path in (request.tile_path, request.mask_path, request.reference_path):
+        if path is None:
+            continue
+        for file in (path, path.with_name(path.name + ".aux.xml")):
+            with contextlib.suppress(OSError):
+                file.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # only when empty (another job's inputs may be there)
+        request.inputs_dir.rmdir()
+
+
 def submit_job(request: EditRequest, feedback: QgsFeedback | None = None) -> dict:
     """POST the prepared tile (and mask, and example); returns the backend's job JSON (with
     its id)."""
@@ -429,8 +444,9 @@ def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list
     """Export, rasterize, submit, poll, download; blocking (the Processing algorithm runs it in
     Processing's own task; the dock's jobs poll from the main thread, see runner.py).
 
-    `on_update(stage, progress, job)` reports along the way (progress 0-100 overall).
-    Raises CancelledError (after asking the backend to cancel), BackendError, JobError.
+    `on_update(stage, progress, job)` reports along the way (progress 0-100 overall). The
+    exported inputs are removed when it ends, however it ends. Raises CancelledError (after
+    asking the backend to cancel), BackendError, JobError.
     """
 
     def update(stage, progress, job=None):
@@ -439,6 +455,14 @@ def run_job(request: EditRequest, feedback: QgsFeedback, on_update=None) -> list
             on_update(stage, progress, job or {})
 
     update("exporting", 1)
+    try:
+        outputs = _run_prepared(request, feedback, update)
+    finally:  # whatever the end: the exported inputs are not needed any more
+        remove_inputs(request)
+    return outputs
+
+
+def _run_prepared(request: EditRequest, feedback: QgsFeedback, update) -> list[Path]:
     prepare_inputs(request, feedback)
     client = BackendClient(request.base_url, request.token, feedback)
     update("uploading", 3)

@@ -29,6 +29,8 @@ EXECUTABLE_KEY = settings.LOCAL_EXECUTABLE_KEY  # empty: the managed env's
 DATA_DIR_KEY = settings.LOCAL_DATA_DIR_KEY  # empty: under the QGIS profile
 ENV_DIR_KEY = settings.LOCAL_ENV_DIR_KEY  # empty: under the QGIS profile
 
+CLIP_DIR_ENV = "RS_EDIT_CLIP_DIR"  # read by the backend (rs_edit/guidance/clip.py)
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # torch imports take a while on a busy machine
 HEALTH_POLL_MS = 300
@@ -78,6 +80,14 @@ def data_dir() -> Path:
 
 def set_data_dir(path: str) -> None:
     _set_or_remove(DATA_DIR_KEY, path)
+
+
+def clip_dir() -> Path:
+    """Where the local backend looks for RemoteCLIP weights first (its RS_EDIT_CLIP_DIR): the
+    one of QGIS's environment when set, else `clip/` under the QGIS profile ("Use a weights
+    file…" places files there)."""
+    chosen = os.environ.get(CLIP_DIR_ENV, "").strip()
+    return Path(chosen).expanduser() if chosen else _profile_dir() / "clip"
 
 
 def _set_or_remove(key: str, value: str) -> None:
@@ -206,6 +216,7 @@ class LocalBackend(QObject):
         environment = QProcessEnvironment.systemEnvironment()
         environment.insert("RS_EDIT_TOKEN", self.token)  # never on the command line
         environment.insert("PYTHONUNBUFFERED", "1")
+        environment.insert(CLIP_DIR_ENV, str(clip_dir()))  # where weights files are placed
         for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV"):
             environment.remove(name)  # QGIS's own Python settings, not the backend's
         process = QProcess(self)

@@ -38,8 +38,10 @@ CANCEL_TIMEOUT_MS = 5000
 
 
 def _cancel_orphan(request: jobs.EditRequest, task, _ok) -> None:
-    """A submission that outlived its runner (plugin unload) and made a job after all:
-    cancel that job (fire and forget: the reply belongs to the network manager)."""
+    """A step that outlived its runner (plugin unload) has ended: its exported inputs go, and
+    a submission that made a job after all has that job cancelled (fire and forget: the reply
+    belongs to the network manager)."""
+    jobs.remove_inputs(request)
     value = task.value
     if isinstance(value, dict) and value.get("id"):
         path = f"{JOBS_PATH}/{value['id']}"
@@ -329,6 +331,9 @@ class JobRunner(QObject):
             return
         self.timer.stop()
         self.state, self.message = state, message
+        # No step runs now (each ends before this), and nothing reads the exported inputs
+        # after the end (the full-scene set is written in the download step): they go.
+        jobs.remove_inputs(self.request)
         self.ended.emit(self)
 
     def shutdown(self) -> None:
@@ -340,10 +345,12 @@ class JobRunner(QObject):
             return
         self.cancelling = True
         self.timer.stop()
-        if self.task is not None:
+        if self.task is not None:  # its end removes the inputs
             task, self.task = self.task, None
             task.done_callbacks[:] = [functools.partial(_cancel_orphan, self.request)]
             task.cancel()
+        else:
+            jobs.remove_inputs(self.request)
         self._abort_reply()
         if self.job_id:  # fire and forget: the reply belongs to the network manager
             reply = self._send_async(f"{JOBS_PATH}/{self.job_id}", "DELETE", CANCEL_TIMEOUT_MS)

@@ -16,7 +16,14 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog, QgsProject
 from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal, pyqtSlot
 
 from . import messages, report, settings
-from .client import JOBS_PATH, BackendError, reply_json, send_async, validate_base_url
+from .client import (
+    JOBS_PATH,
+    BackendError,
+    purge_path,
+    reply_json,
+    send_async,
+    validate_base_url,
+)
 from .jobs import EditRequest, job_message
 from .results import add_result_layer
 from .runner import CANCEL_TIMEOUT_MS, JobRunner
@@ -152,6 +159,7 @@ class JobManager(QObject):
         self._history_reply = None
         self._history_source = ("", "")  # (backend URL, token) of the listing
         self._cancel_replies = []  # (reply, record): listed jobs being cancelled
+        self._purge_replies = []  # (reply, record, token): jobs being deleted on the backend
         self.history_timer = QTimer(self)  # follows listed jobs that have not ended yet
         self.history_timer.setSingleShot(True)
         self.history_timer.timeout.connect(self._refresh_history)
@@ -254,6 +262,59 @@ class JobManager(QObject):
                 )
             self.jobChanged.emit(record)
 
+    # --- deleting a job on the backend --------------------------------------------------------
+
+    def _token_for(self, record: JobRecord) -> str:
+        if record.request is not None:
+            return record.request.token
+        if self._history_source[0] == record.backend:
+            return self._history_source[1]
+        return settings.token() if settings.backend_url() == record.backend else ""
+
+    def purge(self, record: JobRecord) -> bool:
+        """Delete an ended job and its files on the backend (`DELETE ...?purge=true`,
+        asynchronously); a job that has not ended is cancelled instead, never purged. False
+        when nothing was sent (no job id)."""
+        if not record.job_id or not record.backend:
+            return False
+        if not record.finished:
+            self.cancel(record)
+            return True
+        token = self._token_for(record)
+        path = purge_path(record.job_id)
+        reply = send_async(record.backend, token, path, "DELETE", CANCEL_TIMEOUT_MS)
+        self._purge_replies.append((reply, record, token))
+        reply.finished.connect(self._purge_answered)
+        return True
+
+    @pyqtSlot()
+    def _purge_answered(self):
+        for reply, record, token in list(self._purge_replies):
+            if not reply.isFinished():
+                continue
+            self._purge_replies.remove((reply, record, token))
+            status, _body, reason = reply_json(reply)
+            if status in (200, 404):  # gone (404: it was gone already)
+                QgsMessageLog.logMessage(
+                    f"job {record.job_id} deleted on {record.backend}", LOG_TAG
+                )
+            elif status == 409:  # still queued or running there: cancelled, not purged
+                path = f"{JOBS_PATH}/{record.job_id}"
+                cancel = send_async(record.backend, token, path, "DELETE", CANCEL_TIMEOUT_MS)
+                cancel.finished.connect(cancel.deleteLater)
+                self._push(
+                    f"“{record.prompt}” is still running on the backend: it was cancelled, "
+                    "not deleted (delete it once it has stopped)",
+                    Qgis.MessageLevel.Warning,
+                    10,
+                )
+            else:
+                self._push(
+                    f"“{record.prompt}” could not be deleted on the backend: {reason}",
+                    Qgis.MessageLevel.Warning,
+                    10,
+                )
+
     # --- this session's jobs -----------------------------------------------------------------
 
     def _project(self):
@@ -298,6 +359,10 @@ class JobManager(QObject):
             with contextlib.suppress(TypeError):
                 reply.finished.disconnect(self._listed_cancel_answered)
         self._cancel_replies = []
+        for reply, _record, _token in self._purge_replies:
+            with contextlib.suppress(TypeError):
+                reply.finished.disconnect(self._purge_answered)
+        self._purge_replies = []
         for record in self.records:
             if record.runner is not None:
                 record.runner.shutdown()

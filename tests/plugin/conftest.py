@@ -79,6 +79,15 @@ def fake_backend():
 
 
 @pytest.fixture
+def keep_inputs(monkeypatch):
+    """Keep what a job exported (tile, mask, example), which the plugin deletes when the job
+    ends, for tests that compare it with what was sent or returned."""
+    from rs_edit_plugin import jobs
+
+    monkeypatch.setattr(jobs, "remove_inputs", lambda request: None)
+
+
+@pytest.fixture
 def project(qgis_iface):
     """A fresh project in EPSG:3857 (the test rasters are in UTM 33N), canvas in the same CRS."""
     from qgis.core import QgsCoordinateReferenceSystem, QgsProject

@@ -4,7 +4,8 @@ the plugin's job flow while the real backend's job API is being written.
 It accepts the multipart upload, checks the image with GDAL and the mask's grid against the
 image's, returns an "edited" GeoTIFF (the uploaded image with the masked pixels inverted),
 moves jobs through queued -> running -> succeeded over a few polls, cancels on DELETE and
-answers errors as {"error": {"code", "message"}}.
+answers errors as {"error": {"code", "message"}}; `DELETE ?purge=true` removes an ended job
+(409 job_active while it is queued or running).
 """
 
 import email.parser
@@ -21,6 +22,19 @@ import numpy as np
 from osgeo import gdal
 
 PRESETS = ("auto", "tiny", "fast", "balanced", "quality")
+# The health answer's time estimates (rs-edit serve: service/estimates.py): seconds for an area
+# of w x h px = seconds_fixed + seconds_per_megapixel * w * h / 1e6; quality: unknown.
+ESTIMATES = {
+    "tiny": {"seconds_fixed": 8.0, "seconds_per_megapixel": 100.0, "source": "built-in", "jobs": 0},
+    "fast": {"seconds_fixed": 5.0, "seconds_per_megapixel": 150.0, "source": "history", "jobs": 4},
+    "balanced": {
+        "seconds_fixed": 11000.0,
+        "seconds_per_megapixel": 300.0,
+        "source": "built-in",
+        "jobs": 0,
+    },
+    "quality": None,
+}
 DEFAULT_PRESET = "auto"
 INTERRUPTED = "interrupted by a server restart; resubmit"
 _vsimem = itertools.count()
@@ -157,7 +171,8 @@ class FakeBackend:
     def __init__(self):
         self.jobs: dict[str, Job] = {}
         self.requests: list[tuple[str, str, dict]] = []  # (method, path, headers)
-        self.deleted: list[str] = []
+        self.deleted: list[str] = []  # jobs cancelled (DELETE without purge)
+        self.purged: list[str] = []  # jobs removed (DELETE ?purge=true)
         self.behaviour: dict = {}
         self.lock = threading.Lock()
         self.server = None
@@ -225,6 +240,7 @@ class FakeBackend:
                                 "auto": "fast",
                                 "names": list(PRESETS),
                             },
+                            "estimates": {"auto": ESTIMATES["fast"], **ESTIMATES},
                             **backend.behaviour.get("health", {}),
                         },
                     )
@@ -263,10 +279,21 @@ class FakeBackend:
             def do_DELETE(self):
                 if not self._record():
                     return
-                match = re.fullmatch(r"/v1/jobs/([^/]+)", self.path)
+                match = re.fullmatch(r"/v1/jobs/([^/?]+)(\?purge=(true|false))?", self.path)
                 job = backend.jobs.get(match.group(1)) if match else None
                 if job is None:
                     self._error(404, "not_found", "no such job")
+                    return
+                if match.group(3) == "true":
+                    with backend.lock:
+                        active = job.status in ("queued", "running")
+                        if not active:
+                            del backend.jobs[job.id]
+                            backend.purged.append(job.id)
+                    if active:
+                        self._error(409, "job_active", f"job {job.id} is {job.status}")
+                    else:
+                        self._send(200, {"id": job.id, "purged": True})
                     return
                 with backend.lock:
                     backend.deleted.append(job.id)

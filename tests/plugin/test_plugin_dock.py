@@ -588,7 +588,7 @@ def test_job_list_comes_back_from_the_backend(dock, fake_backend, qgis_iface):
         widget.deleteLater()
 
 
-def test_full_scene_outputs_from_the_dock(dock, fake_backend):
+def test_full_scene_outputs_from_the_dock(dock, fake_backend, keep_inputs):
     """Off by default; ticked, the results folder gets the pre/post/mask set on the source's
     grid: post is the source except in the edited window, where it is the returned tile."""
     import numpy as np

@@ -154,7 +154,9 @@ def check_result(record, result, request, layer, data):
 
 @pytest.mark.slow
 @pytest.mark.timeout(START_TIMEOUT_S + JOB_TIMEOUT_S + 60, method="thread")
-def test_full_job_against_the_real_backend(real_backend, tmp_path, project, qgis_iface):
+def test_full_job_against_the_real_backend(
+    real_backend, tmp_path, project, qgis_iface, keep_inputs
+):
     settings.set_backend_url(real_backend)
     settings.QgsSettings().setValue(settings.PREFIX + "poll_interval_s", 0.5)
     layer, data, request = scene_request(tmp_path, project, "flooded fields")
@@ -173,6 +175,12 @@ def test_full_job_against_the_real_backend(real_backend, tmp_path, project, qgis
     assert listed.listed and listed.state == "succeeded" and listed.finished
     assert listed.prompt == "flooded fields" and listed.created
     assert listed.report == record.report and listed.progress == 100.0
+
+    # "Remove from list", answered "also delete on the backend": DELETE ...?purge=true.
+    assert later.purge(listed)
+    url = f"{real_backend}/v1/jobs/{record.job_id}"
+    wait_for(lambda: http("GET", url)[0] == 404, 20, "the purge")
+    assert record.outputs[0].is_file()  # the downloaded result stays
 
 
 def job_form_fields(base_url: str) -> set | None:
@@ -210,7 +218,9 @@ def example_area(corners, project) -> QgsGeometry:
 
 @pytest.mark.slow
 @pytest.mark.timeout(START_TIMEOUT_S + JOB_TIMEOUT_S + 60, method="thread")
-def test_job_with_an_example_against_the_real_backend(real_backend, tmp_path, project, qgis_iface):
+def test_job_with_an_example_against_the_real_backend(
+    real_backend, tmp_path, project, qgis_iface, keep_inputs
+):
     """ "Make this look like that": the example is another scene (UTM 14N, striped, at the
     source's resolution: the backend wants 16 px a side or more at the tile's), its example
     area drawn in the project CRS; the job runs to a result layer, and the backend's report

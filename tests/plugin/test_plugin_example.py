@@ -175,7 +175,7 @@ def test_no_example_no_reference_fields(dock, fake_backend):
     assert not list(request.inputs_dir.glob("*_reference.tif"))
 
 
-def test_drawn_example_is_exported_and_sent(dock, project, fake_backend):
+def test_drawn_example_is_exported_and_sent(dock, project, fake_backend, keep_inputs):
     widget, _layer, example, example_data = dock
     widget.example_combo.setLayer(example)
     assert widget.example_label.text() == "Example: 80 x 70 px from example (whole layer)."

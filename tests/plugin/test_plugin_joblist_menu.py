@@ -5,6 +5,7 @@ import pytest
 from fake_backend import Job
 from helpers import ORIGIN, RES, make_geotiff, wait_for
 from qgis.core import (
+    Qgis,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsMultiBandColorRenderer,
@@ -51,6 +52,8 @@ def dock(qgis_iface, project, tmp_path, fake_backend):
     widget.roi_combo.setCurrentIndex(widget.roi_combo.findData("whole"))
     widget.opened = []  # URLs the dock asked the system to open
     widget.open_url = lambda url: widget.opened.append(url.toLocalFile()) or True
+    widget.asked_purge = []  # jobs "Remove from list" asked about; answered "No": list only
+    widget.ask_purge = lambda record: widget.asked_purge.append(record) or False
     yield widget
     widget.cleanup()
     wait_for(lambda: all(r.finished for r in widget.jobs.records), 20, "jobs to end")
@@ -198,7 +201,8 @@ def test_remove_from_list(dock, fake_backend):
         menu(widget, record)["Remove from list"].trigger()
         assert record not in widget.jobs.records
     assert tree.topLevelItemCount() == 0
-    assert fake_backend.deleted == []  # the backend keeps both jobs
+    assert widget.asked_purge == [failed, listed]  # asked, and answered "No"
+    assert fake_backend.deleted == [] and fake_backend.purged == []  # the backend keeps both
 
     loaded = []
     widget.jobs.historyLoaded.connect(loaded.append)
@@ -238,3 +242,44 @@ def test_the_rerun_dialog_is_prefilled_with_the_jobs_prompt_and_seed(qgis_iface)
     assert dialog.seed_spin.text() == "random"
     assert PromptSeedDialog("x", None).values() == ("x", -1)  # no seed recorded: random
     dialog.deleteLater()
+
+
+def test_remove_from_list_can_delete_the_job_on_the_backend(dock, fake_backend, qgis_iface):
+    widget = dock
+    done = run(widget, "flooded fields")
+    assert done.state == "succeeded", done.message
+    widget.ask_purge = lambda record: None  # the question cancelled: nothing happens
+    assert not widget.remove_from_list(done) and done in widget.jobs.records
+
+    widget.ask_purge = lambda record: True  # "Yes": delete it on the backend too
+    menu(widget, done)["Remove from list"].trigger()
+    assert done not in widget.jobs.records
+    wait_for(lambda: fake_backend.purged == [done.job_id], 10, "the purge")
+    assert done.job_id not in fake_backend.jobs and fake_backend.deleted == []
+    assert done.outputs[0].is_file()  # the downloaded result stays
+    purges = [p for m, p, _h in fake_backend.requests if m == "DELETE"]
+    assert purges == [f"/v1/jobs/{done.job_id}?purge=true"]
+
+    # A job that has not ended is cancelled, never purged.
+    fake_backend.behaviour["hang"] = True
+    running = run(widget, "a wide river", state="running")
+    assert not widget.remove_from_list(running)
+    wait_for(lambda: running.finished, 20, "the cancelled job")
+    assert running.state == "cancelled" and fake_backend.deleted == [running.job_id]
+    assert fake_backend.purged == [done.job_id] and running in widget.jobs.records
+
+    # Ended here, still running there (409 job_active): cancelled there, and the user told.
+    listed = listed_job(widget, fake_backend, status="failed")
+    fake_backend.jobs[listed.job_id].status = "running"
+    qgis_iface.messageBar().clear_messages()
+    assert widget.remove_from_list(listed)
+    wait_for(lambda: listed.job_id in fake_backend.deleted, 10, "the cancel after a 409")
+    assert listed.job_id not in fake_backend.purged
+    wait_for(
+        lambda: any(
+            "not deleted" in m
+            for m in qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Warning)
+        ),
+        5,
+        "the warning",
+    )

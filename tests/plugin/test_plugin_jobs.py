@@ -89,7 +89,7 @@ def messages(qgis_iface, level):
 
 
 def test_full_job_adds_the_result_to_the_group(
-    fake_backend, scene, project, manager, tmp_path, qgis_iface
+    fake_backend, scene, project, manager, tmp_path, qgis_iface, keep_inputs
 ):
     layer, data = scene
     request = make_request(layer, project)
@@ -281,6 +281,32 @@ def test_cancel_stops_the_job_on_the_backend(
     assert any("cancelled" in m for m in messages(qgis_iface, Qgis.MessageLevel.Info))
 
 
+@pytest.mark.parametrize("outcome", ["succeeded", "failed", "cancelled", "unloaded"])
+def test_the_exported_inputs_go_when_the_job_ends(fake_backend, scene, project, manager, outcome):
+    """The tile, mask (and example) exported for the upload are deleted once the job has
+    ended, however it ended; a succeeded job's result stays."""
+    layer, _data = scene
+    fake_backend.behaviour["hang"] = True  # running until told otherwise
+    request = make_request(layer, project)
+    record = manager.start(request)
+    wait_for(lambda: record.state == "running", 20, "the job to run")
+    assert request.tile_path.is_file() and request.mask_path.is_file()  # kept while it runs
+    if outcome == "failed":
+        fake_backend.behaviour["fail_with"] = "CUDA out of memory"
+    if outcome in ("succeeded", "failed"):
+        del fake_backend.behaviour["hang"]
+    elif outcome == "cancelled":
+        manager.cancel(record)
+    else:  # the plugin unloads while the job runs
+        manager.shutdown()
+    wait_for(lambda: record.finished, 20, "the job's end")
+    assert record.state == ("cancelled" if outcome == "unloaded" else outcome), record.message
+    assert not request.tile_path.exists() and not request.mask_path.exists()
+    assert not request.inputs_dir.exists()  # the folder, left empty, goes too
+    if outcome == "succeeded":
+        assert record.outputs[0].is_file()
+
+
 def test_cancel_at_any_moment_of_the_submission_ends_the_job(fake_backend, scene, project, manager):
     """Cancels landing anywhere in export + upload: every job ends as cancelled, no pool
     thread is left waiting (QGIS's blocking requests could miss a cancel that came between
@@ -305,6 +331,7 @@ def test_cancel_at_any_moment_of_the_submission_ends_the_job(fake_backend, scene
     wait_for(lambda: tasks.countActiveTasks() == 0, 5, "the tasks to end")
     wait_for(lambda: len(fake_backend.deleted) == len(fake_backend.jobs), 5, "the DELETEs")
     assert sorted(fake_backend.deleted) == sorted(fake_backend.jobs)
+    assert not record.request.inputs_dir.exists()  # no job left its exported tile behind
 
 
 def test_waiting_jobs_hold_no_thread(fake_backend, scene, project, manager):

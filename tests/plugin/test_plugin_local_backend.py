@@ -4,10 +4,12 @@ The executable is $RS_EDIT_BACKEND or <repo>/.venv/bin/rs-edit; the tests that n
 saying why, when it is absent.
 """
 
+import json
 import os
 import signal
 import stat
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -84,7 +86,15 @@ def start_and_wait(backend: LocalBackend) -> int:
     return backend.pid()
 
 
-def test_start_answers_health_with_its_token_and_points_the_plugin_at_it(managed):
+def test_start_answers_health_with_its_token_and_points_the_plugin_at_it(
+    managed, tmp_path, monkeypatch
+):
+    # Its CLIP folder ("Use a weights file…" places checkpoints there): the one given.
+    clip_dir = tmp_path / "clip"
+    clip_dir.mkdir()
+    (clip_dir / "RemoteCLIP-RN50.pt").write_bytes(b"placed")  # only its presence is looked at
+    monkeypatch.setenv(local_backend.CLIP_DIR_ENV, str(clip_dir))
+    assert local_backend.clip_dir() == clip_dir
     pid = start_and_wait(managed)
     assert pid and alive(pid)
     assert managed.url.startswith("http://127.0.0.1:")
@@ -98,6 +108,14 @@ def test_start_answers_health_with_its_token_and_points_the_plugin_at_it(managed
     with open(f"/proc/{pid}/cmdline", "rb") as handle:
         cmdline = handle.read().decode()
     assert managed.token not in cmdline
+    with open(f"/proc/{pid}/environ", "rb") as handle:
+        assert f"RS_EDIT_CLIP_DIR={clip_dir}".encode() in handle.read().split(b"\0")
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        managed.url + "/v1/health", headers={"Authorization": f"Bearer {managed.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+        health = json.loads(answer.read())
+    assert health["clip"]["weights_available"]["RemoteCLIP-RN50"] is True
     assert "127.0.0.1" in cmdline
     # It refuses a wrong token, so the token is in force.
     from rs_edit_plugin.client import BackendClient

@@ -156,21 +156,30 @@ def test_drawing_the_result_keeps_the_source_stretch(project, tmp_path):
     assert rgb_settings(layer.renderer()) == expected
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone; fails after other plugin test files (order-dependent renderer signal), "
-    "under investigation",
-)
+def gradient(bands):
+    """Values rising from left to right (0-236): a corner's min/max differ from the whole's."""
+    row = (np.arange(WIDTH) * 4).astype(np.uint8)
+    return np.broadcast_to(row, (bands, HEIGHT, WIDTH)).copy()
+
+
 def test_result_follows_the_source_renderer(project, tmp_path):
-    """The source re-stretched (for a new view, or restyled): the result is drawn like it."""
-    source_path, _data, _gt = make_geotiff(tmp_path / "source.tif", WIDTH, HEIGHT, 3)
+    """The source re-stretched (for a new view, or restyled): the result is drawn like it.
+
+    The source is first drawn over its whole extent, as the canvas would: pytest-qgis's iface
+    puts every added layer on its canvas, and once an earlier test has given that canvas an
+    extent, adding the source to the project (which processes events) lets the canvas draw and
+    re-stretch it. Drawn explicitly, the starting stretch is the same whatever ran before."""
+    data = gradient(3)
+    source_path, _data, _gt = make_geotiff(tmp_path / "source.tif", WIDTH, HEIGHT, 3, data=data)
     source = rgb_source(source_path)
     stretched_to_the_view(source)
     project.addMapLayer(source)
+    render(source, source.extent())  # the whole view: min/max of every pixel
     layer = results.add_result_layer(
         result_with_extreme_roi(tmp_path, 3), {"prompt": "a lake"}, source, project
     )
     before = rgb_settings(layer.renderer())
+    assert before == rgb_settings(source.renderer())
 
     extent = source.extent()
     corner = QgsRectangle(

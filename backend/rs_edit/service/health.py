@@ -1,6 +1,7 @@
 """`GET /v1/health`: version, device, executor, queue, which CLIP weights and LLM endpoint are
-there, the presets the API accepts and what `auto` means here, and the server's limits (with
-the data directory's size, its bound and how long finished jobs are kept).
+there, the presets the API accepts and what `auto` means here, how long each preset takes here
+for an area of a given size (`estimates.py`), and the server's limits (with the data
+directory's size, its bound and how long finished jobs are kept).
 
 Nothing here loads a model; what needs a disk look-up is cached, since clients poll health: CLIP
 weights for 30 s, the data directory's size for a few seconds (`retention.DataUsage`).
@@ -17,6 +18,7 @@ from ..errors import ParameterError
 from ..guidance.clip import DEFAULT_CLIP
 from ..llm import LlmConfig
 from .errors import redact
+from .estimates import estimates as preset_estimates
 from .submit import EDIT_PRESETS, SERVICE_CLIP_MODELS
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ def health(service: Service) -> dict:
         "clip": clip_status(),
         "llm": llm_status(),
         "presets": presets_status(service.device_type),
+        "estimates": preset_estimates(service.device_type, service.store, EDIT_PRESETS),
         "auth": service.config.token is not None,
         "limits": {
             "max_upload_bytes": limits.max_upload_bytes,

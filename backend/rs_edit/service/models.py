@@ -66,6 +66,22 @@ class Presets(_Open):
     names: list[str] = Field(description="every preset a job may name, auto first")
 
 
+class Estimate(_Open):
+    """How long an edit with one preset takes on this server (`service/estimates.py`):
+    `seconds_fixed + seconds_per_megapixel * width * height / 1e6` for an area of
+    width x height px."""
+
+    seconds_fixed: float = Field(
+        ge=0, description="seconds whatever the size: start-up, training where the preset trains"
+    )
+    seconds_per_megapixel: float = Field(ge=0, description="seconds per megapixel of the area")
+    source: Literal["built-in", "history"] = Field(
+        description="built-in: figures measured on a 2-core CPU; history: this server's own "
+        "recent succeeded jobs of the preset"
+    )
+    jobs: int = Field(ge=0, description="how many of this server's jobs the figures come from")
+
+
 class Clip(_Open):
     default: str = Field(description="the CLIP model a job gets when it names none")
     weights_available: dict[str, bool] = Field(
@@ -112,5 +128,9 @@ class Health(_Open):
     clip: Clip
     llm: dict = Field(description="`openai`: whether --llm openai has an endpoint")
     presets: Presets
+    estimates: dict[str, Estimate | None] = Field(
+        description="per preset the API accepts (auto: the preset it runs here), how long an "
+        "edit takes for an area's size; null: unknown (no figures for this device, no history)"
+    )
     auth: bool = Field(description="whether requests need an access token")
     limits: HealthLimits
