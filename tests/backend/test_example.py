@@ -145,3 +145,45 @@ def test_the_example_is_read_once_however_many_windows(tmp_path, monkeypatch):
     assert len(tiles) == 2 and all(t.example is not None for t in tiles)
     # one read of the example's window and one of its whole scene (radiometry)
     assert sum(name == str(example) for name in reads) == 2
+
+
+def test_an_example_shares_the_searchs_key_budget(monkeypatch):
+    """With an example the tile's and the example's keys share `max_keys`: an edit by example
+    searches no more keys per query than one without."""
+    from rs_edit.engine import patches
+
+    seen: list[int] = []
+    original = patches._nearest
+
+    def counted(queries, keys, *args, **kwargs):
+        seen.append(len(keys))
+        return original(queries, keys, *args, **kwargs)
+
+    monkeypatch.setattr(patches, "_nearest", counted)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 96, 96, generator=gen) * 2 - 1
+    mask = torch.zeros(1, 1, 96, 96, dtype=torch.bool)
+    mask[..., 30:70, 30:70] = True
+    example = torch.rand(1, 3, 96, 96, generator=gen) * 2 - 1
+    settings = patches.PatchSettings(max_keys=2000)
+    coarse = patches.resize(image, (48, 48))
+    patches.refine(coarse, image, mask, settings)
+    plain = max(seen)
+    seen.clear()
+    patches.refine(
+        coarse, image, mask, settings,
+        example=(example, torch.zeros(1, 1, 96, 96, dtype=torch.bool)), example_weight=0.8,
+    )  # fmt: skip
+    assert plain == 2000 and max(seen) <= 2000
+
+
+def test_the_guard_mixes_the_example_by_the_share_it_was_given():
+    from rs_edit.guidance.editor import _ExamplePool
+
+    pool = _ExamplePool(torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.bool), 0.8)
+    roi = torch.zeros(40, 40, dtype=torch.bool)
+    roi[5:35, 5:35] = True
+    assert pool.mean_share(roi, 1) == pytest.approx(0.8)
+    ramped = pool.mean_share(roi, 4)
+    assert 0.5 < ramped < 0.8  # the rim holds less of the example
+    assert pool.mean_share(roi, 10) < ramped

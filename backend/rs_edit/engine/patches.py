@@ -23,7 +23,7 @@ enough on a CPU for the window sizes an edit uses).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -312,6 +312,10 @@ def refine(
     x = coarse.float()
     known_prev = None
     examples = _example_scales(example, sizes, image.shape[-2:]) if example_weight > 0 else None
+    if examples is not None:
+        # The tile's and the example's keys share the search's budget: an edit by example
+        # costs what one without costs, not twice.
+        settings = replace(settings, max_keys=max(settings.max_keys // 2, 1))
 
     def share(roi: torch.Tensor) -> torch.Tensor:  # the example's, ramped in as at the coarse
         ramp = round(example_ramp * roi.shape[-2] / sizes[0][0])

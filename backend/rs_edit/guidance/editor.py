@@ -25,7 +25,7 @@ from ..engine import patch_diffusion
 from ..engine.boundary import cut_ratio, cut_unit
 from ..engine.device import pick_device
 from ..engine.model import TileModel
-from ..engine.patches import coarse_size, mask_at, refine, resize
+from ..engine.patches import coarse_size, example_share, mask_at, refine, resize
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
 from ..engine.quality import roi_swd_levels, roi_swd_levels_to, roi_swd_unit, seam_ratio
@@ -209,7 +209,13 @@ class TextEditor:
         of the tile's surroundings and the example it was drawn from, and the outline is not
         judged: a change of texture along it is the edit asked for."""
         preset, tries = self.preset, self.preset.guard_tries
-        measure = _RealismScore(tile, example)
+        share = None
+        if example is not None:  # the example's share as the engine ramped it in
+            height = tile.model_image.shape[1]
+            coarse = coarse_size(height, tile.model_image.shape[2], preset.coarse_side)[0]
+            ramp = round(preset.sampler.example_ramp * height / coarse)
+            share = example.mean_share(torch.from_numpy(tile.roi_mask & tile.valid), ramp)
+        measure = _RealismScore(tile, example, share)
 
         def terms(m: _Realism) -> tuple[float, float, float]:  # each over 1: fails
             seam = m.seam if m.seam > 0 else 1.0  # 0: not measurable
@@ -320,11 +326,12 @@ class _RealismScore:
     """The `_Realism` of an edit of one tile; the tile's units are computed once for all the
     edits scored."""
 
-    def __init__(self, tile, example: _ExamplePool | None = None):
-        self.example = example
+    def __init__(self, tile, example: _ExamplePool | None = None, share: float = 0.0):
+        self.example, self.share = example, share
         self.source = torch.from_numpy(tile.model_image)
         self.roi = torch.from_numpy(tile.roi_mask & tile.valid)
         self.outside = torch.from_numpy(~tile.roi_mask & tile.valid)
+        self.alpha = torch.from_numpy(tile.alpha).float()  # the feathered blend weight
         self.unit = self.cut_unit = None
         if self.roi.any() and not self.roi.all():
             # A window too small for the measure's patches stays unmeasured.
@@ -339,7 +346,7 @@ class _RealismScore:
         if self.example is None:
             levels = roi_swd_levels(edited, self.source, self.roi, unit=self.unit)
         else:  # from the mixture the edit was drawn from: the tile's surroundings and the example
-            w = self.example.weight
+            w = self.share
             levels = roi_swd_levels_to(
                 edited,
                 self.roi,
@@ -347,7 +354,13 @@ class _RealismScore:
                 unit=self.unit,
             )[: len(self.unit)]
         finite = [v for v in levels if v == v]
-        seam = seam_ratio(edited, self.source, self.roi)
+        seen = edited
+        if self.example is not None:
+            # New content meets the tile by design: its rim is judged as it will be written,
+            # feathered into the tile (unfeathered, the rim of an example's content scored
+            # 1.4-1.6 where the written result scored 1.2-1.3).
+            seen = self.alpha * edited + (1 - self.alpha) * self.source
+        seam = seam_ratio(seen, self.source, self.roi)
         cut = cut_ratio(edit, self.source, self.roi.numpy(), unit=self.cut_unit)
         return _Realism(
             max(finite) if finite else 0.0,
@@ -385,6 +398,13 @@ class _ExamplePool:
         image = torch.from_numpy(tile.example.image)[None]
         invalid = torch.from_numpy(~tile.example.valid)[None, None]
         return cls(image, invalid, weight)
+
+    def mean_share(self, roi: torch.Tensor, ramp: int) -> float:
+        """The example's mean share over the ROI's pixels (`roi`: (H, W) bool) when it rises
+        from 0 at the ROI's edge to `weight` `ramp` px in (`patches.example_share`)."""
+        if not roi.any():
+            return self.weight
+        return float(example_share(roi[None, None], 1, self.weight, ramp)[roi.flatten()].mean())
 
     @property
     def pair(self) -> tuple[torch.Tensor, torch.Tensor]:
