@@ -1,6 +1,7 @@
 """Helpers for the plugin tests: small synthetic GeoTIFFs written with GDAL, and waiting on
 Qt's event loop."""
 
+import os
 import time
 from pathlib import Path
 
@@ -11,6 +12,14 @@ from qgis.PyQt.QtCore import QCoreApplication
 UTM33 = 32633
 ORIGIN = (500_000.0, 5_000_000.0)  # UTM 33N: about 45.1 N, 15 E
 RES = 10.0
+
+
+def venv_file(env: str, name: str) -> Path | None:
+    """An executable of the backend's virtual environment: `$env`, else the checkout's
+    `.venv/bin/<name>` (None when it is not there: tests that need it skip)."""
+    root = Path(__file__).resolve().parents[2]
+    path = Path(os.environ.get(env) or root / ".venv" / "bin" / name)
+    return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
 def pixels(bands, height, width, dtype=np.uint8):

@@ -13,19 +13,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import venv_file
 from qgis.PyQt.QtCore import QCoreApplication
 
 import rs_edit_plugin
 from rs_edit_plugin import local_backend, settings
 from rs_edit_plugin.local_backend import FAILED, RUNNING, STOPPED, LocalBackend
 
-ROOT = Path(__file__).resolve().parents[2]
 START_S = 180
 
 
 def backend_executable() -> Path | None:
-    path = Path(os.environ.get("RS_EDIT_BACKEND") or ROOT / ".venv" / "bin" / "rs-edit")
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    return venv_file("RS_EDIT_BACKEND", "rs-edit")
 
 
 @pytest.fixture

@@ -3,19 +3,17 @@ the backend's own Python (<repo>/.venv/bin/python, or $RS_EDIT_PYTHON; those tes
 absent), never in the QGIS process; a RemoteCLIP checkpoint is placed in the local backend's
 CLIP folder and the backend restarted; a backend on another machine disables the button."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import venv_file, wait_for
 from qgis.core import Qgis
 
 from rs_edit_plugin import local_backend, settings, weights
 from rs_edit_plugin.dock import RsEditDock
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY_CHECKPOINT = (
     "import sys, torch\n"
     "from rs_edit.guidance.clip import TINY_ARCH, _build\n"
@@ -25,8 +23,7 @@ TINY_CHECKPOINT = (
 
 
 def backend_python() -> Path | None:
-    path = Path(os.environ.get("RS_EDIT_PYTHON") or ROOT / ".venv" / "bin" / "python")
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    return venv_file("RS_EDIT_PYTHON", "python")
 
 
 @pytest.fixture
