@@ -209,6 +209,8 @@ class TextEditor:
         of the tile's surroundings and the example it was drawn from, and the outline is not
         judged: a change of texture along it is the edit asked for."""
         preset, tries = self.preset, self.preset.guard_tries
+        if example is not None:  # each draft costs about twice as much with an example
+            tries = min(tries, EXAMPLE_GUARD_TRIES)
         share = None
         if example is not None:  # the example's share as the engine ramped it in
             height = tile.model_image.shape[1]
@@ -312,6 +314,12 @@ class TextEditor:
             # Sample from exactly what was saved, so a later cached run gives the same edits.
             model = TileModel.load(path, self.device)
         return model, False
+
+
+# The most alternatives the guard draws for an edit by example: its content is unlike the
+# tile by design, so when one draft fails the mixture measure the others mostly fail it too
+# (bench.exemplar's NAIP case: 6 alternatives, none better), at about twice a draft's cost.
+EXAMPLE_GUARD_TRIES = 6
 
 
 class _Realism(NamedTuple):
