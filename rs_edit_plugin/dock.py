@@ -69,6 +69,10 @@ ROI_SOURCES = [
     ("whole", "The whole area"),
 ]
 OK_STYLE, BAD_STYLE = "color: #1a7f37;", "color: #b42318;"
+RANDOM_CLIP_TEXT = (
+    "tiny-random has RANDOM weights: the prompt will not steer the edit (tests and demos). "
+    "Use a weights file… to add RemoteCLIP."
+)
 
 
 def format_duration(seconds: float) -> str:
@@ -481,6 +485,12 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         row.addWidget(self.clip_combo, 1)
         row.addWidget(self.weights_button)
         form.addRow("CLIP", row)
+        # Said loudly: with random weights the prompt cannot steer the edit.
+        self.random_clip_label = self._label(RANDOM_CLIP_TEXT, "randomClipLabel", box)
+        self.random_clip_label.setStyleSheet(BAD_STYLE + " font-weight: bold;")
+        form.addRow(self.random_clip_label)
+        self.clip_combo.currentTextChanged.connect(lambda _text: self.update_random_clip())
+        self.update_random_clip()
         self.llm_combo = QComboBox(box)
         self.llm_combo.setObjectName("llmCombo")
         self.llm_combo.addItems(settings.LLM_OPTIONS)
@@ -681,6 +691,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.run_button.setToolTip(reason)
         if health.ok:  # what this backend can run: CLIP weights present, its presets
             choices.fill_clips(self.clip_combo, health, choices.clip_name(self.clip_combo))
+            self.update_random_clip()
             choices.fill_presets(self.preset_combo, health, choices.preset_name(self.preset_combo))
         self.update_estimate()
         self.update_weights_button()
@@ -1102,6 +1113,11 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         return f"Example: {example.describe()}."
 
     # --- a CLIP weights file ----------------------------------------------------------------
+
+    def update_random_clip(self) -> None:
+        """Show the random-weights warning while `tiny-random` is the CLIP chosen."""
+        chosen = choices.clip_name(self.clip_combo)
+        self.random_clip_label.setVisible(chosen == settings.RANDOM_CLIP)
 
     def update_weights_button(self) -> None:
         """ "Use a weights file…" works for a backend on this computer only (it reads the file

@@ -24,7 +24,8 @@ UNSAVED_PROJECT_RESULTS_DIR = Path.home() / "rs-edit-results"
 # "auto": the backend picks the best preset for its device (fast on a CPU, balanced on a GPU).
 PRESETS = ("auto", "tiny", "fast", "balanced", "quality")
 DEFAULT_PRESET = "auto"
-CLIP_MODELS = ("RemoteCLIP-ViT-B-32", "RemoteCLIP-RN50", "RemoteCLIP-ViT-L-14", "tiny-random")
+RANDOM_CLIP = "tiny-random"  # open_clip's tiny test model with random weights
+CLIP_MODELS = ("RemoteCLIP-ViT-B-32", "RemoteCLIP-RN50", "RemoteCLIP-ViT-L-14", RANDOM_CLIP)
 DEFAULT_CLIP = "RemoteCLIP-ViT-B-32"
 LLM_OPTIONS = ("none", "openai")
 # An example image's weight against the prompt: 0 = the prompt alone, 1 = the example alone.

@@ -628,3 +628,15 @@ def test_full_scene_outputs_from_the_dock(dock, fake_backend, keep_inputs):
     full_mask, mask_gt, _wkt = read(mask)
     assert mask_gt == source_gt and full_mask[0, rows, cols].tolist() == sent_mask[0].tolist()
     assert full_mask.sum() == sent_mask.sum() > 0
+
+
+def test_random_clip_weights_are_said_loudly(dock):
+    """tiny-random guides by random weights: a red warning shows while it is the CLIP chosen."""
+    dock, _layer, _to_web = dock
+    dock.clip_combo.setCurrentIndex(dock.clip_combo.findData("tiny-random"))
+    assert not dock.random_clip_label.isHidden()
+    assert "RANDOM weights" in dock.random_clip_label.text()
+    dock.clip_combo.setCurrentIndex(dock.clip_combo.findData("RemoteCLIP-ViT-B-32"))
+    assert dock.random_clip_label.isHidden()
+    dock.clip_combo.setEditText("tiny-random")  # typed, not picked
+    assert not dock.random_clip_label.isHidden()
