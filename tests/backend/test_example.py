@@ -187,3 +187,29 @@ def test_the_guard_mixes_the_example_by_the_share_it_was_given():
     ramped = pool.mean_share(roi, 4)
     assert 0.5 < ramped < 0.8  # the rim holds less of the example
     assert pool.mean_share(roi, 10) < ramped
+
+
+def test_the_sampler_searches_no_more_keys_with_an_example(monkeypatch):
+    from rs_edit.engine import patch_diffusion
+
+    seen: list[int] = []
+    original = patch_diffusion._denoise
+
+    def counted(queries, keys, *args, **kwargs):
+        seen.append(len(keys))
+        return original(queries, keys, *args, **kwargs)
+
+    monkeypatch.setattr(patch_diffusion, "_denoise", counted)
+    gen = torch.Generator().manual_seed(0)
+    known = torch.rand(1, 3, 40, 40, generator=gen) * 2 - 1
+    roi = torch.zeros(1, 1, 40, 40, dtype=torch.bool)
+    roi[..., 12:28, 12:28] = True
+    settings = patch_diffusion.PatchDiffusionSettings(steps=3)
+    patch_diffusion.sample(known, roi, settings, seed=0)
+    plain = max(seen)
+    seen.clear()
+    example = (torch.rand(1, 3, 40, 40, generator=gen), torch.zeros(1, 1, 40, 40, dtype=torch.bool))
+    out = patch_diffusion.sample(known, roi, settings, seed=0, example=example, example_weight=1.0)
+    assert max(seen) <= plain and torch.equal(
+        out[~roi.expand_as(out)], known[~roi.expand_as(known)]
+    )

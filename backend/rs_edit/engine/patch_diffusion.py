@@ -33,6 +33,8 @@ from .patches import (
     example_share,
     patch_touches,
     source_patches,
+    split_budget,
+    spread,
     vote_weights,
 )
 
@@ -153,7 +155,10 @@ def sample(
             theirs = source_patches(picture, torch.zeros_like(banned), banned, p, settings.max_keys)
         except NoPatchesError:
             theirs = None
-        if theirs is not None:
+        if theirs is not None:  # within the keys the tile alone would have searched
+            mine, count = split_budget(len(keys), len(theirs), len(keys))
+            keys = keys[spread(len(keys), mine).to(device)]
+            theirs = theirs[spread(len(theirs), count).to(device)]
             share = example_share(roi, p, example_weight, settings.example_ramp)[touched]
             pools = _Pools(len(keys), len(theirs), share)
             keys = torch.cat([keys, theirs])

@@ -23,7 +23,7 @@ enough on a CPU for the window sizes an edit uses).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -177,10 +177,22 @@ def _source_index(roi, invalid, patch: int, max_keys: int) -> torch.Tensor:
     if int(outside.sum()) == 0:
         raise NoPatchesError
     index = torch.nonzero(outside).flatten()
-    if len(index) > max_keys:
-        step = len(index) / max_keys
-        index = index[(torch.arange(max_keys) * step).long().to(index.device)]
-    return index
+    return index[spread(len(index), max_keys).to(index.device)]
+
+
+def spread(n: int, k: int) -> torch.Tensor:
+    """Positions of a regular subsample of at most `k` of `n` rows (all of them when k >= n)."""
+    if n <= k:
+        return torch.arange(n)
+    return (torch.arange(k) * (n / k)).long()
+
+
+def split_budget(tile: int, example: int, budget: int) -> tuple[int, int]:
+    """How many of the tile's and of an example's keys to search within `budget` keys (the
+    tile's own count: an edit by example then costs what one without costs): the example up to
+    half, the tile the rest."""
+    theirs = min(example, max(budget // 2, 1))
+    return min(tile, max(budget - theirs, 1)), theirs
 
 
 def source_patches(image, roi, invalid, patch: int, max_keys: int) -> torch.Tensor:
@@ -202,10 +214,15 @@ class _Source:
         self.blurry_keys = None if blurry is None else F.unfold(blurry, p)[0].T[index].contiguous()
 
     def add(self, other: _Source) -> None:
-        """Draw on `other`'s patches too."""
-        self.values = torch.cat([self.values, other.values])
+        """Draw on `other`'s patches too, within the keys this source searched alone
+        (`split_budget`)."""
+        mine, theirs = split_budget(self.tile_count, len(other.values), self.tile_count)
+        keep = spread(self.tile_count, mine)
+        take = spread(len(other.values), theirs)
+        self.values = torch.cat([self.values[keep], other.values[take]])
         if self.blurry_keys is not None:
-            self.blurry_keys = torch.cat([self.blurry_keys, other.blurry_keys])
+            self.blurry_keys = torch.cat([self.blurry_keys[keep], other.blurry_keys[take]])
+        self.tile_count = mine
 
 
 class _PoolCost:
@@ -312,10 +329,6 @@ def refine(
     x = coarse.float()
     known_prev = None
     examples = _example_scales(example, sizes, image.shape[-2:]) if example_weight > 0 else None
-    if examples is not None:
-        # The tile's and the example's keys share the search's budget: an edit by example
-        # costs what one without costs, not twice.
-        settings = replace(settings, max_keys=max(settings.max_keys // 2, 1))
 
     def share(roi: torch.Tensor) -> torch.Tensor:  # the example's, ramped in as at the coarse
         ramp = round(example_ramp * roi.shape[-2] / sizes[0][0])
