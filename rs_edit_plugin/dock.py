@@ -150,6 +150,8 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.jobs.jobAdded.connect(self._job_added)
         self.jobs.jobChanged.connect(self._job_changed)
         self.jobs.jobRemoved.connect(self._job_removed)
+        for signal in (self.jobs.jobChanged, self.jobs.jobRemoved):
+            signal.connect(self._restart_when_idle)
         self.jobs.resultsAdded.connect(self._results_added)
         self.job_tree.itemSelectionChanged.connect(self._compare_selected)
         self.overlays_visible = True
@@ -481,6 +483,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self.weights_button.setObjectName("weightsFileButton")
         self.weights_task = None
         self.weights_message = ""  # the outcome of the last "Use a weights file…"
+        self.restart_after_jobs = False  # new weights wait for the jobs in flight to end
         row = QHBoxLayout()
         row.addWidget(self.clip_combo, 1)
         row.addWidget(self.weights_button)
@@ -1117,7 +1120,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
     def update_random_clip(self) -> None:
         """Show the random-weights warning while `tiny-random` is the CLIP chosen."""
         chosen = choices.clip_name(self.clip_combo)
-        self.random_clip_label.setVisible(chosen == settings.RANDOM_CLIP)
+        self.random_clip_label.setVisible((chosen or "").lower() == settings.RANDOM_CLIP)
 
     def update_weights_button(self) -> None:
         """ "Use a weights file…" works for a backend on this computer only (it reads the file
@@ -1137,6 +1140,10 @@ class RsEditDock(JobListMixin, QgsDockWidget):
     def weights_python(self):
         """The Python that checks weights files (the local backend's; tests replace it)."""
         return weights.backend_python()
+
+    def clip_folder(self) -> Path:
+        """Where checked RemoteCLIP weights go (the local backend's RS_EDIT_CLIP_DIR)."""
+        return local_backend.clip_dir()
 
     def ask_weights_file(self) -> str:
         """A checkpoint chosen by the user ("" when cancelled); tests replace this."""
@@ -1159,7 +1166,7 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         path = path or self.ask_weights_file()
         if not path:
             return False
-        task = weights.CheckTask(path, python, runner or weights.run_check)
+        task = weights.CheckTask(path, python, runner or weights.run_check, self.clip_folder())
         task.done_callbacks.append(self._weights_checked)
         self.weights_task = task
         self.update_weights_button()
@@ -1172,45 +1179,50 @@ class RsEditDock(JobListMixin, QgsDockWidget):
             return
         self.weights_task = None
         self.update_weights_button()
-        answer = task.answer or {}
         name = Path(task.path).name
-        if not answer.get("ok"):
-            why = task.error or answer.get("error") or "the check failed"
+        if task.error or task.placed is None:
+            why = task.error or "the check failed"
             self.weights_message = f"{name} cannot be used as CLIP weights: {why}"
             self.status_label.setText(self.weights_message)
             self._push(self.weights_message, Qgis.MessageLevel.Critical, 15)
             return
-        arch, model = answer.get("arch") or "?", answer.get("name")
-        if not model:  # another open_clip architecture: used by its path
-            spec = f"{arch}={answer.get('path') or task.path}"
-            self.clip_combo.setEditText(spec)
-            settings.set_option("clip", spec)
-            self.weights_message = (
-                f"{name} loads as {arch}, which is not a RemoteCLIP architecture: it is used "
-                f"by its path ({spec})"
-            )
-            self.status_label.setText(self.weights_message)
-            self._push(self.weights_message, Qgis.MessageLevel.Info, 8)
-            return
-        try:
-            placed = weights.install(task.path, model)
-        except weights.WeightsError as exc:
-            self.weights_message = str(exc)
-            self._push(self.weights_message, Qgis.MessageLevel.Critical, 15)
-            return
+        model = task.answer["name"]
         settings.set_option("clip", model)
         index = self.clip_combo.findData(model)
         if index >= 0:
             self.clip_combo.setCurrentIndex(index)
-        done = f"{name} checked ({arch}) and placed as {placed}"
-        if self.local_backend.state in (local_backend.STARTING, local_backend.RUNNING):
-            self.weights_message = f"{done}: restarting the local backend."
-            self.local_backend.stop()
-            self.local_backend.start()  # its health then lists the weights
-        else:
+        done = f"{name} checked ({task.answer.get('arch')}) and placed as {task.placed}"
+        if self.local_backend.state not in (local_backend.STARTING, local_backend.RUNNING):
             self.weights_message = f"{done}: start the local backend to use it."
+        elif self.jobs_in_flight():
+            # A restart would kill them: the backend restarts once they have ended.
+            self.restart_after_jobs = True
+            self.weights_message = (
+                f"{done}: the local backend restarts to use it once the jobs in flight end."
+            )
+        else:
+            self.weights_message = f"{done}: restarting the local backend."
+            self._restart_local_backend()
         self.status_label.setText(self.weights_message)
         self._push(self.weights_message, Qgis.MessageLevel.Success, 8)
+
+    def jobs_in_flight(self) -> int:
+        """Jobs in the list that have not ended (this session's and the backend's own)."""
+        return sum(1 for record in self.jobs.records if not record.finished)
+
+    def _restart_local_backend(self) -> None:
+        self.restart_after_jobs = False
+        self.local_backend.stop()
+        self.local_backend.start()  # its health then lists the new weights
+
+    def _restart_when_idle(self, _record=None) -> None:
+        """A restart put off while jobs ran: done when the last one has ended."""
+        if not self.restart_after_jobs or self.jobs_in_flight():
+            return
+        if self.local_backend.state in (local_backend.STARTING, local_backend.RUNNING):
+            self._restart_local_backend()
+        else:
+            self.restart_after_jobs = False
 
     # --- jobs -----------------------------------------------------------------------------
 

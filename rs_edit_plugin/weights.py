@@ -6,10 +6,11 @@ rs_edit.guidance.weights PATH`, which prints one JSON line), never in the QGIS p
 stays out of QGIS. A checkpoint of a RemoteCLIP architecture (RN50, ViT-B-32, ViT-L-14) is then
 placed in the local backend's CLIP folder (`local_backend.clip_dir()`, the child's
 RS_EDIT_CLIP_DIR) as `RemoteCLIP-<arch>.pt`, a hard link where the file system allows, else a
-copy, where the backend looks for it; the backend is restarted so that its health lists it. A
-checkpoint of another open_clip architecture is used as `ARCH=PATH` (the backend runs on this
-computer, so the path is valid there). A backend on another machine cannot see this computer's
-files: the button is disabled for it.
+copy (up to 1.7 GB: done in the task, off the GUI thread), where the backend looks for it. A
+checkpoint of another open_clip architecture loads but cannot be used by the service (which
+takes the CLIP names its health lists): it is refused, with `rs-edit edit --clip ARCH=PATH` as
+the way to use it. A backend on another machine cannot see this computer's files: the button is
+disabled for it.
 """
 
 import contextlib
@@ -120,20 +121,42 @@ def install(path, name: str, folder: Path | None = None) -> Path:
     return target
 
 
-class CheckTask(QgsTask):
-    """`run_check` in QGIS's task manager; `answer` or `error` once done; `done_callbacks`
-    (task) run on the main thread."""
+def refusal(answer: dict | None) -> str:
+    """Why a checked file cannot be registered ("" when it can), from the check's answer."""
+    answer = answer or {}
+    if not answer.get("ok"):
+        return str(answer.get("error") or "the check failed")
+    if not answer.get("name"):
+        arch = answer.get("arch") or "an unknown architecture"
+        return (
+            f"it loads as {arch}, which is not a RemoteCLIP architecture (RN50, ViT-B-32, "
+            f"ViT-L-14): the backend's service runs RemoteCLIP only; use the file from the "
+            f"command line with rs-edit edit --clip {arch}=PATH"
+        )
+    return ""
 
-    def __init__(self, path, python=None, runner=run_check):
+
+class CheckTask(QgsTask):
+    """`run_check`, then `install` of a RemoteCLIP checkpoint into `folder`, both in QGIS's
+    task manager (a copy of a large checkpoint must not freeze the map); `answer`, `placed`
+    (the file placed) or `error` once done; `done_callbacks` (task) run on the main thread."""
+
+    def __init__(self, path, python=None, runner=run_check, folder=None):
         super().__init__(f"RS Edit: checking {Path(path).name}", QgsTask.Flag.CanCancel)
         self.path, self.python, self.runner = Path(path), python, runner
+        # Read on the main thread: the folder comes from QGIS's settings.
+        self.folder = Path(folder or local_backend.clip_dir())
         self.answer: dict | None = None
+        self.placed: Path | None = None
         self.error = ""
         self.done_callbacks = []
 
     def run(self) -> bool:
         try:
             self.answer = self.runner(self.path, self.python)
+            self.error = refusal(self.answer)
+            if not self.error:
+                self.placed = install(self.path, self.answer["name"], self.folder)
         except WeightsError as exc:
             self.error = str(exc)
         except Exception as exc:  # a bug must end the task with a message, not kill QGIS

@@ -330,14 +330,22 @@ def remote_edit(
     if job["status"] == "cancelled":
         raise RemoteError(f"job {job_id} for {post.stem} was cancelled on {where}")
     report = job.get("report") or {}
-    missing = [k for k in REPORT_KEYS if k not in report]
-    if missing:
-        raise RemoteError(
-            f"job {job_id} on {where} has no edit report ({', '.join(missing)} missing): "
-            "the server does not run rs-edit's editor"
-        )
+    check_report(report, f"job {job_id} on {where}")
     client.download(job_id, post)
     return report
+
+
+def check_report(report: dict, what: str) -> None:
+    """A job's report must come from rs-edit's editor (a stand-in's report has the same keys,
+    with nothing in them): the manifest records its prompts and CLIP similarities."""
+    missing = [k for k in REPORT_KEYS if not report.get(k) and report.get(k) is not False]
+    editor = report.get("editor", "rs-edit")
+    if missing or editor != "rs-edit":
+        why = f"{', '.join(missing)} empty or missing" if missing else f"editor {editor!r}"
+        raise RemoteError(
+            f"{what} has no edit report from rs-edit's editor ({why}): the server does not "
+            "run rs-edit's editor (a stand-in server edits nothing)"
+        )
 
 
 # ------------------------------------------------------------------------------------- ledger

@@ -7,13 +7,19 @@ the work stops at the next step and nothing is written.
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import StrEnum
+from enum import Enum
 from typing import Protocol
 
 
-class Stage(StrEnum):
+class Stage(str, Enum):
     """The stages of an edit, as the engine reports them (plain strings on the wire: the job
-    API's `stage`, the CLI's bars and the plugin's labels read them)."""
+    API's `stage`, the CLI's bars and the plugin's labels read them).
+
+    A `str` mixin rather than `enum.StrEnum` (Python 3.11) so that 3.10 works too; `str()` and
+    formatting give the bare value, as StrEnum's would."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
 
     STARTING = "starting"  # the service: the job's process is starting
     PREPARE = "prepare"

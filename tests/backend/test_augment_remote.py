@@ -316,6 +316,23 @@ def test_failed_or_cancelled_job_is_an_error(inputs, tmp_path):
     assert not (out / "post").exists() and not (out / "manifest.jsonl").read_text()
 
 
+def test_a_stand_in_server_is_refused_not_recorded(inputs, tmp_path):
+    """A server running the stand-in (no model) answers with a report of the same keys, empty:
+    the run stops with a clear error instead of an empty manifest row or an IndexError."""
+    from rs_edit.service.standin import identity_edit
+
+    raster, _, one, _ = inputs
+    out = tmp_path / "out"
+    config = ServiceConfig(device="cpu")
+    with (
+        ThreadServer(tmp_path / "data", config, edit_fn=identity_edit) as srv,
+        pytest.raises(RemoteError, match="no edit report from rs-edit's editor") as caught,
+    ):
+        run_augment(raster, one, out, options(variants=1), remote=remote(srv))
+    assert "stand-in" in str(caught.value) and srv.url in str(caught.value)
+    assert not (out / "manifest.jsonl").read_text()
+
+
 def test_server_restart_is_waited_for_and_interrupted_jobs_resubmitted(
     inputs, tmp_path, fake_editor
 ):

@@ -39,12 +39,16 @@ def test_no_figures_for_a_gpu_without_history():
     assert est.estimate_seconds(None, 100, 100) is None
 
 
-def finished_job(store, n, preset, width, height, job_seconds, cached=False, options_preset=None):
+def finished_job(
+    store, n, preset, width, height, job_seconds, cached=False, options_preset=None, coarse=None
+):
     job_id = f"{n:032x}"
     inputs = {"width": width, "height": height}
     store.create(job_id, {"preset": options_preset or preset}, inputs, max_queue=100)
     assert store.claim(job_id) is not None
     report = {"preset": preset, "job_seconds": job_seconds, "model_cached": cached}
+    if coarse:
+        report["coarse"] = coarse
     assert store.finish(job_id, SUCCEEDED, "done", outputs=["result.tif"], report=report)
 
 
@@ -67,12 +71,15 @@ def test_history_replaces_the_built_in_figures(tmp_path):
         finished_job(store, 6, "balanced", 1000, 1000, 60.0)
         finished_job(store, 7, "balanced", 500, 1000, 20.0)
         finished_job(store, 8, "balanced", 500, 1000, 40.0)
+        # An example switched this balanced job to the patch sampler: it trained nothing.
+        finished_job(store, 9, "balanced", 500, 1000, 1.0, coarse="patch-diffusion")
+        finished_job(store, 10, "balanced", 500, 1000, 40.0, coarse="network")
         gpu = est.estimates("cuda", store)
         assert gpu["balanced"] == {
             "seconds_fixed": 0.0,
-            "seconds_per_megapixel": 60.0,
+            "seconds_per_megapixel": 70.0,
             "source": "history",
-            "jobs": 3,
+            "jobs": 4,
         }
         assert gpu["auto"] == gpu["balanced"]  # auto is balanced on a GPU
         assert gpu["fast"] is None

@@ -82,6 +82,21 @@ def test_every_stage_is_named_once_and_has_a_band():
     assert set(SYNTHESIS_SHARES) <= set(Stage)
     assert json.loads(json.dumps({"stage": Stage.TRAIN})) == {"stage": "train"}
     assert worker.percent("train", 1, 2) == worker.percent(Stage.TRAIN, 1, 2)
+    # Log lines and the CLI's bars print the bare value, on every Python the package supports.
+    assert str(Stage.TRAIN) == f"{Stage.TRAIN}" == f"{Stage.TRAIN:>5}" == "train"
+
+
+def test_the_package_needs_nothing_newer_than_its_minimum_python():
+    """`requires-python` says 3.10: nothing in the package may import what 3.10 lacks."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    assert 'requires-python = ">=3.10"' in (root / "pyproject.toml").read_text()
+    newer = ("StrEnum", "tomllib", "ExceptionGroup", "TaskGroup", "Self", "LiteralString")
+    for path in (root / "backend" / "rs_edit").rglob("*.py"):
+        text = path.read_text()
+        for name in newer:
+            assert f"import {name}" not in text and f", {name}" not in text, (path, name)
 
 
 # --- a real job with three variants: slow ------------------------------------------------------

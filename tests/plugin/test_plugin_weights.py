@@ -1,7 +1,9 @@
 """The dock's "Use a weights file…" (rs_edit_plugin/weights.py): the checkpoint is checked by
 the backend's own Python (<repo>/.venv/bin/python, or $RS_EDIT_PYTHON; those tests skip when
 absent), never in the QGIS process; a RemoteCLIP checkpoint is placed in the local backend's
-CLIP folder and the backend restarted; a backend on another machine disables the button."""
+CLIP folder (in the task, off the GUI thread) and the backend restarted, once no job is in
+flight; a checkpoint the service cannot run is refused; a backend on another machine disables
+the button."""
 
 import subprocess
 import sys
@@ -71,15 +73,38 @@ def test_a_garbage_file_is_refused_clearly(dock, python, tmp_path, clip_dir, qgi
     assert "torch" not in sys.modules  # checked in the backend's Python, not in QGIS's
 
 
-def test_a_checkpoint_of_another_architecture_is_used_by_its_path(dock, python, tmp_path):
+def test_a_checkpoint_of_another_architecture_is_refused_with_the_cli_way(
+    dock, python, tmp_path, clip_dir, qgis_iface
+):
+    """The service runs only the CLIP names its health lists: an `ARCH=PATH` choice would be
+    refused at every job, so the dock does not make it; it says how the CLI can use the file."""
+    before = settings.option("clip")
     path = tmp_path / "finetuned-rs-edit-tiny.pt"
     subprocess.run(  # noqa: S603 - the backend's Python, our snippet
         [str(python), "-c", TINY_CHECKPOINT, str(path)], check=True, timeout=300
     )
     message = checked(dock, path)
+    assert message.startswith("finetuned-rs-edit-tiny.pt cannot be used as CLIP weights: ")
     assert "loads as rs-edit-tiny" in message and "not a RemoteCLIP architecture" in message
-    spec = f"rs-edit-tiny={path.resolve()}"
-    assert dock.clip_combo.currentText() == spec and settings.option("clip") == spec
+    assert "--clip rs-edit-tiny=PATH" in message
+    assert message in qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)[-1]
+    assert settings.option("clip") == before and "=" not in dock.clip_combo.currentText()
+    assert not clip_dir.exists()  # nothing placed
+
+
+def test_a_file_that_cannot_be_placed_is_said_so(dock, tmp_path, qgis_iface):
+    """The placement runs in the task; its failure ends the check with the reason (the
+    "Checking…" status does not stay)."""
+    path = tmp_path / "RemoteCLIP-RN50.pt"
+    path.write_bytes(b"weights")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the CLIP folder should be")
+    dock.clip_folder = lambda: blocker / "clip"
+    answer = {"ok": True, "arch": "RN50", "name": "RemoteCLIP-RN50", "path": str(path)}
+    message = checked(dock, path, runner=lambda p, py: answer)
+    assert message.startswith("RemoteCLIP-RN50.pt cannot be used as CLIP weights: cannot place")
+    assert dock.status_label.text() == message
+    assert message in qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Critical)[-1]
 
 
 def test_a_remoteclip_checkpoint_is_placed_and_the_backend_restarted(
@@ -108,6 +133,31 @@ def test_a_remoteclip_checkpoint_is_placed_and_the_backend_restarted(
     message = checked(dock, newer, runner=lambda p, py: dict(answer, path=str(p)))
     assert placed.read_bytes() == b"newer weights"
     assert message.endswith("start the local backend to use it.") and calls == ["stop", "start"]
+
+
+def test_the_restart_waits_for_the_jobs_in_flight(dock, tmp_path, clip_dir, monkeypatch):
+    """Restarting the backend would kill its running jobs: the new weights wait for them."""
+    from rs_edit_plugin.tasks import JobRecord
+
+    path = tmp_path / "RemoteCLIP-ViT-B-32.pt"
+    path.write_bytes(b"weights")
+    answer = {"ok": True, "arch": "ViT-B-32", "name": "RemoteCLIP-ViT-B-32", "path": str(path)}
+    calls = []
+    dock.local_backend.state = local_backend.RUNNING
+    monkeypatch.setattr(dock.local_backend, "stop", lambda: calls.append("stop"))
+    monkeypatch.setattr(dock.local_backend, "start", lambda: calls.append("start"))
+    running = JobRecord(key=1, prompt="flooded fields", request=None, state="running")
+    dock.jobs.records.append(running)
+    message = checked(dock, path, runner=lambda p, py: answer)
+    assert message.endswith("restarts to use it once the jobs in flight end.")
+    assert calls == [] and (clip_dir / "RemoteCLIP-ViT-B-32.pt").is_file()
+    dock.jobs.jobChanged.emit(running)  # progress: still running
+    assert calls == []
+    running.state = "succeeded"
+    dock.jobs.jobChanged.emit(running)  # the last job in flight ended
+    assert calls == ["stop", "start"] and not dock.restart_after_jobs
+    dock.jobs.jobChanged.emit(running)
+    assert calls == ["stop", "start"]  # once
 
 
 def test_the_check_runs_the_backend_module_with_the_backend_python(tmp_path):

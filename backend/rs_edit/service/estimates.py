@@ -13,7 +13,9 @@ Where the figures come from (`source`):
   report, the size of their input). With built-in figures, the line is scaled by the median
   ratio of the jobs' real times to what the line predicted for them (a server twice as slow as
   the 2-core reference doubles both terms); without, it is the median seconds per megapixel.
-  Jobs that reused a cached model (`model_cached`) skipped training and are not counted.
+  Jobs that reused a cached model (`model_cached`), and jobs of a preset that trains a
+  network that did not train one (an example switches the layout to the patch sampler: the
+  report's `coarse`), skipped training and are not counted.
 
 Nothing here runs an edit or loads a model; the store is read once per call (a few rows).
 """
@@ -76,7 +78,8 @@ def built_in(device_type: str, preset: str) -> Line | None:
 
 def job_sample(job) -> tuple[str, float, float] | None:
     """(preset, megapixels, seconds) of a succeeded job (`jobs.Job`) that can teach an
-    estimate, else None (no time or size recorded, or a cached model skipped training)."""
+    estimate, else None (no time or size recorded, or training skipped: a cached model, or
+    no network made the layout of a preset that trains one)."""
     report = job.report if isinstance(job.report, dict) else {}
     inputs = job.inputs if isinstance(job.inputs, dict) else {}
     options = job.options if isinstance(job.options, dict) else {}
@@ -88,6 +91,9 @@ def job_sample(job) -> tuple[str, float, float] | None:
     except (KeyError, TypeError, ValueError):
         return None
     if preset not in PRESETS or seconds <= 0 or megapixels <= 0 or report.get("model_cached"):
+        return None
+    trains = PRESETS[preset].coarse == "network"
+    if trains and report.get("coarse", "network") != "network":
         return None
     return str(preset), megapixels, seconds
 
