@@ -83,7 +83,10 @@ def detail(x: torch.Tensor, region: torch.Tensor) -> float:
 
 def share_near(pixels: torch.Tensor, colours: torch.Tensor, tol: float = 0.05) -> float:
     """The share of `pixels` (N, C) within `tol` of one of `colours` (K, C)."""
-    return float((torch.cdist(pixels, colours).min(1).values < tol).float().mean())
+    # Exact differences: cdist's matrix-product shortcut is off by ~1e-4 on some CPUs, more than
+    # the 1e-6 a test asks of the tile's own pixels.
+    distance = torch.cdist(pixels, colours, compute_mode="donot_use_mm_for_euclid_dist")
+    return float((distance.min(1).values < tol).float().mean())
 
 
 # --- outside and inside the ROI --------------------------------------------------------------
