@@ -79,6 +79,15 @@ class EditPlan:
         return [w.size for w in self.windows]
 
 
+def _window(bbox: Window, info: RasterInfo, context: int) -> Window:
+    """The context window of an ROI's box: taken to the raster's edge where less than half the
+    context would be left out, unless that makes it too large."""
+    window = context_window(bbox, info, context, snap_px=context // 2)
+    if window.width * window.height > MAX_WINDOW_PIXELS:
+        window = context_window(bbox, info, context)
+    return window
+
+
 def plan_edit(
     input_path: str | os.PathLike,
     options: EditOptions,
@@ -98,7 +107,7 @@ def plan_edit(
     rgb = rgb_bands(info.colorinterp, info.data_bands, options.rgb_bands)
     context = options.context_px + options.dilate_px
     parts = roi.clusters(2 * context) if split else [roi]
-    windows = tuple(PlannedWindow(part, context_window(part.bbox, info, context)) for part in parts)
+    windows = tuple(PlannedWindow(part, _window(part.bbox, info, context)) for part in parts)
     for planned in windows:
         window = planned.window
         if window.width * window.height > MAX_WINDOW_PIXELS:

@@ -132,12 +132,17 @@ def resolve_roi(
     return whole_image(info)
 
 
-def context_window(bbox: Window, info: RasterInfo, context_px: int) -> Window:
-    """The ROI's bounding box grown by `context_px` on each side, clipped to the raster."""
+def context_window(bbox: Window, info: RasterInfo, context_px: int, snap_px: int = 0) -> Window:
+    """The ROI's bounding box grown by `context_px` on each side, clipped to the raster; a side
+    that ends up within `snap_px` of the raster's edge is taken to the edge (a strip that thin
+    costs nothing to read and is context the edit and its realism guard would otherwise lack)."""
     c0 = max(0, int(bbox.col_off) - context_px)
     r0 = max(0, int(bbox.row_off) - context_px)
     c1 = min(info.width, int(bbox.col_off + bbox.width) + context_px)
     r1 = min(info.height, int(bbox.row_off + bbox.height) + context_px)
+    c0, r0 = (0 if v <= snap_px else v for v in (c0, r0))
+    c1 = info.width if info.width - c1 <= snap_px else c1
+    r1 = info.height if info.height - r1 <= snap_px else r1
     return Window(c0, r0, c1 - c0, r1 - r0)
 
 

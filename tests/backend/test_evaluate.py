@@ -77,7 +77,9 @@ def test_identical_after(files):
     assert report["clip_score_edit"] == report["clip_score_input"]
     assert report["roi_pixels"] == 100
     assert report["outside_pixels"] == SIZE * SIZE - 100
-    assert report["window"] == [4, 4, 42, 42] and report["roi_bbox"] == [20, 20, 10, 10]
+    # ROI box + 16 px of context is 4..46: the 4 px strip left to the raster's edge (under half
+    # the context) is taken in, as the editor reads it.
+    assert report["window"] == [0, 0, 46, 46] and report["roi_bbox"] == [20, 20, 10, 10]
     assert report["clip"] == "tiny-random" and report["clip_random"] is True
     assert report["prompts"][0] == PROMPT and len(report["prompts"]) > 1
     assert report["georef_identical"] is True and report["png"] is None
@@ -150,8 +152,8 @@ def test_png_written(files):
     assert report["png"] == str(png)
     with Image.open(png) as img:
         img.load()
-        # The 42 px window is enlarged 7x (the smallest integer factor reaching 256 px).
-        assert img.size == (2 * 42 * 7 + evaluate.QUICKLOOK_GAP, 42 * 7)
+        # The 46 px window is enlarged 6x (the smallest integer factor reaching 256 px).
+        assert img.size == (2 * 46 * 6 + evaluate.QUICKLOOK_GAP, 46 * 6)
         pixels = np.asarray(img.convert("RGB"))
     yellow = (pixels == evaluate.ROI_OUTLINE).all(-1)
     assert yellow[:, : 42 * 7].any() and yellow[:, 42 * 7 + evaluate.QUICKLOOK_GAP :].any()

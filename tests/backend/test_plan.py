@@ -122,6 +122,26 @@ def test_far_apart_polygons_get_windows_of_their_own_and_near_ones_share_one(tmp
     assert only.window == Window(0, 0, 60 + 16, 30 + 16)  # the pair's box and context, clipped
 
 
+def test_a_window_close_to_the_raster_edge_takes_the_strip_left_over(tmp_path, monkeypatch):
+    """Less than half the context left between the window and the raster's edge: the window
+    goes to the edge (the editor and its realism guard see that context too); farther away,
+    or when it would make the window too large, it does not."""
+    import rs_edit.plan as plan_module
+
+    path = scene(tmp_path / "scene.tif")  # 256 x 256, context 16: snap within 8 px
+    near_edge = plan_edit(path, options(), roi_geojson=squares([(22, 100)], 20))
+    # cols 22-42 grown by 16: 6-58, 6 px from the left edge -> 0; rows 84-136 stay
+    assert near_edge.windows[0].window == Window(0, 84, 58, 52)
+    assert near_edge.windows[0].window == context_window(
+        near_edge.roi.bbox, near_edge.info, 16, snap_px=8
+    )
+    far_from_edge = plan_edit(path, options(), roi_geojson=squares([(26, 100)], 20))
+    assert far_from_edge.windows[0].window == Window(10, 84, 52, 52)  # 10 px > 8: kept
+    monkeypatch.setattr(plan_module, "MAX_WINDOW_PIXELS", 58 * 52 - 1)
+    too_large = plan_edit(path, options(), roi_geojson=squares([(22, 100)], 20))
+    assert too_large.windows[0].window == Window(6, 84, 52, 52)
+
+
 def test_dilation_counts_as_context(tmp_path):
     path = scene(tmp_path / "scene.tif")
     roi = squares([(100, 100)], 20)

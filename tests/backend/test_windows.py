@@ -87,9 +87,10 @@ def test_near_polygons_share_a_window_and_far_ones_do_not(tmp_path):
             [(10, 10), (970, 970), (500, 40), (40, 500)], 40
         )
     )  # fmt: skip
-    # Four windows of at most (40 + 2 * 32) px a side instead of one of 1024 x 1024.
+    # Four windows of at most (40 + 2 * 32) px a side, plus a strip of at most half the context
+    # taken up to the raster's edge, instead of one of 1024 x 1024.
     assert len(tiles) == 4
-    assert all(t.window.width <= 104 and t.window.height <= 104 for t in tiles)
+    assert all(t.window.width <= 104 + 16 and t.window.height <= 104 + 16 for t in tiles)
     assert all(t.roi_mask.sum() == 40 * 40 for t in tiles)
 
 
