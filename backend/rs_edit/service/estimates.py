@@ -45,7 +45,7 @@ class Line:
 # Built-in figures for a 2-core CPU (no GPU), per concrete preset.
 # - tiny: measured about 8 s of start-up (CLIP, prompt ensemble) plus about 1 s per 100x100 px
 #   window (0.01 MP): 100 s per megapixel.
-# - fast (what auto picks on a CPU): measured 9-66 s per 256x256 window (0.066 MP; 18 edits of
+# - fast (what auto picks on a CPU): measured 10-66 s per 256x256 window (0.066 MP; 18 edits of
 #   bench.realism, the realism guard's redraws making the spread), median about 19 s: 5 s of
 #   start-up plus 14 s / 0.066 MP = 210 s per megapixel.
 # - balanced, quality, reference train a diffusion network before they edit, for
