@@ -38,10 +38,15 @@ class WeightsError(Exception):
     """Why a weights file cannot be used, as one line for the user."""
 
 
-def backend_python() -> Path:
-    """The Python of the backend the plugin runs (next to its `rs-edit`)."""
-    folder = local_backend.executable().parent
-    return folder / ("python.exe" if sys.platform == "win32" else "python")
+def backend_python(executable: Path | None = None, windows: bool | None = None) -> Path:
+    """The Python of the backend the plugin runs: next to its `rs-edit` (a virtual environment,
+    `bin/` or `Scripts/`), else one folder up (a Windows conda environment keeps `rs-edit.exe`
+    in `Scripts/` and `python.exe` at its root). The first candidate when none exists."""
+    folder = (executable or local_backend.executable()).parent
+    windows = sys.platform == "win32" if windows is None else windows
+    name = "python.exe" if windows else "python"
+    candidates = [folder / name, folder.parent / name] if windows else [folder / name]
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def is_loopback(url: str) -> bool:

@@ -160,6 +160,24 @@ def test_the_restart_waits_for_the_jobs_in_flight(dock, tmp_path, clip_dir, monk
     assert calls == ["stop", "start"]  # once
 
 
+def test_the_backend_python_of_a_venv_and_of_a_windows_conda_environment(tmp_path):
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text("")
+    assert weights.backend_python(venv / "rs-edit", windows=False) == venv / "python"
+    scripts = tmp_path / "venv-win" / "Scripts"  # a Windows venv: both in Scripts/
+    scripts.mkdir(parents=True)
+    (scripts / "python.exe").write_text("")
+    assert weights.backend_python(scripts / "rs-edit.exe", windows=True) == scripts / "python.exe"
+    conda = tmp_path / "conda-env"  # conda: rs-edit.exe in Scripts/, python.exe at the root
+    (conda / "Scripts").mkdir(parents=True)
+    (conda / "python.exe").write_text("")
+    found = weights.backend_python(conda / "Scripts" / "rs-edit.exe", windows=True)
+    assert found == conda / "python.exe"
+    missing = weights.backend_python(tmp_path / "none" / "Scripts" / "rs-edit.exe", windows=True)
+    assert missing == tmp_path / "none" / "Scripts" / "python.exe"  # said so by the caller
+
+
 def test_the_check_runs_the_backend_module_with_the_backend_python(tmp_path):
     command = weights.check_command(tmp_path / "w.pt", tmp_path / "bin" / "python")
     assert command == [
