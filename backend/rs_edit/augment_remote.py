@@ -338,7 +338,7 @@ def remote_edit(
 def check_report(report: dict, what: str) -> None:
     """A job's report must come from rs-edit's editor (a stand-in's report has the same keys,
     with nothing in them): the manifest records its prompts and CLIP similarities."""
-    missing = [k for k in REPORT_KEYS if not report.get(k) and report.get(k) is not False]
+    missing = [k for k in REPORT_KEYS if report.get(k) in (None, "", [])]  # False is an answer
     editor = report.get("editor", "rs-edit")
     if missing or editor != "rs-edit":
         why = f"{', '.join(missing)} empty or missing" if missing else f"editor {editor!r}"

@@ -156,7 +156,7 @@ def test_png_written(files):
         assert img.size == (2 * 46 * 6 + evaluate.QUICKLOOK_GAP, 46 * 6)
         pixels = np.asarray(img.convert("RGB"))
     yellow = (pixels == evaluate.ROI_OUTLINE).all(-1)
-    assert yellow[:, : 42 * 7].any() and yellow[:, 42 * 7 + evaluate.QUICKLOOK_GAP :].any()
+    assert yellow[:, : 46 * 6].any() and yellow[:, 46 * 6 + evaluate.QUICKLOOK_GAP :].any()
 
 
 def test_png_polygon_roi(tmp_path):

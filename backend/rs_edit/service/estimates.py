@@ -46,8 +46,8 @@ class Line:
 # - tiny: measured about 8 s of start-up (CLIP, prompt ensemble) plus about 1 s per 100x100 px
 #   window (0.01 MP): 100 s per megapixel.
 # - fast (what auto picks on a CPU): measured 10-66 s per 256x256 window (0.066 MP; 18 edits of
-#   bench.realism, the realism guard's redraws making the spread), median about 19 s: 5 s of
-#   start-up plus 14 s / 0.066 MP = 210 s per megapixel.
+#   `python -m bench.realism --seed 0/1/2`, the realism guard's redraws making the spread),
+#   median 26.8 s: 5 s of start-up plus 21.8 s / 0.066 MP = 330 s per megapixel.
 # - balanced, quality, reference train a diffusion network before they edit, for
 #   `Preset.steps` optimizer steps (engine/presets.py: 4000, 12 000, 120 000); the training does
 #   not grow with the area (it learns the coarse scale, or for reference a <= 50 000 px image).
@@ -63,7 +63,7 @@ class Line:
 BUILT_IN: dict[str, dict[str, Line]] = {
     "cpu": {
         "tiny": Line(8.0, 100.0),
-        "fast": Line(5.0, 210.0),
+        "fast": Line(5.0, 330.0),
         "balanced": Line(11_000.0, 300.0),
         "quality": Line(130_000.0, 300.0),
         "reference": Line(2_200_000.0, 300.0),
