@@ -1207,8 +1207,16 @@ class RsEditDock(JobListMixin, QgsDockWidget):
         self._push(self.weights_message, Qgis.MessageLevel.Success, 8)
 
     def jobs_in_flight(self) -> int:
-        """Jobs in the list that have not ended (this session's and the backend's own)."""
-        return sum(1 for record in self.jobs.records if not record.finished)
+        """Jobs of the local backend that have not ended (this session's and those listed
+        from it): a restart of that backend would end them; jobs on another server go on."""
+        local = settings.normalize_url(self.local_backend.url)
+        if not local:
+            return 0
+        return sum(
+            1
+            for record in self.jobs.records
+            if not record.finished and settings.normalize_url(record.backend) == local
+        )
 
     def _restart_local_backend(self) -> None:
         self.restart_after_jobs = False

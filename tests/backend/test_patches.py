@@ -4,11 +4,13 @@ guard), sharp, never from nodata, deterministic, and reporting (and cancelling) 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import rasterio
 import torch
+import torch.nn.functional as F
 from conftest import SHARED_IMAGERY
 from rasterio.windows import Window
 
@@ -17,6 +19,7 @@ from rs_edit.engine.patches import (
     PatchSettings,
     coarse_size,
     mask_at,
+    patches_at,
     refine,
     resize,
     scale_sizes,
@@ -373,3 +376,58 @@ def test_sharpened_queries_keep_a_real_canopy_textured():
     sharpened = worst_detail_level(PatchSettings())
     assert sharpened < 0.8 * plain, (sharpened, plain)
     assert sharpened < 1.4  # 1.73 plain, 1.16 sharpened when written
+
+
+# --- coherence ---------------------------------------------------------------------------
+
+
+def test_patches_at_cuts_what_unfold_cuts():
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, 20, 17, generator=gen)
+    flat = torch.tensor([0, 5, 37, 14 * 11 - 1])  # grid of 5 px patches: 16 x 13
+    expected = F.unfold(image, 5)[0].T[flat]
+    assert torch.equal(patches_at(image, flat, 5), expected)
+
+
+def _adjacent_in_source(result: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> float:
+    """Of the neighbouring ROI pixel pairs (side by side or one above the other), the
+    fraction that are such neighbours in the tile too (every pixel of `image` is unique, so
+    its value says where it came from)."""
+    width = image.shape[-1]
+    codes = image[0, 0] * 1e3 + image[0, 1]
+    where = {float(v): i for i, v in enumerate(codes.flatten().tolist())}
+    origin = [
+        [where.get(float(v), -(10**9)) for v in row]
+        for row in (result[0, 0] * 1e3 + result[0, 1]).tolist()
+    ]
+    region = mask[0, 0]
+    pairs = kept = 0
+    for step, (dr, dc) in ((1, (0, 1)), (width, (1, 0))):
+        both = region[: region.shape[0] - dr, : region.shape[1] - dc] & region[dr:, dc:]
+        for r, c in torch.nonzero(both).tolist():
+            pairs += 1
+            kept += origin[r + dr][c + dc] - origin[r][c] == step
+    return kept / pairs
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_coherence_keeps_neighbours_together(seed):
+    """A noise tile (every patch about equally unlike every other): plain nearest neighbours
+    make the ROI a mosaic of pixels from all over; with coherence, runs of neighbouring
+    pixels come from one place, as an object would."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, 96, 96, generator=gen) * 2 - 1
+    guess = torch.rand(1, 3, 96, 96, generator=gen) * 2 - 1  # a ROI unlike any of it
+    mask = square_mask(96, 40, 60)
+    # One pass at one scale, exact votes (each pixel from its own patch's centre).
+    base = PatchSettings(
+        coarse_passes=1, coarse_noise=0.0, vote_sigma=0.05, completeness=0.0, query_sharpen=0.0
+    )
+    plain = refine(guess, image, mask, dataclasses.replace(base, coherence=0.0), seed=seed)
+    coherent = refine(guess, image, mask, dataclasses.replace(base, coherence=1.0), seed=seed)
+    together, apart = (
+        _adjacent_in_source(coherent, image, mask),
+        _adjacent_in_source(plain, image, mask),
+    )
+    assert together > 1.6 * apart
+    assert torch.equal(coherent[~mask.expand_as(image)], image[~mask.expand_as(image)])

@@ -146,8 +146,12 @@ def test_the_restart_waits_for_the_jobs_in_flight(dock, tmp_path, clip_dir, monk
     dock.local_backend.state = local_backend.RUNNING
     monkeypatch.setattr(dock.local_backend, "stop", lambda: calls.append("stop"))
     monkeypatch.setattr(dock.local_backend, "start", lambda: calls.append("start"))
+    dock.local_backend.url = "http://127.0.0.1:8765"
     running = JobRecord(key=1, prompt="flooded fields", request=None, state="running")
-    dock.jobs.records.append(running)
+    running.backend_url = "http://127.0.0.1:8765/"
+    elsewhere = JobRecord(key=2, prompt="forest fire", request=None, state="running")
+    elsewhere.backend_url = "https://gpu.example.org"  # another server: a restart spares it
+    dock.jobs.records += [running, elsewhere]
     message = checked(dock, path, runner=lambda p, py: answer)
     assert message.endswith("restarts to use it once the jobs in flight end.")
     assert calls == [] and (clip_dir / "RemoteCLIP-ViT-B-32.pt").is_file()
@@ -158,6 +162,25 @@ def test_the_restart_waits_for_the_jobs_in_flight(dock, tmp_path, clip_dir, monk
     assert calls == ["stop", "start"] and not dock.restart_after_jobs
     dock.jobs.jobChanged.emit(running)
     assert calls == ["stop", "start"]  # once
+
+
+def test_jobs_on_another_server_do_not_hold_back_the_restart(dock, tmp_path, clip_dir, monkeypatch):
+    from rs_edit_plugin.tasks import JobRecord
+
+    path = tmp_path / "RemoteCLIP-ViT-B-32.pt"
+    path.write_bytes(b"weights")
+    answer = {"ok": True, "arch": "ViT-B-32", "name": "RemoteCLIP-ViT-B-32", "path": str(path)}
+    calls = []
+    dock.local_backend.state = local_backend.RUNNING
+    dock.local_backend.url = "http://127.0.0.1:8765"
+    monkeypatch.setattr(dock.local_backend, "stop", lambda: calls.append("stop"))
+    monkeypatch.setattr(dock.local_backend, "start", lambda: calls.append("start"))
+    remote = JobRecord(key=1, prompt="flooded fields", request=None, state="running")
+    remote.backend_url = "https://gpu.example.org"
+    dock.jobs.records.append(remote)
+    assert dock.jobs_in_flight() == 0
+    message = checked(dock, path, runner=lambda p, py: answer)
+    assert message.endswith("restarting the local backend.") and calls == ["stop", "start"]
 
 
 def test_the_backend_python_of_a_venv_and_of_a_windows_conda_environment(tmp_path):

@@ -66,6 +66,16 @@ class PatchSettings:
     # real canopy; docs/BENCHMARKS.md says how 1.5 was chosen. Colour levels rise a little
     # (textured sources are more contrasted).
     query_sharpen: float = 1.5
+    # Coherence (Ashikhmin 2001; Hertzmann et al. 2001, "kappa"): a patch may continue its
+    # neighbours' source (the patch next to theirs in the tile) instead of its own nearest
+    # neighbour when that costs at most 1 + coherence times as much. Neighbouring pixels then
+    # come from one place: a boat's deck holds together instead of turning to speckle (whether
+    # the boat is whole is the coarse layout's doing). 0: plain nearest neighbours. Only at
+    # the scales without completeness; the two pull apart: at the coarse scale, where
+    # completeness keeps rare content in, coherence emptied bench.realism's overpass ROI of
+    # its cars. On its drafts 3 chose what 1 did.
+    coherence: float = 1.0
+    coherence_rounds: int = 4  # propagation rounds (a coherent run grows ~1 px per round)
     max_keys: int = 24_000  # source patches searched per scale (a regular subsample beyond)
     chunk: int = 256  # queries per distance block (small blocks stay in the CPU's cache)
 
@@ -167,16 +177,22 @@ def _nearest(
     return out
 
 
-def _source_index(roi, invalid, patch: int, max_keys: int) -> torch.Tensor:
-    """Flat positions of the patches a result may be made of: none touching nodata and, while
-    enough remain, none touching the ROI (a regular subsample of at most `max_keys`)."""
+def _allowed(roi, invalid, patch: int) -> torch.Tensor:
+    """Per patch position (as `patch_touches`), whether a result may be made of it: none
+    touching nodata and, while enough remain, none touching the ROI."""
     allowed = ~patch_touches(invalid, patch)
     outside = allowed & ~patch_touches(roi, patch)
     if int(outside.sum()) < 16:  # the ROI covers (nearly) everything: any valid patch
         outside = allowed
     if int(outside.sum()) == 0:
         raise NoPatchesError
-    index = torch.nonzero(outside).flatten()
+    return outside
+
+
+def _source_index(roi, invalid, patch: int, max_keys: int) -> torch.Tensor:
+    """Flat positions of the patches a result may be made of (`_allowed`), a regular
+    subsample of at most `max_keys`."""
+    index = torch.nonzero(_allowed(roi, invalid, patch)).flatten()
     return index[spread(len(index), max_keys).to(index.device)]
 
 
@@ -207,11 +223,19 @@ class _Source:
 
     def __init__(self, sharp, blurry, roi, invalid, settings: PatchSettings):
         p = settings.patch
-        index = _source_index(roi, invalid, p, settings.max_keys)
+        self.allowed = _allowed(roi, invalid, p)  # every position a patch may come from
+        index = torch.nonzero(self.allowed).flatten()
+        index = index[spread(len(index), settings.max_keys).to(index.device)]
         self.values = F.unfold(sharp, p)[0].T[index].contiguous()  # (K, C*p*p)
         self.tile_count = len(index)  # the first keys are the tile's (then an example's)
         self.share: torch.Tensor | None = None  # the example's, per patch position
         self.blurry_keys = None if blurry is None else F.unfold(blurry, p)[0].T[index].contiguous()
+        # Where each key lies in the tile's grid of patch positions (-1: an example's key),
+        # and the images its sharp and blurry patches are cut from (for coherent candidates,
+        # which need not be among the subsampled keys).
+        self.positions = index
+        self.grid = (sharp.shape[-2] - p + 1, sharp.shape[-1] - p + 1)
+        self.sharp, self.blurry = sharp, blurry
 
     def add(self, other: _Source) -> None:
         """Draw on `other`'s patches too, within the keys this source searched alone
@@ -220,6 +244,9 @@ class _Source:
         keep = spread(self.tile_count, mine)
         take = spread(len(other.values), theirs)
         self.values = torch.cat([self.values[keep], other.values[take]])
+        self.positions = torch.cat(
+            [self.positions[keep], torch.full((len(take),), -1, device=self.positions.device)]
+        )
         if self.blurry_keys is not None:
             self.blurry_keys = torch.cat([self.blurry_keys[keep], other.blurry_keys[take]])
         self.tile_count = mine
@@ -264,16 +291,90 @@ def _vote(x, roi, source: _Source, keys, settings: PatchSettings, completeness: 
         return x
     pools = None if source.share is None else _PoolCost(source.tile_count, source.share[touched])
     nn = _nearest(columns[touched], keys, settings.chunk, completeness, pools)
+    values = source.values[nn]
+    if settings.coherence > 0 and completeness <= 0:
+        key_image = source.blurry if keys is source.blurry_keys else source.sharp
+        chosen = _cohere(columns[touched], touched, keys, nn, key_image, source, settings, pools)
+        use = chosen >= 0
+        values[use] = patches_at(source.sharp, chosen[use], p)
     c = x.shape[1]
     spatial = vote_weights(p, settings.vote_sigma, x.dtype).to(x.device)
     weight = torch.zeros(len(columns), p * p, dtype=x.dtype, device=x.device)
     weight[touched] = spatial
     pasted = torch.zeros_like(columns)
-    pasted[touched] = source.values[nn] * spatial.repeat(c)
+    pasted[touched] = values * spatial.repeat(c)
     total = F.fold(pasted.T[None], (h, w), p)
     count = F.fold(weight.T[None], (h, w), p)
     voted = torch.where(count > 0, total / count.clamp_min(1e-8), x)
     return torch.where(roi, voted, x)
+
+
+def patches_at(image: torch.Tensor, flat: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, C*patch*patch) patches of `image` (1, C, H, W) at flat patch positions (as
+    `patch_touches` numbers them), in `F.unfold`'s order."""
+    grid_w = image.shape[-1] - patch + 1
+    offsets = torch.arange(patch, device=flat.device)
+    rows = (flat // grid_w)[:, None, None] + offsets[None, :, None]
+    cols = (flat % grid_w)[:, None, None] + offsets[None, None, :]
+    return image[0][:, rows, cols].permute(1, 0, 2, 3).reshape(len(flat), -1)
+
+
+_NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def _cohere(queries, touched, keys, nn, key_image, source: _Source, settings, pools):
+    """Per query, the tile position (flat, -1: keep its nearest key `nn`) of a patch that
+    continues a neighbouring query's source, where one costs at most (1 + coherence) times
+    the nearest key's cost. Rounds of propagation: a coherent run grows by about a pixel per
+    round from wherever it fits."""
+    grid_h, grid_w = source.grid
+    p = settings.patch
+    tile_cost = 0.0 if pools is None else pools.tile_cost[:, 0]
+
+    def cost(rows, flat):  # mean squared distance to the tile's patches at `flat`
+        d = (queries[rows] - patches_at(key_image, flat, p)).pow(2).mean(1)
+        return d if pools is None else d + tile_cost[rows]
+
+    nearest_cost = (queries - keys[nn]).pow(2).mean(1)
+    if pools is not None:
+        own = nn < pools.tile
+        nearest_cost = nearest_cost + torch.where(
+            own, pools.tile_cost[:, 0], pools.example_cost[:, 0]
+        )
+    limit = (1 + settings.coherence) * nearest_cost
+    nearest = source.positions[nn]  # -1 where the nearest key is an example's
+    lookup = torch.full((grid_h * grid_w,), -1, dtype=torch.long, device=queries.device)
+    lookup[touched] = torch.arange(len(touched), device=queries.device)
+    qr, qc = touched // grid_w, touched % grid_w
+    chosen = nearest.clone()
+    parity = (qr + qc) % 2
+    # Half the queries at a time, as on a chessboard: a query's neighbours are then all of the
+    # other colour and stand still while it moves (updated all at once, two neighbours would
+    # each take the other's source and swap, never agreeing).
+    for round_ in range(2 * settings.coherence_rounds):
+        moving = torch.nonzero(parity == round_ % 2).flatten()
+        best = torch.full((len(moving),), float("inf"), device=queries.device)
+        best_at = torch.full_like(moving, -1)
+        for dr, dc in _NEIGHBOURS:
+            nr, nc = qr[moving] + dr, qc[moving] + dc
+            ok = (nr >= 0) & (nr < grid_h) & (nc >= 0) & (nc < grid_w)
+            at = torch.nonzero(ok).flatten()  # rows of `moving`
+            neighbour = lookup[nr[at] * grid_w + nc[at]]
+            at, neighbour = at[neighbour >= 0], neighbour[neighbour >= 0]
+            theirs = chosen[neighbour]
+            at, theirs = at[theirs >= 0], theirs[theirs >= 0]
+            cr, cc = theirs // grid_w - dr, theirs % grid_w - dc
+            ok = (cr >= 0) & (cr < grid_h) & (cc >= 0) & (cc < grid_w)
+            at, flat = at[ok], (cr * grid_w + cc)[ok]
+            ok = source.allowed[flat]
+            at, flat = at[ok], flat[ok]
+            d = cost(moving[at], flat)
+            better = d < best[at]
+            best[at[better]] = d[better]
+            best_at[at[better]] = flat[better]
+        take = (best_at >= 0) & (best <= limit[moving])
+        chosen[moving] = torch.where(take, best_at, nearest[moving])
+    return chosen
 
 
 def _blur3(x: torch.Tensor) -> torch.Tensor:
