@@ -431,3 +431,23 @@ def test_coherence_keeps_neighbours_together(seed):
     )
     assert together > 1.6 * apart
     assert torch.equal(coherent[~mask.expand_as(image)], image[~mask.expand_as(image)])
+
+
+def test_coherence_does_not_carry_the_tile_into_an_examples_share():
+    """Where the example's share is full, only its patches may win: a coherent run of the
+    tile's patches must not continue in from the ROI's edge."""
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 64, 64, generator=gen) * 0.5 + 0.5  # the tile: bright
+    example = torch.rand(1, 3, 64, 64, generator=gen) * 0.5 - 1.0  # the example: dark
+    mask = square_mask(64, 16, 48)
+    settings = PatchSettings(coherence=4.0, coarse_noise=0.0)
+    coarse = resize(image, (32, 32))
+    out = refine(
+        coarse, image, mask, settings,
+        example=(example, torch.zeros(1, 1, 64, 64, dtype=torch.bool)), example_weight=1.0,
+        example_ramp=1,
+    )  # fmt: skip
+    deep = square_mask(64, 26, 38)  # well past the share's ramp and a patch's reach
+    assert (roi_pixels(out, deep) < 0).all()  # all from the example
+    outside = ~mask.expand_as(image)
+    assert torch.equal(out[outside], image[outside])

@@ -323,9 +323,10 @@ _NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
 def _cohere(queries, touched, keys, nn, key_image, source: _Source, settings, pools):
-    """Per query, the tile position (flat, -1: keep its nearest key `nn`) of a patch that
-    continues a neighbouring query's source, where one costs at most (1 + coherence) times
-    the nearest key's cost. Rounds of propagation: a coherent run grows by about a pixel per
+    """Per query whose nearest key `nn` is the tile's, the tile position (flat; -1: keep
+    `nn`) of a patch that continues a neighbouring query's source, where one costs at most
+    (1 + coherence) times the nearest key's cost (an example's nearest key stays: the
+    example's share chose it). Rounds of propagation: a coherent run grows by about a pixel per
     round from wherever it fits."""
     grid_h, grid_w = source.grid
     p = settings.patch
@@ -372,7 +373,8 @@ def _cohere(queries, touched, keys, nn, key_image, source: _Source, settings, po
             better = d < best[at]
             best[at[better]] = d[better]
             best_at[at[better]] = flat[better]
-        take = (best_at >= 0) & (best <= limit[moving])
+        # Only where the tile's own patch won: where the example's did, its share chose it.
+        take = (best_at >= 0) & (best <= limit[moving]) & (nearest[moving] >= 0)
         chosen[moving] = torch.where(take, best_at, nearest[moving])
     return chosen
 
