@@ -135,22 +135,36 @@ def test_a_remoteclip_checkpoint_is_placed_and_the_backend_restarted(
     assert message.endswith("start the local backend to use it.") and calls == ["stop", "start"]
 
 
-def test_the_restart_waits_for_the_jobs_in_flight(dock, tmp_path, clip_dir, monkeypatch):
-    """Restarting the backend would kill its running jobs: the new weights wait for them."""
-    from rs_edit_plugin.tasks import JobRecord
+LOCAL_URL = "http://127.0.0.1:8765"
 
+
+def running_local_backend(dock, tmp_path, monkeypatch):
+    """A weights file and its check's answer, the local backend running at LOCAL_URL; the
+    returned list records its stops and starts."""
     path = tmp_path / "RemoteCLIP-ViT-B-32.pt"
     path.write_bytes(b"weights")
     answer = {"ok": True, "arch": "ViT-B-32", "name": "RemoteCLIP-ViT-B-32", "path": str(path)}
     calls = []
     dock.local_backend.state = local_backend.RUNNING
+    dock.local_backend.url = LOCAL_URL
     monkeypatch.setattr(dock.local_backend, "stop", lambda: calls.append("stop"))
     monkeypatch.setattr(dock.local_backend, "start", lambda: calls.append("start"))
-    dock.local_backend.url = "http://127.0.0.1:8765"
-    running = JobRecord(key=1, prompt="flooded fields", request=None, state="running")
-    running.backend_url = "http://127.0.0.1:8765/"
-    elsewhere = JobRecord(key=2, prompt="forest fire", request=None, state="running")
-    elsewhere.backend_url = "https://gpu.example.org"  # another server: a restart spares it
+    return path, answer, calls
+
+
+def running_job(key: int, backend_url: str):
+    from rs_edit_plugin.tasks import JobRecord
+
+    record = JobRecord(key=key, prompt="flooded fields", request=None, state="running")
+    record.backend_url = backend_url
+    return record
+
+
+def test_the_restart_waits_for_the_jobs_in_flight(dock, tmp_path, clip_dir, monkeypatch):
+    """Restarting the backend would kill its running jobs: the new weights wait for them."""
+    path, answer, calls = running_local_backend(dock, tmp_path, monkeypatch)
+    running = running_job(1, LOCAL_URL + "/")
+    elsewhere = running_job(2, "https://gpu.example.org")  # another server: a restart spares it
     dock.jobs.records += [running, elsewhere]
     message = checked(dock, path, runner=lambda p, py: answer)
     assert message.endswith("restarts to use it once the jobs in flight end.")
@@ -165,19 +179,8 @@ def test_the_restart_waits_for_the_jobs_in_flight(dock, tmp_path, clip_dir, monk
 
 
 def test_jobs_on_another_server_do_not_hold_back_the_restart(dock, tmp_path, clip_dir, monkeypatch):
-    from rs_edit_plugin.tasks import JobRecord
-
-    path = tmp_path / "RemoteCLIP-ViT-B-32.pt"
-    path.write_bytes(b"weights")
-    answer = {"ok": True, "arch": "ViT-B-32", "name": "RemoteCLIP-ViT-B-32", "path": str(path)}
-    calls = []
-    dock.local_backend.state = local_backend.RUNNING
-    dock.local_backend.url = "http://127.0.0.1:8765"
-    monkeypatch.setattr(dock.local_backend, "stop", lambda: calls.append("stop"))
-    monkeypatch.setattr(dock.local_backend, "start", lambda: calls.append("start"))
-    remote = JobRecord(key=1, prompt="flooded fields", request=None, state="running")
-    remote.backend_url = "https://gpu.example.org"
-    dock.jobs.records.append(remote)
+    path, answer, calls = running_local_backend(dock, tmp_path, monkeypatch)
+    dock.jobs.records.append(running_job(1, "https://gpu.example.org"))
     assert dock.jobs_in_flight() == 0
     message = checked(dock, path, runner=lambda p, py: answer)
     assert message.endswith("restarting the local backend.") and calls == ["stop", "start"]
