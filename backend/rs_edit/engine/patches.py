@@ -189,10 +189,9 @@ def _allowed(roi, invalid, patch: int) -> torch.Tensor:
     return outside
 
 
-def _source_index(roi, invalid, patch: int, max_keys: int) -> torch.Tensor:
-    """Flat positions of the patches a result may be made of (`_allowed`), a regular
-    subsample of at most `max_keys`."""
-    index = torch.nonzero(_allowed(roi, invalid, patch)).flatten()
+def _key_positions(allowed: torch.Tensor, max_keys: int) -> torch.Tensor:
+    """Flat positions of the `allowed` patches, a regular subsample of at most `max_keys`."""
+    index = torch.nonzero(allowed).flatten()
     return index[spread(len(index), max_keys).to(index.device)]
 
 
@@ -213,7 +212,7 @@ def split_budget(tile: int, example: int, budget: int) -> tuple[int, int]:
 
 def source_patches(image, roi, invalid, patch: int, max_keys: int) -> torch.Tensor:
     """(K, C*patch*patch) patches of `image` (1, C, H, W) outside `roi` and `invalid`."""
-    index = _source_index(roi, invalid, patch, max_keys)
+    index = _key_positions(_allowed(roi, invalid, patch), max_keys)
     return F.unfold(image, patch)[0].T[index].contiguous()
 
 
@@ -224,8 +223,7 @@ class _Source:
     def __init__(self, sharp, blurry, roi, invalid, settings: PatchSettings):
         p = settings.patch
         self.allowed = _allowed(roi, invalid, p)  # every position a patch may come from
-        index = torch.nonzero(self.allowed).flatten()
-        index = index[spread(len(index), settings.max_keys).to(index.device)]
+        index = _key_positions(self.allowed, settings.max_keys)
         self.values = F.unfold(sharp, p)[0].T[index].contiguous()  # (K, C*p*p)
         self.tile_count = len(index)  # the first keys are the tile's (then an example's)
         self.share: torch.Tensor | None = None  # the example's, per patch position
@@ -234,7 +232,6 @@ class _Source:
         # and the images its sharp and blurry patches are cut from (for coherent candidates,
         # which need not be among the subsampled keys).
         self.positions = index
-        self.grid = (sharp.shape[-2] - p + 1, sharp.shape[-1] - p + 1)
         self.sharp, self.blurry = sharp, blurry
 
     def add(self, other: _Source) -> None:
@@ -323,37 +320,31 @@ _NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
 def _cohere(queries, touched, keys, nn, key_image, source: _Source, settings, pools):
-    """Per query whose nearest key `nn` is the tile's, the tile position (flat; -1: keep
-    `nn`) of a patch that continues a neighbouring query's source, where one costs at most
-    (1 + coherence) times the nearest key's cost (an example's nearest key stays: the
-    example's share chose it). Rounds of propagation: a coherent run grows by about a pixel per
-    round from wherever it fits."""
-    grid_h, grid_w = source.grid
+    """Per query, the tile position (flat; -1: keep its nearest key `nn`) of a patch that
+    continues a neighbouring query's source, where one costs at most (1 + coherence) times
+    `nn`. Only queries whose `nn` is the tile's move (where an example's key won, the
+    example's share chose it). Rounds of propagation: a coherent run grows by about a pixel
+    per round from wherever it fits."""
     p = settings.patch
-    tile_cost = 0.0 if pools is None else pools.tile_cost[:, 0]
+    grid_h, grid_w = key_image.shape[-2] - p + 1, key_image.shape[-1] - p + 1
+    tile_cost = None if pools is None else pools.tile_cost[:, 0]
 
-    def cost(rows, flat):  # mean squared distance to the tile's patches at `flat`
-        d = (queries[rows] - patches_at(key_image, flat, p)).pow(2).mean(1)
-        return d if pools is None else d + tile_cost[rows]
+    def cost(rows, candidates):  # to the tile's patches: distance plus the tile's pool cost
+        d = (queries[rows] - candidates).pow(2).mean(1)
+        return d if tile_cost is None else d + tile_cost[rows]
 
-    nearest_cost = (queries - keys[nn]).pow(2).mean(1)
-    if pools is not None:
-        own = nn < pools.tile
-        nearest_cost = nearest_cost + torch.where(
-            own, pools.tile_cost[:, 0], pools.example_cost[:, 0]
-        )
-    limit = (1 + settings.coherence) * nearest_cost
-    nearest = source.positions[nn]  # -1 where the nearest key is an example's
+    chosen = source.positions[nn]  # -1 where the nearest key is an example's
+    limit = (1 + settings.coherence) * cost(slice(None), keys[nn])
     lookup = torch.full((grid_h * grid_w,), -1, dtype=torch.long, device=queries.device)
     lookup[touched] = torch.arange(len(touched), device=queries.device)
     qr, qc = touched // grid_w, touched % grid_w
-    chosen = nearest.clone()
-    parity = (qr + qc) % 2
+    nearest = chosen.clone()
     # Half the queries at a time, as on a chessboard: a query's neighbours are then all of the
     # other colour and stand still while it moves (updated all at once, two neighbours would
     # each take the other's source and swap, never agreeing).
+    halves = [torch.nonzero((nearest >= 0) & ((qr + qc) % 2 == k)).flatten() for k in (0, 1)]
     for round_ in range(2 * settings.coherence_rounds):
-        moving = torch.nonzero(parity == round_ % 2).flatten()
+        moving = halves[round_ % 2]
         best = torch.full((len(moving),), float("inf"), device=queries.device)
         best_at = torch.full_like(moving, -1)
         for dr, dc in _NEIGHBOURS:
@@ -369,12 +360,11 @@ def _cohere(queries, touched, keys, nn, key_image, source: _Source, settings, po
             at, flat = at[ok], (cr * grid_w + cc)[ok]
             ok = source.allowed[flat]
             at, flat = at[ok], flat[ok]
-            d = cost(moving[at], flat)
+            d = cost(moving[at], patches_at(key_image, flat, p))
             better = d < best[at]
             best[at[better]] = d[better]
             best_at[at[better]] = flat[better]
-        # Only where the tile's own patch won: where the example's did, its share chose it.
-        take = (best_at >= 0) & (best <= limit[moving]) & (nearest[moving] >= 0)
+        take = (best_at >= 0) & (best <= limit[moving])
         chosen[moving] = torch.where(take, best_at, nearest[moving])
     return chosen
 
