@@ -389,6 +389,27 @@ def test_patches_at_cuts_what_unfold_cuts():
     assert torch.equal(patches_at(image, flat, 5), expected)
 
 
+@pytest.mark.parametrize("with_pools", [False, True])
+def test_the_nearest_key_is_the_one_at_the_least_cost(with_pools):
+    """`_nearest` without completeness orders keys by a shortcut (no query norm, no mean):
+    it must pick what the full cost (mean squared distance plus the pool cost) picks."""
+    from rs_edit.engine.patches import _nearest, _PoolCost
+
+    gen = torch.Generator().manual_seed(1)
+    queries, keys = torch.randn(300, 27, generator=gen), torch.randn(500, 27, generator=gen)
+    pools = _PoolCost(350, torch.rand(300, generator=gen)) if with_pools else None
+    full = ((queries[:, None] - keys[None]) ** 2).mean(2)
+    if with_pools:
+        full[:, :350] += pools.tile_cost
+        full[:, 350:] += pools.example_cost
+    expected = full.argmin(1)
+    picked = _nearest(queries, keys, 64, 0.0, pools)
+    # Rounding may split a near tie either way; then both keys cost the same.
+    chosen = full.gather(1, picked[:, None])[:, 0]
+    assert torch.allclose(chosen, full.gather(1, expected[:, None])[:, 0], atol=1e-5)
+    assert (picked == expected).float().mean() > 0.99
+
+
 def _adjacent_in_source(result: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> float:
     """Of the neighbouring ROI pixel pairs (side by side or one above the other), the
     fraction that are such neighbours in the tile too (every pixel of `image` is unique, so
