@@ -153,28 +153,29 @@ def _nearest(
     """Index of the nearest key (rows of keys, (K, D)) for every query row (Q, D); `pools`
     adds a per-query cost of drawing on the tile's or the example's keys."""
     key_norms = (keys * keys).sum(1)
-    query_norms = (queries * queries).sum(1)
     n = queries.shape[1]
-
-    def distances(i: int) -> torch.Tensor:  # mean squared distances of a chunk of queries
-        q = queries[i : i + chunk]
-        d = torch.addmm(key_norms[None], q, keys.T, beta=1.0, alpha=-2.0)
-        d = (d + query_norms[i : i + chunk, None]).clamp_min(0) / n
-        if pools is not None:
-            pools.add_cost(d, i)
-        return d
-
     out = torch.empty(len(queries), dtype=torch.long, device=queries.device)
     if completeness <= 0:
         # Only the order within a row matters: n * (distance + pool cost) less the query's own
         # norm, a constant per row. The full distances' extra passes over each block (add,
-        # clamp, divide) were a third of the search's time.
+        # clamp, divide) were about a third of the search's time.
         for i in range(0, len(queries), chunk):
             d = torch.addmm(key_norms[None], queries[i : i + chunk], keys.T, alpha=-2.0)
             if pools is not None:
                 pools.add_cost(d, i, scale=n)
             out[i : i + chunk] = d.argmin(1)
         return out
+
+    # Completeness divides by a per-key scale: it needs the distances themselves.
+    query_norms = (queries * queries).sum(1)
+
+    def distances(i: int) -> torch.Tensor:  # mean squared distances of a chunk of queries
+        d = torch.addmm(key_norms[None], queries[i : i + chunk], keys.T, alpha=-2.0)
+        d = (d + query_norms[i : i + chunk, None]).clamp_min(0) / n
+        if pools is not None:
+            pools.add_cost(d, i)
+        return d
+
     best = torch.full((len(keys),), float("inf"), device=queries.device)
     for i in range(0, len(queries), chunk):
         best = torch.minimum(best, distances(i).min(0).values)

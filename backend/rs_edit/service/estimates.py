@@ -47,9 +47,7 @@ class Line:
 #   window (0.01 MP): 100 s per megapixel.
 # - fast (what auto picks on a CPU): measured 8-42 s per 256x256 window (0.066 MP; the 6 edits
 #   of `python -m bench.realism --seed 0`, the realism guard's redraws making the spread),
-#   median 21.6 s: 5 s of start-up plus 16.6 s / 0.066 MP = 250 s per megapixel. (Before the
-#   nearest-neighbour search lost its extra passes, 18 edits of seeds 0-2 had a median of
-#   28.6 s; seed 0's was 31.8 s.)
+#   median 21.6 s: 5 s of start-up plus 16.6 s / 0.066 MP = 250 s per megapixel.
 # - balanced, quality, reference train a diffusion network before they edit, for
 #   `Preset.steps` optimizer steps (engine/presets.py: 4000, 12 000, 120 000); the training does
 #   not grow with the area (it learns the coarse scale, or for reference a <= 50 000 px image).
