@@ -213,3 +213,35 @@ def test_the_sampler_searches_no_more_keys_with_an_example(monkeypatch):
     assert max(seen) <= plain and torch.equal(
         out[~roi.expand_as(out)], known[~roi.expand_as(known)]
     )
+
+
+def test_the_guard_measures_an_example_edit_in_the_mixtures_own_unit():
+    from rs_edit.engine.quality import roi_swd_unit
+    from rs_edit.guidance.editor import _ExamplePool, _mixture_unit
+
+    gen = torch.Generator().manual_seed(0)
+    tile_unit = [0.1, 0.2, 0.3, 0.4, 0.5]
+    roi = torch.zeros(64, 64, dtype=torch.bool)
+    roi[10:40, 10:40] = True
+    # A varied example: flat water on the left, rough fields on the right.
+    varied = torch.full((1, 3, 80, 80), -0.6)
+    varied[..., 40:] = 0.4 + 0.3 * torch.rand(1, 3, 80, 40, generator=gen)
+    pool = _ExamplePool(varied, torch.zeros(1, 1, 80, 80, dtype=torch.bool), 1.0)
+    own = roi_swd_unit(varied[0], roi)
+    # Where the example has too few patches for a level (NaN), the tile's unit stands.
+    own = [t if o != o else o for t, o in zip(tile_unit, own, strict=True)]
+    assert own != tile_unit
+    assert _mixture_unit(tile_unit, pool, roi, 0.0) == pytest.approx(tile_unit)
+    assert _mixture_unit(tile_unit, pool, roi, 1.0) == pytest.approx(own)
+    half = _mixture_unit(tile_unit, pool, roi, 0.5)
+    assert half == pytest.approx([(t + o) / 2 for t, o in zip(tile_unit, own, strict=True)])
+    # A region of a varied example is far from the rest of it: its unit is the larger.
+    assert own[0] > 2 * tile_unit[0]
+
+    # An example smaller than the ROI's shape, or with too few valid pixels for it: the tile's.
+    tiny = _ExamplePool(varied[..., :20, :20], torch.zeros(1, 1, 20, 20, dtype=torch.bool), 1.0)
+    assert _mixture_unit(tile_unit, tiny, roi, 0.8) == tile_unit
+    holes = torch.ones(1, 1, 80, 80, dtype=torch.bool)
+    holes[..., :20, :] = False
+    sliver = _ExamplePool(varied, holes, 1.0)
+    assert _mixture_unit(tile_unit, sliver, roi, 0.8) == tile_unit

@@ -5,6 +5,8 @@ progress."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -409,3 +411,33 @@ def test_a_callback_that_raises_cancelled_stops_sampling():
     with pytest.raises(CancelledError):
         sample(flat_blocks(seed=4), square_roi(), progress=progress)
     assert steps[-1] == 2  # nothing ran on after the callback raised
+
+
+def test_an_example_pull_brings_the_examples_variety_into_the_roi():
+    # A dark tile and an example half dark, half a bright flat colour. Without the pull the
+    # ROI takes the example's patches nearest its surroundings: all dark (a forest edited
+    # toward a harbour became a pond, none of its boats). With it, a good part of the ROI's
+    # middle takes the example's other half.
+    size = 40
+    dark = PALETTE[2].view(1, 3, 1, 1)
+    known = dark.expand(1, 3, size, size).contiguous()
+    example = known.clone()
+    example[..., size // 2 :] = FLAT.view(1, 3, 1, 1)
+    roi = box((10, 10), (30, 30), size)
+    middle = box((14, 14), (26, 26), size)
+
+    def bright_share(pull: float) -> float:
+        settings = replace(PatchDiffusionSettings(), example_pull=pull)
+        shares = []
+        for seed in range(4):
+            out = sample(
+                known, roi, settings, seed=seed, example_weight=1.0,
+                example=(example, torch.zeros(1, 1, size, size, dtype=torch.bool)),
+            )  # fmt: skip
+            assert torch.equal(out[~roi.expand_as(out)], known[~roi.expand_as(known)])
+            shares.append(share_near(roi_pixels(out, middle), FLAT[None], 0.3))
+        return sum(shares) / len(shares)
+
+    assert PatchDiffusionSettings().example_pull > 0, "on by default"
+    without, pulled = bright_share(0.0), bright_share(PatchDiffusionSettings().example_pull)
+    assert without < 0.1 and pulled > 0.3, (without, pulled)

@@ -14,7 +14,7 @@ from rasterio.windows import Window
 from rs_edit.edit import EditOptions, run_edit
 from rs_edit.engine.boundary import cut_ratio
 from rs_edit.engine.pyramid import gaussian_blur
-from rs_edit.engine.quality import largest_copy, roi_swd_levels, seam_ratio
+from rs_edit.engine.quality import largest_copy, roi_swd_levels, roi_swd_unit, seam_ratio
 
 
 def texture(seed: int = 0, size: int = 96) -> torch.Tensor:
@@ -57,6 +57,31 @@ def test_roi_realism_accepts_other_content_of_the_same_kind():
     edited = torch.where(roi, other, src)
     levels = roi_swd_levels(edited, src, roi)
     assert max(levels) < 1.8, levels
+
+
+def test_the_realism_unit_moves_the_rois_shape_within_the_valid_pixels():
+    src, roi = texture(), box_roi()
+    unit = roi_swd_unit(src, roi)
+    # Only the ROI's shape counts: the same box given on a grid of another size.
+    small = torch.zeros(50, 60, dtype=torch.bool)
+    small[3:43, 10:50] = True
+    assert roi_swd_unit(src, small) == pytest.approx(unit, nan_ok=True)
+
+    # Pixels outside `valid` are neither a place for the shape nor part of the rest: whatever
+    # they hold, the unit is about the same (the detail bands near them see them a little).
+    valid = torch.ones(96, 96, dtype=torch.bool)
+    valid[:, 70:] = False
+    garbage = src.clone()
+    garbage[:, :, 70:] = 1.0
+    with_valid = roi_swd_unit(src, roi, valid=valid)
+    unmoved = pytest.approx(with_valid, rel=0.05, nan_ok=True)
+    assert roi_swd_unit(garbage, roi, valid=valid) == unmoved
+    assert roi_swd_unit(garbage, roi)[0] > 2 * with_valid[0], "without it the garbage counts"
+
+    with pytest.raises(ValueError, match="fits nowhere"):
+        roi_swd_unit(src, roi, valid=valid & (torch.arange(96) < 30))  # 30 columns, a 40 px box
+    with pytest.raises(ValueError, match="larger"):
+        roi_swd_unit(src[:, :30, :30], roi)
 
 
 def test_seam_ratio_sees_edges_and_blurred_bands():

@@ -327,16 +327,20 @@ def _subsample(flat: torch.Tensor, max_patches: int, seed: int) -> torch.Tensor:
     return flat[torch.randperm(len(flat), generator=gen)[:max_patches]]
 
 
-def _region_levels(a, b, region, levels, patch, projections, max_patches, seed) -> list[float]:
+def _region_levels(
+    a, b, region, levels, patch, projections, max_patches, seed, valid=None
+) -> list[float]:
     """Colour and per-level distances between the patches of `a` wholly inside `region` and
-    the patches of `b` wholly outside it (NaN at a level where either side has too few)."""
-    inside, outside = region[0, 0], ~region[0, 0]
+    the patches of `b` wholly outside it, and wholly in `valid` when given (NaN at a level
+    where either side has too few)."""
+    rest = ~region if valid is None else ~region & valid
+    inside, outside = region[0, 0], rest[0, 0]
     out = [_w1_rows(a[0][:, inside], b[0][:, outside])]
     bands = zip(_laplacian(a, levels), _laplacian(b, levels), strict=True)
     for k, (band_a, band_b) in enumerate(bands):
         frac = F.adaptive_avg_pool2d(region.float(), band_a.shape[-2:])
         pos_in = _positions(frac > 0.999, patch)
-        pos_out = _positions(frac < 0.001, patch)
+        pos_out = _positions(F.adaptive_avg_pool2d(rest.float(), band_a.shape[-2:]) > 0.999, patch)
         if len(pos_in) < 16 or len(pos_out) < 16:
             out.append(float("nan"))
             continue
@@ -472,15 +476,37 @@ def roi_swd_unit(
     projections: int = 128,
     max_patches: int = 4096,
     seed: int = 0,
+    valid: torch.Tensor | None = None,
 ) -> list[float]:
     """The unit of `roi_swd_levels`: per level, the distance between the source's own regions
-    of the ROI's shape (moved to 9 places) and the rest of the source, averaged."""
+    of the ROI's shape (moved to 9 places) and the rest of the source, averaged.
+
+    `roi` need not have the source's size: its shape (its bounding box's content) is what is
+    moved. `valid` ((H, W) bool, optional): the source's usable pixels (an example's polygon);
+    places where the shape would cover any other pixel are skipped, and the rest is taken
+    from the valid pixels only. ValueError when the shape fits nowhere."""
     b = _as_batch(source).cpu()
-    region = torch.as_tensor(roi, dtype=torch.bool).cpu()[None, None]
+    region = torch.as_tensor(roi, dtype=torch.bool).cpu()
     if not region.any():
         raise ValueError("the ROI is empty")
+    rows = torch.nonzero(region.any(1)).flatten()
+    cols = torch.nonzero(region.any(0)).flatten()
+    shape = region[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+    h, w = b.shape[-2:]
+    if shape.shape[0] > h or shape.shape[1] > w:
+        raise ValueError("the ROI's shape is larger than the source")
+    placed = torch.zeros((1, 1, h, w), dtype=torch.bool)
+    placed[0, 0, : shape.shape[0], : shape.shape[1]] = shape
+    usable = None if valid is None else torch.as_tensor(valid, dtype=torch.bool).cpu()[None, None]
+    moved = _shifted_regions(placed)
+    if usable is not None:  # a finer spread of places when the coarse one finds too few
+        moved = [m for m in moved if not (m & ~usable).any()]
+        if len(moved) < 3:
+            moved = [m for m in _shifted_regions(placed, 5) if not (m & ~usable).any()]
+        if not moved:
+            raise ValueError("the ROI's shape fits nowhere in the source's valid pixels")
     args = (min(levels, _max_levels(patch, b)), patch, projections, max_patches, seed)
-    refs = [_region_levels(b, b, moved, *args) for moved in _shifted_regions(region)]
+    refs = [_region_levels(b, b, m, *args, valid=usable) for m in moved]
     return torch.tensor(refs).nanmean(0).tolist()
 
 

@@ -346,6 +346,8 @@ class _RealismScore:
             with contextlib.suppress(ValueError):
                 self.unit = roi_swd_unit(self.source, self.roi)
             self.cut_unit = cut_unit(self.source, self.roi.numpy())
+        if self.unit is not None and example is not None:
+            self.unit = _mixture_unit(self.unit, example, self.roi, share)
 
     def __call__(self, edit: np.ndarray) -> _Realism:
         if self.unit is None:
@@ -375,6 +377,24 @@ class _RealismScore:
             seam if seam == seam else 0.0,
             cut if cut == cut else 0.0,
         )
+
+
+def _mixture_unit(unit: list[float], example: _ExamplePool, roi, share: float) -> list[float]:
+    """The realism unit of an edit drawn from the tile and an example, per level: the tile's
+    and the example's own units (how unlike the rest of each a region of the ROI's shape
+    typically is) in the proportion `share` the example was drawn with. A varied example (a
+    lake among fields) is far from its own regions; in the tile's unit alone, an edit drawing
+    on a part of it failed the guard however like the example it was (bench.exemplar's NAIP
+    case: six redraws, none better). Where the ROI's shape fits nowhere in the example, the
+    tile's unit stands for the example's."""
+    try:
+        theirs = roi_swd_unit(example.image[0], roi, valid=example.valid)
+    except ValueError:
+        return unit
+    return [
+        u if k >= len(theirs) or theirs[k] != theirs[k] else (1 - share) * u + share * theirs[k]
+        for k, u in enumerate(unit)
+    ]
 
 
 class _NetworkSampler:
