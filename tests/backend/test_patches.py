@@ -454,6 +454,35 @@ def test_coherence_keeps_neighbours_together(seed):
     assert torch.equal(coherent[~mask.expand_as(image)], image[~mask.expand_as(image)])
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_coherence_keeps_an_examples_neighbours_together(seed):
+    """As on the tile: where the example's share is full, runs of neighbouring pixels come
+    from one place of the example (a boat's deck holds together), not a mosaic of it."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, 96, 96, generator=gen) * 2 - 1
+    example = torch.rand(1, 3, 80, 80, generator=gen) * 2 - 1
+    guess = torch.rand(1, 3, 96, 96, generator=gen) * 2 - 1
+    mask = square_mask(96, 30, 66)
+    deep = square_mask(96, 38, 58)  # past the share's ramp
+    base = PatchSettings(
+        coarse_passes=1, coarse_noise=0.0, vote_sigma=0.05, completeness=0.0, query_sharpen=0.0
+    )
+    pair = (example, torch.zeros(1, 1, 80, 80, dtype=torch.bool))
+
+    def run(coherence: float) -> torch.Tensor:
+        settings = dataclasses.replace(base, coherence=coherence)
+        return refine(
+            guess, image, mask, settings, seed=seed, example=pair, example_weight=1.0,
+            example_ramp=1,
+        )  # fmt: skip
+
+    plain, coherent = run(0.0), run(1.0)
+    together = _adjacent_in_source(coherent, example, deep)
+    apart = _adjacent_in_source(plain, example, deep)
+    assert together > 1.6 * apart and together > 0.3, (together, apart)
+    assert torch.equal(coherent[~mask.expand_as(image)], image[~mask.expand_as(image)])
+
+
 def test_coherence_does_not_carry_the_tile_into_an_examples_share():
     """Where the example's share is full, only its patches may win: a coherent run of the
     tile's patches must not continue in from the ROI's edge."""

@@ -23,7 +23,7 @@ enough on a CPU for the window sizes an edit uses).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -224,23 +224,38 @@ def source_patches(image, roi, invalid, patch: int, max_keys: int) -> torch.Tens
     return F.unfold(image, patch)[0].T[index].contiguous()
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """One image's grid of patch positions that a source's keys are cut from: its sharp and
+    blurry images, which positions may be used, and where its positions start in the source's
+    numbering (the tile's first, then an example's)."""
+
+    sharp: torch.Tensor
+    blurry: torch.Tensor | None
+    allowed: torch.Tensor  # (rows * cols,) bool
+    offset: int
+    rows: int
+    cols: int
+
+
 class _Source:
     """The patches a scale's ROI is assembled from, as keys (blurry and sharp) and values: the
     tile's outside the ROI, and an example's (`add`)."""
 
     def __init__(self, sharp, blurry, roi, invalid, settings: PatchSettings):
         p = settings.patch
-        self.allowed = _allowed(roi, invalid, p)  # every position a patch may come from
-        index = _key_positions(self.allowed, settings.max_keys)
+        self.patch = p
+        allowed = _allowed(roi, invalid, p)  # every position a patch may come from
+        index = _key_positions(allowed, settings.max_keys)
         self.values = F.unfold(sharp, p)[0].T[index].contiguous()  # (K, C*p*p)
         self.tile_count = len(index)  # the first keys are the tile's (then an example's)
         self.share: torch.Tensor | None = None  # the example's, per patch position
         self.blurry_keys = None if blurry is None else F.unfold(blurry, p)[0].T[index].contiguous()
-        # Where each key lies in the tile's grid of patch positions (-1: an example's key),
-        # and the images its sharp and blurry patches are cut from (for coherent candidates,
-        # which need not be among the subsampled keys).
+        # Where each key lies (its grid's offset + its flat position there), and the grids'
+        # images (for coherent candidates, which need not be among the subsampled keys).
         self.positions = index
-        self.sharp, self.blurry = sharp, blurry
+        h, w = sharp.shape[-2:]
+        self.grids = [_Grid(sharp, blurry, allowed, 0, h - p + 1, w - p + 1)]
 
     def add(self, other: _Source) -> None:
         """Draw on `other`'s patches too, within the keys this source searched alone
@@ -249,12 +264,44 @@ class _Source:
         keep = spread(self.tile_count, mine)
         take = spread(len(other.values), theirs)
         self.values = torch.cat([self.values[keep], other.values[take]])
-        self.positions = torch.cat(
-            [self.positions[keep], torch.full((len(take),), -1, device=self.positions.device)]
-        )
+        offset = sum(g.rows * g.cols for g in self.grids)
+        self.positions = torch.cat([self.positions[keep], other.positions[take] + offset])
+        self.grids += [replace(g, offset=g.offset + offset) for g in other.grids]
         if self.blurry_keys is not None:
             self.blurry_keys = torch.cat([self.blurry_keys[keep], other.blurry_keys[take]])
         self.tile_count = mine
+
+    def grid_index(self, positions: torch.Tensor) -> torch.Tensor:
+        """Which grid (0: the tile's) each position lies in."""
+        starts = torch.tensor([g.offset for g in self.grids[1:]], device=positions.device)
+        return torch.bucketize(positions, starts, right=True)
+
+    def patches(self, positions: torch.Tensor, blurry: bool) -> torch.Tensor:
+        """(N, C*p*p) sharp (or blurry) patches at `positions` (the source's numbering)."""
+        out = torch.empty(len(positions), self.values.shape[1], device=self.values.device)
+        which = self.grid_index(positions)
+        for k, g in enumerate(self.grids):
+            rows = torch.nonzero(which == k).flatten()
+            if len(rows):
+                image = g.blurry if blurry else g.sharp
+                out[rows] = patches_at(image, positions[rows] - g.offset, self.patch)
+        return out
+
+    def moved(self, positions: torch.Tensor, dr: int, dc: int):
+        """The positions `dr` rows and `dc` columns away in each one's own grid: (rows of
+        `positions` where that position exists and may be used, those positions)."""
+        which = self.grid_index(positions)
+        found, moved = [], []
+        for k, g in enumerate(self.grids):
+            rows = torch.nonzero(which == k).flatten()
+            local = positions[rows] - g.offset
+            r, c = local // g.cols + dr, local % g.cols + dc
+            ok = (r >= 0) & (r < g.rows) & (c >= 0) & (c < g.cols)
+            rows, flat = rows[ok], (r * g.cols + c)[ok]
+            ok = g.allowed[flat]
+            found.append(rows[ok])
+            moved.append(flat[ok] + g.offset)
+        return torch.cat(found), torch.cat(moved)
 
 
 class _PoolCost:
@@ -299,10 +346,9 @@ def _vote(x, roi, source: _Source, keys, settings: PatchSettings, completeness: 
     nn = _nearest(columns[touched], keys, settings.chunk, completeness, pools)
     values = source.values[nn]
     if settings.coherence > 0 and completeness <= 0:
-        key_image = source.blurry if keys is source.blurry_keys else source.sharp
-        chosen = _cohere(columns[touched], touched, keys, nn, key_image, source, settings, pools)
-        use = chosen >= 0
-        values[use] = patches_at(source.sharp, chosen[use], p)
+        blurry = keys is source.blurry_keys
+        chosen = _cohere(columns[touched], touched, keys, nn, blurry, source, settings, pools)
+        values = source.patches(chosen, blurry=False)
     c = x.shape[1]
     spatial = vote_weights(p, settings.vote_sigma, x.dtype).to(x.device)
     weight = torch.zeros(len(columns), p * p, dtype=x.dtype, device=x.device)
@@ -328,48 +374,46 @@ def patches_at(image: torch.Tensor, flat: torch.Tensor, patch: int) -> torch.Ten
 _NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
-def _cohere(queries, touched, keys, nn, key_image, source: _Source, settings, pools):
-    """Per query, the tile position (flat; -1: keep its nearest key `nn`) of a patch that
-    continues a neighbouring query's source, where one costs at most (1 + coherence) times
-    `nn`. Only queries whose `nn` is the tile's move (where an example's key won, the
-    example's share chose it). Rounds of propagation: a coherent run grows by about a pixel
-    per round from wherever it fits."""
-    p = settings.patch
-    grid_h, grid_w = key_image.shape[-2] - p + 1, key_image.shape[-1] - p + 1
-    tile_cost = None if pools is None else pools.tile_cost[:, 0]
+def _cohere(queries, touched, keys, nn, blurry: bool, source: _Source, settings, pools):
+    """Per query, the source position (`_Source.positions`' numbering) of a patch that
+    continues a neighbouring query's source, the tile's or an example's, where one costs at
+    most (1 + coherence) times its nearest key `nn` (the costs include the pools' costs, so
+    where the example's share is full, a run of the tile's patches cannot continue in).
+    Rounds of propagation: a coherent run grows by about a pixel per round from wherever it
+    fits."""
+    tile = source.grids[0]  # the queries' grid
 
-    def cost(rows, candidates):  # to the tile's patches: distance plus the tile's pool cost
+    def cost(rows, candidates, grids):  # distance plus the candidate's pool cost
         d = (queries[rows] - candidates).pow(2).mean(1)
-        return d if tile_cost is None else d + tile_cost[rows]
+        if pools is None:
+            return d
+        pool = torch.where(grids == 0, pools.tile_cost[rows, 0], pools.example_cost[rows, 0])
+        return d + pool
 
-    chosen = source.positions[nn]  # -1 where the nearest key is an example's
-    limit = (1 + settings.coherence) * cost(slice(None), keys[nn])
-    lookup = torch.full((grid_h * grid_w,), -1, dtype=torch.long, device=queries.device)
+    chosen = source.positions[nn]
+    limit = (1 + settings.coherence) * cost(slice(None), keys[nn], source.grid_index(chosen))
+    lookup = torch.full((tile.rows * tile.cols,), -1, dtype=torch.long, device=queries.device)
     lookup[touched] = torch.arange(len(touched), device=queries.device)
-    qr, qc = touched // grid_w, touched % grid_w
+    qr, qc = touched // tile.cols, touched % tile.cols
     nearest = chosen.clone()
     # Half the queries at a time, as on a chessboard: a query's neighbours are then all of the
     # other colour and stand still while it moves (updated all at once, two neighbours would
     # each take the other's source and swap, never agreeing).
-    halves = [torch.nonzero((nearest >= 0) & ((qr + qc) % 2 == k)).flatten() for k in (0, 1)]
+    halves = [torch.nonzero((qr + qc) % 2 == k).flatten() for k in (0, 1)]
     for round_ in range(2 * settings.coherence_rounds):
         moving = halves[round_ % 2]
         best = torch.full((len(moving),), float("inf"), device=queries.device)
         best_at = torch.full_like(moving, -1)
         for dr, dc in _NEIGHBOURS:
             nr, nc = qr[moving] + dr, qc[moving] + dc
-            ok = (nr >= 0) & (nr < grid_h) & (nc >= 0) & (nc < grid_w)
+            ok = (nr >= 0) & (nr < tile.rows) & (nc >= 0) & (nc < tile.cols)
             at = torch.nonzero(ok).flatten()  # rows of `moving`
-            neighbour = lookup[nr[at] * grid_w + nc[at]]
+            neighbour = lookup[nr[at] * tile.cols + nc[at]]
             at, neighbour = at[neighbour >= 0], neighbour[neighbour >= 0]
-            theirs = chosen[neighbour]
-            at, theirs = at[theirs >= 0], theirs[theirs >= 0]
-            cr, cc = theirs // grid_w - dr, theirs % grid_w - dc
-            ok = (cr >= 0) & (cr < grid_h) & (cc >= 0) & (cc < grid_w)
-            at, flat = at[ok], (cr * grid_w + cc)[ok]
-            ok = source.allowed[flat]
-            at, flat = at[ok], flat[ok]
-            d = cost(moving[at], patches_at(key_image, flat, p))
+            # The patch beside the neighbour's source, as the query lies beside the neighbour.
+            found, flat = source.moved(chosen[neighbour], -dr, -dc)
+            at = at[found]
+            d = cost(moving[at], source.patches(flat, blurry), source.grid_index(flat))
             better = d < best[at]
             best[at[better]] = d[better]
             best_at[at[better]] = flat[better]
