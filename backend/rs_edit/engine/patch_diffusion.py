@@ -67,7 +67,7 @@ class PatchDiffusionSettings:
     # fresh random basis. Without it the layout takes the example's patches nearest the
     # surroundings and drops the rest (a forest edited toward a harbour became a dark pond:
     # the harbour's water, none of its boats). 0: off. 3: on bench.exemplar (seed 0) the
-    # quadratic mean of "toward" went 0.76 / 0.83 / 0.62 (forest-harbour, overpass-river,
+    # quadratic mean of "toward" went 0.76 / 0.83 / 0.63 (forest-harbour, overpass-river,
     # NAIP) to 0.56 / 0.53 / 0.60, with 2: 0.61 / 0.79 / 0.59; harbour-forest, whose first
     # draft already took the example's look, 0.23 to 0.39.
     example_pull: float = 3.0
