@@ -3,6 +3,9 @@ and the example's share of the patch pools."""
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -245,3 +248,70 @@ def test_the_guard_measures_an_example_edit_in_the_mixtures_own_unit():
     holes[..., :20, :] = False
     sliver = _ExamplePool(varied, holes, 1.0)
     assert _mixture_unit(tile_unit, sliver, roi, 0.8) == tile_unit
+
+
+def _two_part_example():
+    """A tile of one texture, and an example half of that texture, half a bright other one."""
+    from test_realism import texture
+
+    tile = texture(0).numpy()
+    example = texture(1).clone()
+    example[:, :, 48:] = 0.3 * texture(2)[:, :, 48:] + torch.tensor([0.6, 0.5, -0.2])[:, None, None]
+    roi = np.zeros((96, 96), dtype=bool)
+    roi[28:68, 28:68] = True
+    scene = SimpleNamespace(
+        model_image=tile, roi_mask=roi, valid=np.ones((96, 96), dtype=bool),
+        alpha=roi.astype(np.float32),
+    )  # fmt: skip
+    like_tile = tile.copy()  # the example's half that looks like the tile
+    like_tile[:, roi] = texture(1).numpy()[:, roi]
+    like_example = tile.copy()  # both halves of the example
+    like_example[:, roi] = example.numpy()[:, roi]
+    return scene, example, like_tile, like_example
+
+
+def test_the_guard_measures_how_far_an_edit_came_toward_the_example():
+    from rs_edit.guidance.editor import _ExamplePool, _RealismScore
+
+    scene, example, like_tile, like_example = _two_part_example()
+    pool = _ExamplePool(example[None], torch.zeros(1, 1, 96, 96, dtype=torch.bool), 1.0)
+    score = _RealismScore(scene, pool, 0.9)
+    assert score(scene.model_image).toward == pytest.approx(1.0)  # the input itself
+    kept_tile, took_example = score(like_tile).toward, score(like_example).toward
+    assert kept_tile > 0.85 and took_example < kept_tile - 0.05, (kept_tile, took_example)
+    assert _RealismScore(scene).__call__(like_example).toward == 0.0  # no example: not measured
+
+
+def test_the_guard_redraws_an_edit_that_kept_the_tiles_look():
+    """An edit by example whose ROI kept the tile's look (here: unchanged) passes every
+    realism measure against the mixture, but did not do what was asked: the guard draws
+    another, and keeps the one that took on the example."""
+    from rs_edit.edit import EditOptions
+    from rs_edit.guidance.editor import TextEditor, _ExamplePool
+
+    scene, example, like_tile, like_example = _two_part_example()
+    pool = _ExamplePool(example[None], torch.zeros(1, 1, 96, 96, dtype=torch.bool), 1.0)
+    editor = TextEditor(EditOptions(prompt="x", preset="fast", clip="tiny-random"), device="cpu")
+    assert editor.preset.guard_toward <= 0.6
+    editor.preset = dataclasses.replace(editor.preset, sampler=dataclasses.replace(
+        editor.preset.sampler, example_ramp=0))  # fmt: skip
+    drawn = []
+
+    def sampler(seeds, **kwargs):
+        drawn.append(seeds[0])
+        return [like_example]
+
+    editor._add_detail = lambda tile, coarse, seeds, progress, example=None: coarse
+    unchanged = scene.model_image.copy()
+    edits, measured, replaced = editor._guard(
+        scene, sampler, False, [unchanged], [1], lambda *a, **k: None, pool
+    )
+    assert replaced == [1] and np.array_equal(edits[0], like_example)
+    assert measured[0].toward < 0.85 and len(drawn) >= 1
+
+    # The same edit with the requirement off (a bar of 1: no closer than the input) is kept.
+    editor.preset = dataclasses.replace(editor.preset, guard_toward=1.0)
+    edits, _, replaced = editor._guard(
+        scene, sampler, False, [unchanged], [1], lambda *a, **k: None, pool
+    )
+    assert replaced == [] and np.array_equal(edits[0], unchanged)

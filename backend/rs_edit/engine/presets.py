@@ -83,6 +83,11 @@ class Preset:
     # ... or whose outline shows as a change of texture along it (`boundary.cut_ratio`: the
     # sea filling a box up to its straight edge) by more than this factor.
     guard_cut: float = 1.3
+    # ... or, in an edit by example, whose ROI is no closer to the example than this (the
+    # quadratic mean over levels of the ROI's patch distance to the example, over the same for
+    # the unedited ROI) at `--reference-weight` 1, rising to 1 (no closer than the input) as
+    # the weight falls to 0: an edit that kept the tile's look did not do what was asked.
+    guard_toward: float = 0.6
     guard_tries: int = 2
     # While the outline is what shows most, every other alternative starts from the ROI filled
     # smoothly from its surroundings, noised to this level (`patch_diffusion.sample`'s

@@ -9,6 +9,7 @@ tile's content hash and the preset: a second prompt on the same tile skips it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import time
@@ -219,11 +220,14 @@ class TextEditor:
             share = example.mean_share(torch.from_numpy(tile.roi_mask & tile.valid), ramp)
         measure = _RealismScore(tile, example, share)
 
-        def terms(m: _Realism) -> tuple[float, float, float]:  # each over 1: fails
+        # With an example: how close to it the ROI must come (as close as the input at weight 0).
+        toward_bar = 1 - (1 - preset.guard_toward) * (example.weight if example else 0.0)
+
+        def terms(m: _Realism) -> tuple[float, float, float, float]:  # each over 1: fails
             seam = m.seam if m.seam > 0 else 1.0  # 0: not measurable
             edge = max(seam, 1 / seam) / preset.guard_seam  # busier or calmer than the input
             cut = 0.0 if example else m.cut / preset.guard_cut
-            return m.level / preset.guard_bar, edge, cut
+            return m.level / preset.guard_bar, edge, cut, m.toward / toward_bar
 
         def badness(m: _Realism) -> float:
             return max(terms(m))
@@ -241,7 +245,7 @@ class TextEditor:
                 # While the outline shows most, every other draw starts from the surroundings,
                 # whose layout the new content then continues; the rest are fresh draws from
                 # noise, the most varied (an anchored draw can fail the same way every time).
-                level, edge, cut = terms(measured[i])
+                level, edge, cut, _ = terms(measured[i])
                 anchor = preset.guard_anchor if cut >= max(level, edge) and k % 2 == 0 else None
                 coarse = sampler([alt_seed], unguided=True, anchor=anchor)
                 alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
@@ -258,13 +262,22 @@ class TextEditor:
                     f"variant {i + 1}: the edited area is unlike the rest of the tile or its "
                     f"edge shows (realism {m.level:.2f}, limit {preset.guard_bar}; seam "
                     f"{m.seam:.2f}, limits {1 / preset.guard_seam:.2f}-{preset.guard_seam}; "
-                    f"outline {m.cut:.2f}, limit {preset.guard_cut}); try another seed, a "
-                    "larger context or a larger area"
+                    f"outline {m.cut:.2f}, limit {preset.guard_cut}"
+                    + (
+                        f"; closeness to the example {m.toward:.2f}, limit {toward_bar:.2f}"
+                        if example
+                        else ""
+                    )
+                    + "); try another seed, a larger context or a larger area"
                 )
         if replaced:
             self.log(
                 f"realism guard: variant(s) {', '.join(map(str, replaced))} replaced by an "
-                "edit closer to the tile"
+                + (
+                    "edit closer to the tile and the example"
+                    if example
+                    else "edit closer to the tile"
+                )
             )
         return edits, measured, replaced
 
@@ -328,6 +341,7 @@ class _Realism(NamedTuple):
     level: float  # worst `roi_swd_levels` level
     seam: float  # `seam_ratio`
     cut: float  # `cut_ratio`
+    toward: float = 0.0  # with an example: how far from it, over the unedited ROI's distance
 
 
 class _RealismScore:
@@ -346,8 +360,11 @@ class _RealismScore:
             with contextlib.suppress(ValueError):
                 self.unit = roi_swd_unit(self.source, self.roi)
             self.cut_unit = cut_unit(self.source, self.roi.numpy())
+        self.from_input = None
         if self.unit is not None and example is not None:
             self.unit = _mixture_unit(self.unit, example, self.roi, share)
+            # The unedited ROI's distance to the example: the unit of `toward`.
+            self.from_input = self._to_example(self.source)
 
     def __call__(self, edit: np.ndarray) -> _Realism:
         if self.unit is None:
@@ -364,6 +381,14 @@ class _RealismScore:
                 unit=self.unit,
             )[: len(self.unit)]
         finite = [v for v in levels if v == v]
+        toward = 0.0
+        if self.from_input is not None:
+            ratios = [
+                e / i
+                for e, i in zip(self._to_example(edited), self.from_input, strict=True)
+                if e == e and i == i and i > 0
+            ]
+            toward = math.sqrt(sum(r * r for r in ratios) / len(ratios)) if ratios else 0.0
         seen = edited
         if self.example is not None:
             # New content meets the tile by design: its rim is judged as it will be written,
@@ -376,6 +401,13 @@ class _RealismScore:
             max(finite) if finite else 0.0,
             seam if seam == seam else 0.0,
             cut if cut == cut else 0.0,
+            toward,
+        )
+
+    def _to_example(self, image: torch.Tensor) -> list[float]:
+        """Per level, the patch distance from the ROI of `image` to the example alone."""
+        return roi_swd_levels_to(
+            image, self.roi, [(self.example.image[0], self.example.valid, 1.0)]
         )
 
 
