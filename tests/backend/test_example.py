@@ -261,7 +261,7 @@ def _two_part_example():
     roi[28:68, 28:68] = True
     scene = SimpleNamespace(
         model_image=tile, roi_mask=roi, valid=np.ones((96, 96), dtype=bool),
-        alpha=roi.astype(np.float32),
+        alpha=roi.astype(np.float32), scaling=BandScaling((0.0,) * 3, (255.0,) * 3, "uint8"),
     )  # fmt: skip
     like_tile = tile.copy()  # the example's half that looks like the tile
     like_tile[:, roi] = texture(1).numpy()[:, roi]

@@ -192,3 +192,33 @@ def test_the_guard_keeps_the_sea_from_filling_a_box_of_land(tmp_path):
     # The same measure on the whole crop (its unit from a larger area): the sea box scored
     # 1.39-1.61 here.
     assert cut_ratio(edited.astype(np.float32), data.astype(np.float32), roi) < 1.35
+
+
+def test_the_guard_judges_the_seam_in_the_rasters_own_values():
+    """Bands of very different spans (a wide NIR band beside a narrow one): the guard's seam
+    is the written raster's, not the model's (where every band spans 2)."""
+    from types import SimpleNamespace
+
+    from rs_edit.bands import BandScaling
+    from rs_edit.guidance.editor import _RealismScore
+
+    source = texture(3)[:2].numpy()
+    roi = box_roi().numpy()
+    scaling = BandScaling((0.0, 0.0), (1000.0, 10.0), "uint16")
+    tile = SimpleNamespace(
+        model_image=source, roi_mask=roi, valid=np.ones(roi.shape, dtype=bool),
+        alpha=roi.astype(np.float32), scaling=scaling,
+    )  # fmt: skip
+    edit = source.copy()
+    edit[0, roi] = np.clip(edit[0, roi] + 0.5, -1, 1)  # an edge in the wide band
+    edit[1, roi] = edit[1, roi].mean()  # the narrow band flattened
+    written = seam_ratio(
+        torch.from_numpy(scaling.inverse(edit).astype(np.float32)),
+        torch.from_numpy(scaling.inverse(source).astype(np.float32)),
+        torch.from_numpy(roi),
+    )
+    in_model_units = seam_ratio(
+        torch.from_numpy(edit), torch.from_numpy(source), torch.from_numpy(roi)
+    )
+    assert abs(written - in_model_units) > 0.1  # the case tells the two apart
+    assert _RealismScore(tile)(edit).seam == pytest.approx(written, rel=1e-3)

@@ -354,6 +354,11 @@ class _RealismScore:
         self.roi = torch.from_numpy(tile.roi_mask & tile.valid)
         self.outside = torch.from_numpy(~tile.roi_mask & tile.valid)
         self.alpha = torch.from_numpy(tile.alpha).float()  # the feathered blend weight
+        # Each band's span in the raster's own values: the seam is judged in those, as the
+        # written raster is (in model units, where every band spans 2, a NAIP edit whose
+        # written seam was 1.30 scored 1.23 and passed).
+        span = np.asarray(tile.scaling.hi, dtype=np.float64) - np.asarray(tile.scaling.lo)
+        self.span = torch.from_numpy(span.astype(np.float32))[:, None, None]
         self.unit = self.cut_unit = None
         if self.roi.any() and not self.roi.all():
             # A window too small for the measure's patches stays unmeasured.
@@ -395,7 +400,7 @@ class _RealismScore:
             # feathered into the tile (unfeathered, the rim of an example's content scored
             # 1.4-1.6 where the written result scored 1.2-1.3).
             seen = self.alpha * edited + (1 - self.alpha) * self.source
-        seam = seam_ratio(seen, self.source, self.roi)
+        seam = seam_ratio(seen * self.span, self.source * self.span, self.roi)
         cut = cut_ratio(edit, self.source, self.roi.numpy(), unit=self.cut_unit)
         return _Realism(
             max(finite) if finite else 0.0,
