@@ -173,7 +173,7 @@ def sample(
             pools = _Pools(len(keys), len(theirs), share[touched])
             keys = torch.cat([keys, theirs])
             if settings.example_pull > 0:
-                pull = _ExamplePull(theirs, roi, share, example_weight, settings, seed)
+                pull = _ExamplePull(theirs, roi, share, settings, seed)
     key_norms = (keys * keys).sum(1)
     n_columns = (h - p + 1) * (w - p + 1)
     # Overlapping estimates are averaged while noise remains (the MMSE image); the last step
@@ -232,7 +232,7 @@ class _ExamplePull:
     weighted by the example's share there (none at the ROI's edge, where the surroundings
     go on)."""
 
-    def __init__(self, theirs, roi, share, weight: float, settings, seed: int):
+    def __init__(self, theirs, roi, share, settings, seed: int):
         p = min(settings.patch, *roi.shape[-2:])
         h, w = roi.shape[-2:]
         self.theirs, self.patch, self.size = theirs, p, (h, w)

@@ -9,7 +9,6 @@ tile's content hash and the preset: a second prompt on the same tile skips it.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import secrets
 import time
@@ -29,7 +28,13 @@ from ..engine.model import TileModel
 from ..engine.patches import coarse_size, example_share, mask_at, refine, resize
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
-from ..engine.quality import roi_swd_levels, roi_swd_levels_to, roi_swd_unit, seam_ratio
+from ..engine.quality import (
+    combine_levels,
+    roi_swd_levels,
+    roi_swd_levels_to,
+    roi_swd_unit,
+    seam_ratio,
+)
 from ..engine.train import train_tile
 from ..progress import ProgressCallback, Stage, no_progress, share, synthesis
 from ..report import EditReport
@@ -393,7 +398,7 @@ class _RealismScore:
                 for e, i in zip(self._to_example(edited), self.from_input, strict=True)
                 if e == e and i == i and i > 0
             ]
-            toward = math.sqrt(sum(r * r for r in ratios) / len(ratios)) if ratios else 0.0
+            toward = combine_levels(ratios) if ratios else 0.0
         seen = edited
         if self.example is not None:
             # New content meets the tile by design: its rim is judged as it will be written,
