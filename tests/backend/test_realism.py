@@ -222,3 +222,41 @@ def test_the_guard_judges_the_seam_in_the_rasters_own_values():
     )
     assert abs(written - in_model_units) > 0.1  # the case tells the two apart
     assert _RealismScore(tile)(edit).seam == pytest.approx(written, rel=1e-3)
+
+
+def test_the_guard_alternates_plain_and_sharper_alternatives():
+    """A plain draw can drift to the tile's commonest content; every other alternative is
+    drawn with sharper patch posteriors (`guard_sharpen`), and the guard keeps the better
+    draft, whichever kind it is."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from rs_edit.bands import BandScaling
+    from rs_edit.guidance.editor import TextEditor
+
+    source = texture(3).numpy()
+    roi = box_roi().numpy()
+    tile = SimpleNamespace(
+        model_image=source, roi_mask=roi, valid=np.ones(roi.shape, dtype=bool),
+        alpha=roi.astype(np.float32), scaling=BandScaling((0.0,) * 3, (255.0,) * 3, "uint8"),
+    )  # fmt: skip
+    flat = source.copy()
+    flat[:, roi] = source[:, roi].mean(1, keepdims=True)  # the commonest colour, no detail
+    good = source.copy()
+    good[:, roi] = texture(4).numpy()[:, roi]  # the tile's kind of content
+    editor = TextEditor(EditOptions(prompt="x", preset="fast", clip="tiny-random"), device="cpu")
+    editor.preset = dataclasses.replace(editor.preset, guard_tries=6)
+    editor._add_detail = lambda tile, coarse, seeds, progress, example=None: coarse
+    asked = []
+
+    def sampler(seeds, *, unguided, anchor, sharpen):
+        asked.append(sharpen)
+        return [good if sharpen is not None and len(asked) >= 4 else flat]
+
+    edits, measured, replaced = editor._guard(
+        tile, sampler, False, [flat], [1], lambda *a, **k: None
+    )
+    sharp = editor.preset.guard_sharpen
+    assert sharp > 1 and len(asked) >= 4, asked
+    assert set(asked[0::2]) == {None} and set(asked[1::2]) == {sharp}, asked
+    assert replaced == [1] and np.array_equal(edits[0], good)  # the better draft, a sharp one

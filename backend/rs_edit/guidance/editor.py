@@ -252,7 +252,9 @@ class TextEditor:
                 # noise, the most varied (an anchored draw can fail the same way every time).
                 level, edge, cut, _ = terms(measured[i])
                 anchor = preset.guard_anchor if cut >= max(level, edge) and k % 2 == 0 else None
-                coarse = sampler([alt_seed], unguided=True, anchor=anchor)
+                # Every other one keeps the tile's rarer content better (`guard_sharpen`).
+                sharpen = preset.guard_sharpen if k % 2 == 1 else None
+                coarse = sampler([alt_seed], unguided=True, anchor=anchor, sharpen=sharpen)
                 alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
                 m = measure(alt)
                 progress(Stage.GUARD, i * tries + k + 1, total)
@@ -399,14 +401,13 @@ class _RealismScore:
                 if e == e and i == i and i > 0
             ]
             toward = combine_levels(ratios) if ratios else 0.0
-        seen = edited
-        if self.example is not None:
-            # New content meets the tile by design: its rim is judged as it will be written,
-            # feathered into the tile (unfeathered, the rim of an example's content scored
-            # 1.4-1.6 where the written result scored 1.2-1.3).
-            seen = self.alpha * edited + (1 - self.alpha) * self.source
+        # The rim and the outline are judged as they will be written, feathered into the tile
+        # (unfeathered, the rim of an example's content scored 1.4-1.6 where the written
+        # result scored 1.2-1.3, and bench.realism's forest edits 1.22-1.50 where their
+        # written seam was 1.13-1.14: the guard redrew edits whose written seam passed).
+        seen = self.alpha * edited + (1 - self.alpha) * self.source
         seam = seam_ratio(seen * self.span, self.source * self.span, self.roi)
-        cut = cut_ratio(edit, self.source, self.roi.numpy(), unit=self.cut_unit)
+        cut = cut_ratio(seen.numpy(), self.source, self.roi.numpy(), unit=self.cut_unit)
         return _Realism(
             max(finite) if finite else 0.0,
             seam if seam == seam else 0.0,
@@ -446,9 +447,11 @@ class _NetworkSampler:
     def __init__(self, model: TileModel, scene, unguided: TileModel | None = None):
         self.model, self.scene, self.unguided = model, scene, unguided or model
 
-    def __call__(self, seeds, *, guide=None, unguided=False, anchor=None, progress=no_progress):
-        # `anchor` (the patch sampler's start from the surroundings) has no counterpart here:
-        # a trained model's sampler always starts from noise.
+    def __call__(
+        self, seeds, *, guide=None, unguided=False, anchor=None, sharpen=None, progress=no_progress
+    ):
+        # `anchor` and `sharpen` (the patch sampler's start from the surroundings and its
+        # posteriors) have no counterpart here: a trained model's sampler starts from noise.
         model = self.unguided if unguided else self.model
         guide = None if unguided else guide
         return sample_edits(model, self.scene, seeds, guide=guide, progress=progress)
@@ -513,13 +516,16 @@ class _PatchSampler:
             self.example = tuple(t.to(device) for t in example.scaled(factor))
             self.example_weight = example.weight
 
-    def __call__(self, seeds, *, guide=None, unguided=False, anchor=None, progress=no_progress):
+    def __call__(
+        self, seeds, *, guide=None, unguided=False, anchor=None, sharpen=None, progress=no_progress
+    ):
+        settings = self.settings if sharpen is None else replace(self.settings, sharpen=sharpen)
         edits = []
         for i, seed in enumerate(seeds):
             x = patch_diffusion.sample(
                 self.known,
                 self.roi,
-                self.settings,
+                settings,
                 invalid=self.invalid,
                 seed=seed,
                 guide=None if unguided else guide,
