@@ -260,3 +260,40 @@ def test_the_guard_alternates_plain_and_sharper_alternatives():
     assert sharp > 1 and len(asked) >= 4, asked
     assert set(asked[0::2]) == {None} and set(asked[1::2]) == {sharp}, asked
     assert replaced == [1] and np.array_equal(edits[0], good)  # the better draft, a sharp one
+
+
+def test_the_guard_judges_seam_and_outline_as_written_feathered_into_the_tile():
+    """The written edit is feathered into the tile over the ROI's rim; the guard judges the
+    seam and the outline on that, not on the raw draft (whose rim scored 1.22-1.50 on a forest
+    whose written seam was 1.13)."""
+    from types import SimpleNamespace
+
+    from rs_edit.bands import BandScaling
+    from rs_edit.guidance.editor import _RealismScore
+
+    source = texture(3).numpy()
+    roi = box_roi().numpy()
+    # A feather: the blend weight rises from 0.2 at the ROI's edge to 1 six pixels in.
+    i, j = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
+    depth = np.minimum.reduce([i - 27, 68 - i, j - 27, 68 - j])  # 1 on the ROI's edge rows
+    alpha = np.where(roi, np.clip(depth / 6, 0.2, 1.0), 0.0).astype(np.float32)
+    tile = SimpleNamespace(
+        model_image=source, roi_mask=roi, valid=np.ones(roi.shape, dtype=bool),
+        alpha=alpha, scaling=BandScaling((0.0,) * 3, (2.0,) * 3, "float32"),
+    )  # fmt: skip
+    edit = source.copy()
+    edit[:, roi] = np.clip(texture(5).numpy()[:, roi] * 1.6 + 0.2, -1, 1)  # other, busier
+    written = alpha * edit + (1 - alpha) * source
+    as_written = (
+        seam_ratio(torch.from_numpy(written), torch.from_numpy(source), torch.from_numpy(roi)),
+        cut_ratio(written, source, roi),
+    )
+    raw = (
+        seam_ratio(torch.from_numpy(edit), torch.from_numpy(source), torch.from_numpy(roi)),
+        cut_ratio(edit, source, roi),
+    )
+    differ = [abs(r - w) > 0.05 for r, w in zip(raw, as_written, strict=True)]
+    assert all(differ), (raw, as_written)  # the case tells the two apart
+    measured = _RealismScore(tile)(edit)
+    assert measured.seam == pytest.approx(as_written[0], rel=1e-3)
+    assert measured.cut == pytest.approx(as_written[1], rel=1e-3)
