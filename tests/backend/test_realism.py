@@ -224,10 +224,11 @@ def test_the_guard_judges_the_seam_in_the_rasters_own_values():
     assert _RealismScore(tile)(edit).seam == pytest.approx(written, rel=1e-3)
 
 
-def test_the_guard_alternates_plain_and_sharper_alternatives():
-    """A plain draw can drift to the tile's commonest content; every other alternative is
-    drawn with sharper patch posteriors (`guard_sharpen`), and the guard keeps the better
-    draft, whichever kind it is."""
+def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
+    """A plain draw can drift to the tile's commonest content: unless the outline is what
+    fails most, every other alternative is drawn with sharper patch posteriors
+    (`guard_sharpen`), and the guard keeps the better draft, whichever kind it is. While the
+    outline fails most, every other alternative is anchored on the surroundings instead."""
     import dataclasses
     from types import SimpleNamespace
 
@@ -257,9 +258,24 @@ def test_the_guard_alternates_plain_and_sharper_alternatives():
         tile, sampler, False, [flat], [1], lambda *a, **k: None
     )
     sharp = editor.preset.guard_sharpen
-    assert sharp > 1 and len(asked) >= 4, asked
-    assert set(asked[0::2]) == {None} and set(asked[1::2]) == {sharp}, asked
+    assert sharp > 1 and asked == [None, sharp] * 3, asked  # the kept draft fails its seam
     assert replaced == [1] and np.array_equal(edits[0], good)  # the better draft, a sharp one
+
+    # A draft whose outline fails most (the sea filling a box of land) is redrawn anchored
+    # and plain, never sharper (a stand-in measure: only the outline fails).
+    from rs_edit.guidance import editor as editor_module
+
+    outline_fails = editor_module._Realism(level=1.0, seam=1.0, cut=2.0, toward=0.0)
+    monkeypatch.setattr(editor_module, "_RealismScore", lambda *a: lambda edit: outline_fails)
+    anchors, asked[:] = [], []
+
+    def outlined(seeds, *, unguided, anchor, sharpen):
+        asked.append(sharpen)
+        anchors.append(anchor)
+        return [flat]
+
+    editor._guard(tile, outlined, False, [flat], [1], lambda *a, **k: None)
+    assert asked == [None] * 6 and anchors == [editor.preset.guard_anchor, None] * 3, anchors
 
 
 def test_the_guard_judges_seam_and_outline_as_written_feathered_into_the_tile():

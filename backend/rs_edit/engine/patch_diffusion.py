@@ -81,7 +81,8 @@ class PatchDiffusionSettings:
     # depends on the tile, and sharper overshoots where it does not (the harbour's ROI fills
     # with boats; a test tile's minority colour, 11 % of it, took 8 % of unconditional
     # samples at 1, 14 % at 2 and 16 % at 3), so draws are plain by default and the realism
-    # guard alternates plain and sharper alternatives (`Preset.guard_sharpen`).
+    # guard alternates plain and sharper alternatives where realism fails
+    # (`Preset.guard_sharpen`).
     sharpen: float = 1.0
 
 

@@ -252,8 +252,9 @@ class TextEditor:
                 # noise, the most varied (an anchored draw can fail the same way every time).
                 level, edge, cut, _ = terms(measured[i])
                 anchor = preset.guard_anchor if cut >= max(level, edge) and k % 2 == 0 else None
-                # Every other one keeps the tile's rarer content better (`guard_sharpen`).
-                sharpen = preset.guard_sharpen if k % 2 == 1 else None
+                # Otherwise every other one keeps the tile's rarer content (`guard_sharpen`),
+                # which a plain draw can lose to its commonest, flattest content.
+                sharpen = preset.guard_sharpen if cut < max(level, edge) and k % 2 else None
                 coarse = sampler([alt_seed], unguided=True, anchor=anchor, sharpen=sharpen)
                 alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
                 m = measure(alt)
