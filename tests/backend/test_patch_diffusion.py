@@ -248,9 +248,9 @@ def test_an_anchored_start_skips_the_noise_levels_above_the_anchor():
 
 
 def test_sharper_posteriors_keep_a_tiles_rarer_content():
-    # Bright 3 px squares on a noisy dark ground (about 11 % of the tile), drawn nearly whole:
+    # Bright 3 px squares on a noisy dark ground (11-12 % of the tile), drawn nearly whole:
     # plain posteriors, each blind to the evidence of the patches overlapping it, drift to the
-    # commonest content (about 8 % bright); sharper ones keep the squares (14-19 %).
+    # commonest content (7-10 % bright); sharper ones keep the squares (14-19 %).
     size, bright = 48, FLAT.view(3, 1, 1)
     roi = box((2, 0), (size, size), size)
 

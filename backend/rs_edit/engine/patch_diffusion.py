@@ -76,12 +76,13 @@ class PatchDiffusionSettings:
     # own pixels, but each pixel is seen by patch^2 overlapping patches, so the image holds
     # more evidence than any one patch: the plain posterior is too broad, its estimates too
     # close to the mean, and the averaged layout can drift to the tile's commonest, flattest
-    # content (unconditional samples of bench.realism's overpass tile at 64 px: pixel std
-    # 0.31 against the tile's 0.46, nearly all asphalt; 0.34 at 2-8). How much it drifts
-    # depends on the tile, and sharper overshoots where it does not (the harbour's ROI fills
-    # with boats; a test tile's minority colour, 11 % of it, took 8 % of unconditional
-    # samples at 1, 14 % at 2 and 16 % at 3), so draws are plain by default and the realism
-    # guard alternates plain and sharper alternatives where realism fails
+    # content (unconditional samples of bench.realism's overpass tile at 64 px, measured with
+    # a scratch script: pixel std 0.31 against the tile's 0.46, nearly all asphalt; 0.34 at
+    # 2-8). How much it drifts depends on the tile, and sharper overshoots where it does not
+    # (the harbour's ROI fills with boats; the bright squares of
+    # test_sharper_posteriors_keep_a_tiles_rarer_content, 11-12 % of its tile, take 7-10 % of
+    # the samples at 1, 13-16 % at 2 and 14-19 % at 3), so draws are plain by default and
+    # the realism guard alternates plain and sharper alternatives where realism fails
     # (`Preset.guard_sharpen`).
     sharpen: float = 1.0
 

@@ -98,11 +98,11 @@ class Preset:
     # layouts only): its layout keeps the tile's rarer, high-contrast content (crowns in a
     # shaded forest, cars on a road) where a plain draw drifts to the commonest. 3:
     # bench.realism's forest and overpass (seed 0) failed their colour level with plain
-    # alternatives only (1.27, 1.26); with 6 drafts each the median worst level went
-    # 1.84 / 2.15 to 0.93 / 1.33 (the harbour's, 1.16, to 1.47: hence alternating, not
-    # always). Not while the outline fails most (then every other one is anchored, the rest
-    # plain): sharper draws from noise left a Landsat box the sea had filled as it was, and
-    # `tiny`'s 4 tries found no coast.
+    # alternatives only (1.27, 1.26); over 6 unguarded drafts each (a scratch script) the
+    # median worst level went 1.84 / 2.15 to 0.93 / 1.33 (the harbour's, 1.16, to 1.47:
+    # hence alternating, not always). Not while the outline fails most (then every other
+    # one is anchored, the rest plain): sharper draws from noise left a Landsat box the sea
+    # had filled as it was, and `tiny`'s 4 tries found no coast.
     guard_sharpen: float = 3.0
 
     def trains_network(self, guidance: str) -> bool:

@@ -251,10 +251,11 @@ class TextEditor:
                 # whose layout the new content then continues; the rest are fresh draws from
                 # noise, the most varied (an anchored draw can fail the same way every time).
                 level, edge, cut, _ = terms(measured[i])
-                anchor = preset.guard_anchor if cut >= max(level, edge) and k % 2 == 0 else None
+                outline_most = cut >= max(level, edge)
+                anchor = preset.guard_anchor if outline_most and k % 2 == 0 else None
                 # Otherwise every other one keeps the tile's rarer content (`guard_sharpen`),
                 # which a plain draw can lose to its commonest, flattest content.
-                sharpen = preset.guard_sharpen if cut < max(level, edge) and k % 2 else None
+                sharpen = preset.guard_sharpen if not outline_most and k % 2 else None
                 coarse = sampler([alt_seed], unguided=True, anchor=anchor, sharpen=sharpen)
                 alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
                 m = measure(alt)
@@ -367,6 +368,7 @@ class _RealismScore:
         # written seam was 1.30 scored 1.23 and passed).
         span = np.asarray(tile.scaling.hi, dtype=np.float64) - np.asarray(tile.scaling.lo)
         self.span = torch.from_numpy(span.astype(np.float32))[:, None, None]
+        self.written_source = self.source * self.span
         self.unit = self.cut_unit = None
         if self.roi.any() and not self.roi.all():
             # A window too small for the measure's patches stays unmeasured.
@@ -407,7 +409,7 @@ class _RealismScore:
         # result scored 1.2-1.3, and bench.realism's forest edits 1.22-1.50 where their
         # written seam was 1.13-1.14: the guard redrew edits whose written seam passed).
         seen = self.alpha * edited + (1 - self.alpha) * self.source
-        seam = seam_ratio(seen * self.span, self.source * self.span, self.roi)
+        seam = seam_ratio(seen * self.span, self.written_source, self.roi)
         cut = cut_ratio(seen.numpy(), self.source, self.roi.numpy(), unit=self.cut_unit)
         return _Realism(
             max(finite) if finite else 0.0,
