@@ -228,7 +228,8 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     """A plain draw can drift to the tile's commonest content: unless the outline is what
     fails most, every other alternative is drawn with sharper patch posteriors
     (`guard_sharpen`), and the guard keeps the better draft, whichever kind it is. While the
-    outline fails most, every other alternative is anchored on the surroundings instead."""
+    outline fails most, every other alternative is anchored on the surroundings instead; while
+    an edit by example is furthest from the example, every alternative is plain."""
     import dataclasses
     from types import SimpleNamespace
 
@@ -276,6 +277,16 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
 
     editor._guard(tile, outlined, False, [flat], [1], lambda *a, **k: None)
     assert asked == [None] * 6 and anchors == [editor.preset.guard_anchor, None] * 3, anchors
+
+    # Nor while an edit by example is what fails most, too far from the example: sharper
+    # draws keep the tile's rarer content, not the example's (bench.exemplar's NAIP case: its
+    # sharper alternatives came out the furthest from the example).
+    far = editor_module._Realism(level=0.5, seam=1.0, cut=0.0, toward=0.9)
+    monkeypatch.setattr(editor_module, "_RealismScore", lambda *a: lambda edit: far)
+    example = SimpleNamespace(weight=1.0, mean_share=lambda roi, ramp: 1.0)
+    anchors, asked[:] = [], []
+    editor._guard(tile, outlined, False, [flat], [1], lambda *a, **k: None, example)
+    assert asked == [None] * 6 and anchors == [None] * 6, (asked, anchors)
 
 
 def test_the_guard_judges_seam_and_outline_as_written_feathered_into_the_tile():

@@ -210,10 +210,12 @@ class TextEditor:
         filling a box up to its straight edge). A failing edit is replaced by the best of a few
         alternatives made without the guidance (the same seed first when guided, then others):
         while the outline is what shows most, every other one starts from the surroundings
-        (`guard_anchor`), the others from noise. Returns the edits, each one's `_Realism` and
-        the variants that were replaced. With an example, realism is closeness to the mixture
-        of the tile's surroundings and the example it was drawn from, and the outline is not
-        judged: a change of texture along it is the edit asked for."""
+        (`guard_anchor`), the others from noise; otherwise, unless an edit by example is
+        furthest from the example, every other one is drawn sharper (`guard_sharpen`).
+        Returns the edits, each one's `_Realism` and the variants that were replaced. With an
+        example, realism is closeness to the mixture of the tile's surroundings and the
+        example it was drawn from, and the outline is not judged: a change of texture along
+        it is the edit asked for."""
         preset, tries = self.preset, self.preset.guard_tries
         if example is not None:  # each draft costs about twice as much with an example
             tries = min(tries, EXAMPLE_GUARD_TRIES)
@@ -250,12 +252,16 @@ class TextEditor:
                 # While the outline shows most, every other draw starts from the surroundings,
                 # whose layout the new content then continues; the rest are fresh draws from
                 # noise, the most varied (an anchored draw can fail the same way every time).
-                level, edge, cut, _ = terms(measured[i])
+                level, edge, cut, toward = terms(measured[i])
                 outline_most = cut >= max(level, edge)
                 anchor = preset.guard_anchor if outline_most and k % 2 == 0 else None
                 # Otherwise every other one keeps the tile's rarer content (`guard_sharpen`),
-                # which a plain draw can lose to its commonest, flattest content.
-                sharpen = preset.guard_sharpen if not outline_most and k % 2 else None
+                # which a plain draw can lose to its commonest, flattest content; not while
+                # the example is what is missed most: the tile's rare content is not the
+                # example's.
+                toward_most = toward >= max(level, edge)
+                sharper = k % 2 and not (outline_most or toward_most)
+                sharpen = preset.guard_sharpen if sharper else None
                 coarse = sampler([alt_seed], unguided=True, anchor=anchor, sharpen=sharpen)
                 alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
                 m = measure(alt)
