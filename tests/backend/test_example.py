@@ -97,6 +97,41 @@ def test_the_examples_share_rises_from_the_rois_edge():
     assert 0 < share[2, 10] < share[3, 10] < share[10, 10]
 
 
+def test_the_examples_ramp_fits_a_small_roi():
+    """The share's ramp is at most half the ROI's depth: in a small ROI a fixed ramp left
+    the example at full share only at the very centre."""
+    from rs_edit.engine.patches import fitted_ramp
+    from rs_edit.engine.presets import PRESETS
+    from rs_edit.guidance.editor import _ExamplePool
+
+    def box(side, size=64):
+        roi = torch.zeros(1, 1, size, size, dtype=torch.bool)
+        roi[..., 4 : 4 + side, 4 : 4 + side] = True
+        return roi
+
+    assert fitted_ramp(box(40), 5) == 5  # deep enough: the ramp as asked
+    assert fitted_ramp(box(12), 5) == 3  # 6 px deep
+    assert fitted_ramp(box(7), 5) == 2
+    assert fitted_ramp(box(2), 5) == 1 and fitted_ramp(box(40), 1) == 1  # at least 1
+    corner = torch.zeros(1, 1, 64, 64, dtype=torch.bool)
+    corner[..., :10, :10] = True  # the image's border is not outside
+    assert fitted_ramp(corner, 5) == 5
+
+    preset = PRESETS["fast"]
+    example = SimpleNamespace(
+        image=np.zeros((3, 32, 32), np.float32), valid=np.ones((32, 32), bool)
+    )
+
+    def pool_for(side):  # a 256 px window: the coarse scale is a quarter of it
+        alpha = np.zeros((256, 256), np.float32)
+        alpha[40 : 40 + side, 40 : 40 + side] = 1.0
+        tile = SimpleNamespace(example=example, model_image=np.zeros((3, 256, 256)), alpha=alpha)
+        return _ExamplePool.of(tile, 1.0, preset)
+
+    assert pool_for(160).ramp == preset.sampler.example_ramp
+    assert pool_for(40).ramp == 2  # 10 px at the coarse scale: 5 deep
+
+
 def test_the_result_tags_name_example_files_never_their_paths(tmp_path):
     from rs_edit.edit import EditOptions, result_settings
 

@@ -62,7 +62,8 @@ class PatchDiffusionSettings:
     # scratch script), the share of drafts meeting every goal went from 3 to 5: forest-harbour
     # 4/8 to 6/8, harbour-forest 7/8 to 8/8, overpass-river 5/8 to 6/8, NAIP 1/12 to 4/12 (its
     # mean seam 1.26 to 1.22, its mean closeness 0.60 to 0.62); 7 gave NAIP 5/12 but
-    # overpass-river 7/12 (10/12 with 5), its closeness to the river falling.
+    # overpass-river 7/12 (10/12 with 5), its closeness to the river falling. The editor
+    # fits it to the ROI (`patches.fitted_ramp`: at most half the ROI's depth).
     example_ramp: int = 5
     # With an example: how far each step moves the ROI's patches (where the example's share is
     # full) toward the example's patch distribution, as a fraction of the step a guide gets

@@ -143,6 +143,18 @@ def example_share(roi: torch.Tensor, patch: int, weight: float, ramp: int) -> to
                  centre : share.shape[-1] - patch + 1 + centre].flatten()  # fmt: skip
 
 
+def fitted_ramp(roi: torch.Tensor, ramp: int) -> int:
+    """`ramp` for `example_share`, at most half the depth of the ROI (1, 1, h, w) (its deepest
+    pixel's distance from outside, counted as `example_share` counts it) and at least 1: a
+    fixed ramp left a small ROI with the example at full share only at its very centre, the
+    tile's look everywhere else."""
+    inside, depth = roi.float(), 0
+    while depth < 2 * ramp and bool(inside.any()):
+        depth += 1
+        inside = -F.max_pool2d(-inside, 3, stride=1, padding=1)
+    return max(1, min(ramp, depth // 2))
+
+
 def _nearest(
     queries: torch.Tensor,
     keys: torch.Tensor,

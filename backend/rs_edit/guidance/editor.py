@@ -25,7 +25,14 @@ from ..engine import patch_diffusion
 from ..engine.boundary import cut_ratio, cut_unit
 from ..engine.device import pick_device
 from ..engine.model import TileModel
-from ..engine.patches import coarse_size, example_share, mask_at, refine, resize
+from ..engine.patches import (
+    coarse_size,
+    example_share,
+    fitted_ramp,
+    mask_at,
+    refine,
+    resize,
+)
 from ..engine.presets import resolve_preset
 from ..engine.pyramid import lanczos_resize
 from ..engine.quality import (
@@ -74,7 +81,7 @@ class TextEditor:
     def edit(self, tile, progress: ProgressCallback) -> list[np.ndarray]:
         """One edited model-space image (C, h, w) per variant."""
         opts, preset = self.options, self.preset
-        example = _ExamplePool.of(tile, opts.reference_weight)
+        example = _ExamplePool.of(tile, opts.reference_weight, preset)
         if example and preset.detail == "patches" and preset.coarse != "patch-diffusion":
             # Only the training-free sampler draws on the example's patches; a trained model
             # knows the tile alone.
@@ -223,7 +230,7 @@ class TextEditor:
         if example is not None:  # the example's share as the engine ramped it in
             height = tile.model_image.shape[1]
             coarse = coarse_size(height, tile.model_image.shape[2], preset.coarse_side)[0]
-            ramp = round(preset.sampler.example_ramp * height / coarse)
+            ramp = round(example.ramp * height / coarse)
             share = example.mean_share(torch.from_numpy(tile.roi_mask & tile.valid), ramp)
         measure = _RealismScore(tile, example, share)
 
@@ -313,7 +320,7 @@ class TextEditor:
                 seed=seeds[i],
                 example=example.pair if example else None,
                 example_weight=example.weight if example else 0.0,
-                example_ramp=self.preset.sampler.example_ramp,
+                example_ramp=example.ramp if example else 1,
                 progress=share(progress, i, len(coarse_edits)),
             )
             edits.append(full[0].numpy())
@@ -468,18 +475,23 @@ class _NetworkSampler:
 
 class _ExamplePool:
     """The tile's example as the engine uses it: a picture whose patches join the tile's
-    with probability `weight`."""
+    with probability `weight`, rising to it from the ROI's edge over `ramp` px of the coarse
+    scale."""
 
-    def __init__(self, image: torch.Tensor, invalid: torch.Tensor, weight: float):
+    def __init__(self, image: torch.Tensor, invalid: torch.Tensor, weight: float, ramp: int = 1):
         self.image, self.invalid, self.weight = image, invalid, weight  # (1, C|1, he, we)
+        self.ramp = ramp
 
     @classmethod
-    def of(cls, tile, weight: float) -> _ExamplePool | None:
+    def of(cls, tile, weight: float, preset) -> _ExamplePool | None:
         if tile.example is None or weight <= 0:
             return None
         image = torch.from_numpy(tile.example.image)[None]
         invalid = torch.from_numpy(~tile.example.valid)[None, None]
-        return cls(image, invalid, weight)
+        # The preset's ramp, fitted to the ROI as the coarse scale sees it.
+        size = coarse_size(*tile.model_image.shape[1:], preset.coarse_side)
+        roi = mask_at(torch.from_numpy(tile.alpha > 0)[None, None], size)
+        return cls(image, invalid, weight, fitted_ramp(roi, preset.sampler.example_ramp))
 
     def mean_share(self, roi: torch.Tensor, ramp: int) -> float:
         """The example's mean share over the ROI's pixels (`roi`: (H, W) bool) when it rises
@@ -524,6 +536,7 @@ class _PatchSampler:
             factor = size[0] / tile.model_image.shape[1]
             self.example = tuple(t.to(device) for t in example.scaled(factor))
             self.example_weight = example.weight
+            self.settings = replace(settings, example_ramp=example.ramp)
 
     def __call__(
         self, seeds, *, guide=None, unguided=False, anchor=None, sharpen=None, progress=no_progress
