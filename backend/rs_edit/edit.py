@@ -25,7 +25,7 @@ from .bands import BandScaling
 from .composite import composite, roi_alpha
 from .engine.presets import AUTO, DEFAULT_PRESET, check_preset_name, get_preset
 from .errors import ParameterError
-from .example import Example, ExamplePixels, example_for_tile, load_example
+from .example import Example, ExamplePixels, example_for_tile, load_example, read_scene
 from .guidance import GUIDANCE_METHODS
 from .guidance.clip import DEFAULT_CLIP, check_clip_spec
 from .paths import cache_root
@@ -152,20 +152,35 @@ def prepare_windows(
 def read_plan(plan: EditPlan) -> list[PreparedTile]:
     """Read the pixels of each of the plan's windows (and the example's, once) and map them to
     the model's range."""
-    example = load_example(plan.example) if plan.example is not None else None
-    return [_read(plan, planned, example) for planned in plan.windows]
+    example = scene = None
+    if plan.example is not None:
+        example = load_example(plan.example)
+        scene = read_scene(plan.info.path, list(plan.info.data_bands))
+    return [_read(plan, planned, example, scene) for planned in plan.windows]
 
 
-def _read(plan: EditPlan, planned: PlannedWindow, example: ExamplePixels | None) -> PreparedTile:
+def _read(
+    plan: EditPlan,
+    planned: PlannedWindow,
+    example: ExamplePixels | None,
+    scene: tuple[np.ndarray, np.ndarray] | None = None,
+) -> PreparedTile:
     info, options, window = plan.info, plan.options, planned.window
     tile = read_tile(info, window)
     roi_mask = planned.roi.rasterize(window)
     alpha = roi_alpha(roi_mask, dilate_px=options.dilate_px, feather_px=options.feather_px)
     bands = list(info.data_bands)
     scaling = BandScaling.fit(tile.data[bands], tile.valid)
-    model_image = scaling.forward(tile.data[bands], tile.valid)
     if example is not None:
-        example = example_for_tile(example, scaling, (model_image, tile.valid))
+        # Matched to the tile's scene; the window's range widened to hold the example's
+        # colours (a patch of sea for a window of land: clipped, it came out saturated).
+        data, valid = scene
+        matched = example_for_tile(
+            example, scaling, (scaling.forward(data, valid), valid), clip=False
+        )
+        scaling = scaling.widened(matched.image[:, matched.valid])
+        example = example_for_tile(example, scaling, (scaling.forward(data, valid), valid))
+    model_image = scaling.forward(tile.data[bands], tile.valid)
     return PreparedTile(
         info=info,
         roi=planned.roi,

@@ -206,7 +206,7 @@ def load_example(plan: ExamplePlan) -> ExamplePixels:
         )
         # GDAL's own mask (nodata, alpha, internal masks) at the same size.
         valid = src.dataset_mask(window=plan.window, out_shape=plan.size) > 0
-        scene, scene_valid = _whole_raster(src, plan)
+        scene, scene_valid = _whole_raster(src, plan.bands)
     if plan.roi is not None:
         h, w = plan.size
         onto = Affine(plan.window.width / w, 0, plan.window.col_off,
@@ -223,13 +223,17 @@ def example_for_tile(
     pixels: ExamplePixels,
     scaling: BandScaling,
     tile: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    clip: bool = True,
 ) -> Example:
     """The example in the model range of the tile whose `scaling` is given (when the dtypes
-    differ, its own range is stretched to the model's).
+    differ, its own range is stretched to the model's); clipped to [-1, 1] unless `clip` is
+    false (to find how far the scaling must widen, `BandScaling.widened`).
 
-    `tile`: the tile's model image (C, h, w) and valid pixels. When given, the example's
-    radiometry is matched to it (`_match_radiometry`): a brighter sensor, another season or
-    sun angle would otherwise show the whole ROI as a pasted piece of another picture."""
+    `tile`: the tile's scene (`read_scene`) in the tile's model range (C, h, w) and its valid
+    pixels. When given, the example's radiometry is matched to it (`_match_radiometry`): a
+    brighter sensor, another season or sun angle would otherwise show the whole ROI as a
+    pasted piece of another picture."""
     if np.dtype(pixels.plan.info.dtype) == np.dtype(scaling.dtype):
         to_model = scaling
     else:
@@ -238,7 +242,7 @@ def example_for_tile(
     if tile is not None:
         scene = to_model.forward(pixels.scene, pixels.scene_valid)
         model = _match_radiometry(model, scene, pixels.scene_valid, *tile)
-    return Example(pixels.plan, np.clip(model, -1.0, 1.0), pixels.valid)
+    return Example(pixels.plan, np.clip(model, -1.0, 1.0) if clip else model, pixels.valid)
 
 
 def read_example(
@@ -250,23 +254,29 @@ def read_example(
     return example_for_tile(load_example(plan), scaling, tile)
 
 
-def _whole_raster(src, plan: ExamplePlan) -> tuple[np.ndarray, np.ndarray]:
-    """The example's whole raster (open as `src`; its bands, at most 512 px a side, native
-    values) and its valid pixels: the scene the example was cut from, whose statistics stand
-    for its sensor and light."""
-    info = plan.info
-    shrink = min(1.0, 512 / max(info.width, info.height))
-    size = (max(1, round(info.height * shrink)), max(1, round(info.width * shrink)))
-    data = src.read([b + 1 for b in plan.bands], out_shape=(len(plan.bands), *size),
+def _whole_raster(src, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A whole raster (open as `src`; `bands`, 0-based, at most 512 px a side, native values)
+    and its valid pixels: the scene, whose statistics stand for its sensor and light."""
+    shrink = min(1.0, 512 / max(src.width, src.height))
+    size = (max(1, round(src.height * shrink)), max(1, round(src.width * shrink)))
+    data = src.read([b + 1 for b in bands], out_shape=(len(bands), *size),
                     resampling=Resampling.average)  # fmt: skip
     return data, src.dataset_mask(out_shape=size) > 0
 
 
+def read_scene(path: str | os.PathLike, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The tile's scene: its whole raster as `_whole_raster` reads the example's. An example
+    is matched scene to scene: matched to the window around the ROI, a patch of sea taken
+    from the tile's own raster was shifted toward the window's land and came out brown."""
+    with gdal_env(), rasterio.open(path) as src:
+        return _whole_raster(src, bands)
+
+
 def _match_radiometry(model, scene, scene_valid, tile, tile_valid) -> np.ndarray:
     """The example (model range) moved per band by the affine map that takes the mean and
-    spread of its whole scene to the tile's. What sets the example apart within its scene
-    (water darker than the fields beside it) is kept; what sets its scene apart from the tile's
-    (exposure, haze, sensor gain) is not."""
+    spread of its whole scene to the tile's scene's (the identity when both are one raster).
+    What sets the example apart within its scene (water darker than the fields beside it) is
+    kept; what sets its scene apart from the tile's (exposure, haze, sensor gain) is not."""
     if not scene_valid.any() or not tile_valid.any():
         return model
     out = np.empty_like(model)

@@ -89,6 +89,43 @@ def test_the_examples_radiometry_is_matched_to_the_tile(tmp_path):
     assert gap(as_is) > 0.5 and gap(matched) < 0.05
 
 
+def test_an_example_from_the_tiles_own_raster_keeps_its_colours(tmp_path):
+    """Radiometry is matched scene to scene: an example cut from the tile's own raster is
+    taken as it is, however unlike the window around the ROI (matched to that window, a
+    patch of sea beside a window of land came out brown)."""
+    import json
+
+    from rs_edit.edit import EditOptions, prepare
+
+    rng = np.random.default_rng(0)
+    data = np.empty((3, 160, 400), dtype=np.uint8)
+    sea, land = (30, 50, 90), (110, 120, 60)
+    for k in range(3):
+        data[k, :, :200] = sea[k] + rng.integers(0, 10, (160, 200))
+        data[k, :, 200:] = land[k] + rng.integers(0, 10, (160, 200))
+    path = _raster(tmp_path, "scene.tif", data)
+
+    def box(row0, col0, row1, col1):  # pixel box -> GeoJSON in the raster's CRS (10 m px)
+        x0, x1, y0, y1 = 500000 + 10 * col0, 500000 + 10 * col1, 5e6 - 10 * row0, 5e6 - 10 * row1
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+        return {"type": "Feature", "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [ring]}}  # fmt: skip
+
+    for name, feature in (("roi", box(60, 320, 100, 360)), ("sea", box(40, 40, 120, 120))):
+        collection = {"type": "FeatureCollection", "features": [feature],
+                      "crs": {"type": "name", "properties": {"name": "EPSG:32633"}}}  # fmt: skip
+        (tmp_path / f"{name}.geojson").write_text(json.dumps(collection))
+    options = EditOptions(
+        prompt="x", reference=str(path), reference_roi=str(tmp_path / "sea.geojson"),
+        reference_weight=1.0,
+    )  # fmt: skip
+    tile = prepare(path, options, roi_geojson=tmp_path / "roi.geojson")
+    assert tile.window.col_off >= 200  # the window holds land only
+    example = tile.example.image[:, tile.example.valid].mean(1)
+    as_read = tile.scaling.forward(data[:, 40:120, 40:120]).reshape(3, -1).mean(1)
+    assert np.abs(example - as_read).max() < 0.02, (example, as_read)
+
+
 def test_the_examples_share_rises_from_the_rois_edge():
     roi = torch.zeros(1, 1, 21, 21, dtype=torch.bool)
     roi[..., 2:19, 2:19] = True
@@ -350,3 +387,13 @@ def test_the_guard_redraws_an_edit_that_kept_the_tiles_look():
         scene, sampler, False, [unchanged], [1], lambda *a, **k: None, pool
     )
     assert replaced == [] and np.array_equal(edits[0], unchanged)
+
+
+def test_the_tiles_range_widens_to_hold_the_examples_colours():
+    scaling = BandScaling(lo=(100.0, 0.0), hi=(200.0, 10.0), dtype="uint8")
+    inside = np.array([[-1.0, 0.5], [0.0, 1.0]], dtype=np.float32)  # (bands, n)
+    assert scaling.widened(inside) == scaling
+    beyond = np.array([[-3.0, 0.0], [0.0, 60.0]], dtype=np.float32)  # 0 and 305 native
+    wide = scaling.widened(beyond)
+    assert wide.lo == (0.0, 0.0) and wide.hi == (200.0, 255.0)  # uint8 holds no more
+    assert wide.forward(np.array([[[0.0]], [[255.0]]])).ravel().tolist() == [-1.0, 1.0]
