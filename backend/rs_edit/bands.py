@@ -57,22 +57,6 @@ class BandScaling:
             model[:, ~valid] = 0.0
         return model.astype(np.float32)
 
-    def widened(self, model: np.ndarray) -> BandScaling:
-        """This scaling, widened where the model values `model` (bands, n) of another picture
-        (an example) lie beyond [-1, 1], so that they fall within it (integers: within the
-        dtype's range): the edit can then hold, and write, the example's colours."""
-        if model.size == 0:
-            return self
-        lo, span = (c[:, 0, 0] for c in self._coefficients())
-        low = (model.min(1).astype(np.float64) + 1.0) / 2.0 * span + lo
-        high = (model.max(1).astype(np.float64) + 1.0) / 2.0 * span + lo
-        low, high = np.minimum(low, self.lo), np.maximum(high, self.hi)
-        dtype = np.dtype(self.dtype)
-        if dtype.kind in "iu":
-            low = np.maximum(np.floor(low), np.iinfo(dtype).min)
-            high = np.minimum(np.ceil(high), np.iinfo(dtype).max)
-        return BandScaling(tuple(map(float, low)), tuple(map(float, high)), self.dtype)
-
     def inverse(self, model: np.ndarray) -> np.ndarray:
         """Model values -> native dtype: rounded and clipped to the dtype's range for integers."""
         lo, span = self._coefficients()

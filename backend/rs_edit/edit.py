@@ -171,16 +171,10 @@ def _read(
     alpha = roi_alpha(roi_mask, dilate_px=options.dilate_px, feather_px=options.feather_px)
     bands = list(info.data_bands)
     scaling = BandScaling.fit(tile.data[bands], tile.valid)
-    if example is not None:
-        # Matched to the tile's scene; the window's range widened to hold the example's
-        # colours (a patch of sea for a window of land: clipped, it came out saturated).
-        data, valid = scene
-        matched = example_for_tile(
-            example, scaling, (scaling.forward(data, valid), valid), clip=False
-        )
-        scaling = scaling.widened(matched.image[:, matched.valid])
-        example = example_for_tile(example, scaling, (scaling.forward(data, valid), valid))
     model_image = scaling.forward(tile.data[bands], tile.valid)
+    if example is not None:  # matched to the tile's scene, in this window's model range
+        data, valid = scene
+        example = example_for_tile(example, scaling, (scaling.forward(data, valid), valid))
     return PreparedTile(
         info=info,
         roi=planned.roi,

@@ -223,12 +223,9 @@ def example_for_tile(
     pixels: ExamplePixels,
     scaling: BandScaling,
     tile: tuple[np.ndarray, np.ndarray] | None = None,
-    *,
-    clip: bool = True,
 ) -> Example:
     """The example in the model range of the tile whose `scaling` is given (when the dtypes
-    differ, its own range is stretched to the model's); clipped to [-1, 1] unless `clip` is
-    false (to find how far the scaling must widen, `BandScaling.widened`).
+    differ, its own range is stretched to the model's).
 
     `tile`: the tile's scene (`read_scene`) in the tile's model range (C, h, w) and its valid
     pixels. When given, the example's radiometry is matched to it (`_match_radiometry`): a
@@ -242,7 +239,7 @@ def example_for_tile(
     if tile is not None:
         scene = to_model.forward(pixels.scene, pixels.scene_valid)
         model = _match_radiometry(model, scene, pixels.scene_valid, *tile)
-    return Example(pixels.plan, np.clip(model, -1.0, 1.0) if clip else model, pixels.valid)
+    return Example(pixels.plan, np.clip(model, -1.0, 1.0), pixels.valid)
 
 
 def read_example(
