@@ -283,7 +283,7 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     # sharper alternatives came out the furthest from the example).
     far = editor_module._Realism(level=0.5, seam=1.0, cut=0.0, toward=0.9)
     monkeypatch.setattr(editor_module, "_RealismScore", lambda *a: lambda edit: far)
-    example = SimpleNamespace(weight=1.0, mean_share=lambda roi, ramp: 1.0)
+    example = SimpleNamespace(weight=1.0, ramp=1, mean_share=lambda roi, ramp: 1.0)
     anchors, asked[:] = [], []
     editor._guard(tile, outlined, False, [flat], [1], lambda *a, **k: None, example)
     assert asked == [None] * 6 and anchors == [None] * 6, (asked, anchors)
