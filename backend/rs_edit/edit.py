@@ -163,7 +163,7 @@ def _read(
     plan: EditPlan,
     planned: PlannedWindow,
     example: ExamplePixels | None,
-    scene: tuple[np.ndarray, np.ndarray] | None = None,
+    scene: tuple[np.ndarray, np.ndarray] | None,  # the tile's, read when there is an example
 ) -> PreparedTile:
     info, options, window = plan.info, plan.options, planned.window
     tile = read_tile(info, window)

@@ -104,8 +104,9 @@ class Preset:
     # one is anchored, the rest plain): sharper draws from noise left a Landsat box the sea
     # had filled as it was, and `tiny`'s 4 tries found no coast. Nor while an edit by
     # example is what fails most, too far from the example: sharper draws keep the tile's
-    # rare content, not the example's (bench.exemplar's NAIP case, seed 0: its two sharper
-    # alternatives came 0.73 and 0.77 from the example, the plain ones 0.53-0.68).
+    # rare content, not the example's (the guard's drafts for bench.exemplar's NAIP case,
+    # seed 0, logged by a scratch script: its two sharper alternatives came 0.73 and 0.77
+    # from the example, the plain ones 0.53-0.68).
     guard_sharpen: float = 3.0
 
     def trains_network(self, guidance: str) -> bool:
