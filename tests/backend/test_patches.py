@@ -410,6 +410,28 @@ def test_the_nearest_key_is_the_one_at_the_least_cost(with_pools):
     assert (picked == expected).float().mean() > 0.99
 
 
+def test_a_full_or_no_share_closes_the_other_pool():
+    """Where the example's share is 1 only its keys may be picked, however much nearer a
+    tile key lies (and where it is 0 only the tile's), and each query searching only its open
+    pools picks what the full cost picks."""
+    from rs_edit.engine.patches import _nearest, _PoolCost
+
+    gen = torch.Generator().manual_seed(2)
+    queries, keys = torch.randn(300, 27, generator=gen), torch.randn(500, 27, generator=gen)
+    keys[350:] += 3.0  # the example's keys far from every query: the tile's would win
+    share = torch.rand(300, generator=gen)
+    share[:100], share[100:150] = 1.0, 0.0
+    pools = _PoolCost(350, share)
+    picked = _nearest(queries, keys, 64, 0.0, pools)
+    assert bool((picked[:100] >= 350).all())
+    assert bool((picked[100:150] < 350).all())
+    full = ((queries[:, None] - keys[None]) ** 2).mean(2)
+    full[:, :350] += pools.tile_cost
+    full[:, 350:] += pools.example_cost
+    chosen = full.gather(1, picked[:, None])[:, 0]
+    assert torch.allclose(chosen, full.min(1).values, atol=1e-5)
+
+
 def _adjacent_in_source(result: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> float:
     """Of the neighbouring ROI pixel pairs (side by side or one above the other), the
     fraction that are such neighbours in the tile too (every pixel of `image` is unique, so

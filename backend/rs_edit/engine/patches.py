@@ -164,6 +164,8 @@ def _nearest(
 ) -> torch.Tensor:
     """Index of the nearest key (rows of keys, (K, D)) for every query row (Q, D); `pools`
     adds a per-query cost of drawing on the tile's or the example's keys."""
+    if completeness <= 0 and pools is not None and pools.exclusive:
+        return _nearest_by_pool(queries, keys, chunk, pools)
     key_norms = (keys * keys).sum(1)
     n = queries.shape[1]
     out = torch.empty(len(queries), dtype=torch.long, device=queries.device)
@@ -191,9 +193,30 @@ def _nearest(
     best = torch.full((len(keys),), float("inf"), device=queries.device)
     for i in range(0, len(queries), chunk):
         best = torch.minimum(best, distances(i).min(0).values)
-    scale = completeness + best
+    # A key no query may draw on (its pool excluded for all of them) is never chosen.
+    scale = completeness + torch.where(best.isfinite(), best, torch.zeros_like(best))
     for i in range(0, len(queries), chunk):
         out[i : i + chunk] = (distances(i) / scale[None]).argmin(1)
+    return out
+
+
+def _nearest_by_pool(queries, keys, chunk: int, pools: _PoolCost) -> torch.Tensor:
+    """`_nearest` with pool costs, each query searching only the keys of the pools open to it:
+    where the example's share is full (the ROI's inside, with an example of weight 1) its
+    keys alone, where it is 0 (patches centred outside the ROI) the tile's alone. The same
+    choice as searching all keys, in a half of the products for those queries."""
+    out = torch.empty(len(queries), dtype=torch.long, device=queries.device)
+    k = len(keys)
+    both = ~(pools.example_only | pools.tile_only)
+    for rows, first, last, costs in (
+        (pools.example_only, pools.tile, k, None),
+        (pools.tile_only, 0, pools.tile, None),
+        (both, 0, k, pools),
+    ):
+        index = torch.nonzero(rows).flatten()
+        if len(index) and last > first:
+            costs = costs.rows(index) if costs is not None else None
+            out[index] = first + _nearest(queries[index], keys[first:last], chunk, 0.0, costs)
     return out
 
 
@@ -320,14 +343,30 @@ class _PoolCost:
     """The example's share per query (`share`) as a cost on the squared distance: the tile's
     first `tile` keys cost -2 s^2 log(1 - share), the example's -2 s^2 log(share) (the
     maximum a posteriori match under noise of std s = `EXAMPLE_NOISE`). Where the share is 1,
-    only the example's patches can win; where it is 0, only the tile's."""
+    only the example's patches can win (the tile's cost is infinite); where it is 0, only the
+    tile's."""
 
     def __init__(self, tile: int, share: torch.Tensor):
+        self.tile = tile
+        self.example_only, self.tile_only = share >= 1, share <= 0
         share = share.clamp(1e-6, 1 - 1e-6)
         scale = 2 * EXAMPLE_NOISE**2
-        self.tile = tile
-        self.tile_cost = (-scale * torch.log(1 - share))[:, None]
-        self.example_cost = (-scale * torch.log(share))[:, None]
+        inf = torch.tensor(float("inf"), device=share.device)
+        self.tile_cost = torch.where(self.example_only, inf, -scale * torch.log(1 - share))[:, None]
+        self.example_cost = torch.where(self.tile_only, inf, -scale * torch.log(share))[:, None]
+
+    @property
+    def exclusive(self) -> bool:
+        """Whether some queries may draw on one pool only."""
+        return bool((self.example_only | self.tile_only).any())
+
+    def rows(self, index: torch.Tensor) -> _PoolCost:
+        """The costs of the queries at `index` only."""
+        part = object.__new__(_PoolCost)
+        part.tile = self.tile
+        part.example_only, part.tile_only = self.example_only[index], self.tile_only[index]
+        part.tile_cost, part.example_cost = self.tile_cost[index], self.example_cost[index]
+        return part
 
     def add_cost(self, d: torch.Tensor, first: int, scale: float = 1.0) -> None:
         """Add the pool costs (times `scale`) to the rows of `d` from query `first` on."""
