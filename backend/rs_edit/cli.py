@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .bands import parse_band_list
+from .composite import FEATHER_PX
 from .engine.presets import DEFAULT_PRESET, PRESET_NAMES
 from .errors import (
     CancelledError,
@@ -115,7 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         "only, 1 = example only (default 0.8)",
     )
     edit.add_argument("--rgb-bands", help="1-based bands CLIP sees as RGB, e.g. 4,3,2")
-    edit.add_argument("--feather", type=int, default=2, help="feather width inside the ROI (px)")
+    edit.add_argument(
+        "--feather",
+        type=int,
+        default=FEATHER_PX,
+        help=f"feather width inside the ROI (px; default {FEATHER_PX})",
+    )
     edit.add_argument("--dilate", type=int, default=0, help="grow the ROI by this many pixels")
     edit.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
     edit.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from . import __version__
 from .bands import BandScaling
-from .composite import composite, roi_alpha
+from .composite import FEATHER_PX, composite, roi_alpha
 from .engine.presets import AUTO, DEFAULT_PRESET, check_preset_name, get_preset
 from .errors import ParameterError
 from .example import Example, ExamplePixels, example_for_tile, load_example, read_scene
@@ -57,7 +57,7 @@ class EditOptions:
     reference_weight: float = 0.8  # its weight against the text and the tile (0..1)
     rgb_bands: tuple[int, ...] | None = None  # 1-based raster band numbers
     dilate_px: int = 0
-    feather_px: int = 2
+    feather_px: int = FEATHER_PX
     context_px: int = 64  # pixels of context around the ROI that the model learns from
     cog: bool = False
 

@@ -218,7 +218,7 @@ def job_form(limits: Limits) -> type[BaseModel]:
         ),
         "feather": (
             Annotated[int, Field(ge=0, le=MAX_PX), _between("feather", 0, MAX_PX)],
-            Field(2, description="feather width inside the ROI (px)"),
+            Field(EditOptions.feather_px, description="feather width inside the ROI (px)"),
         ),
         "dilate": (
             Annotated[int, Field(ge=0, le=MAX_PX), _between("dilate", 0, MAX_PX)],
