@@ -225,10 +225,10 @@ def test_the_guard_judges_the_seam_in_the_rasters_own_values():
 
 
 def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
-    """A plain draw can drift to the tile's commonest content: unless the outline is what
-    fails most, every other alternative is drawn with sharper patch posteriors
-    (`guard_sharpen`), and the guard keeps the better draft, whichever kind it is. While the
-    outline fails most, every other alternative is anchored on the surroundings instead; while
+    """A plain draw can drift to the tile's commonest content: unless the outline fails, every
+    other alternative is drawn with sharper patch posteriors (`guard_sharpen`), and the guard
+    keeps the better draft, whichever kind it is. While the outline fails (most or not), every
+    other alternative is anchored on the surroundings instead; while
     an edit by example is furthest from the example, every alternative is plain."""
     import dataclasses
     from types import SimpleNamespace
@@ -249,6 +249,18 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     editor = TextEditor(EditOptions(prompt="x", preset="fast", clip="tiny-random"), device="cpu")
     editor.preset = dataclasses.replace(editor.preset, guard_tries=6)
     editor._add_detail = lambda tile, coarse, seeds, progress, example=None: coarse
+    from rs_edit.guidance import editor as editor_module
+
+    # A stand-in measure: the flat draft fails its realism level only (a box of flat colour
+    # also shows its outline, and a failing outline asks for anchored draws instead); the
+    # good one fails it less, so every try is drawn and the better draft kept.
+    drifted = editor_module._Realism(level=2.0, seam=1.0, cut=0.5, toward=0.0)
+    real = editor_module._Realism(level=1.3, seam=1.0, cut=0.5, toward=0.0)
+    monkeypatch.setattr(
+        editor_module,
+        "_RealismScore",
+        lambda *a: lambda edit: real if np.array_equal(edit, good) else drifted,
+    )
     asked = []
 
     def sampler(seeds, *, unguided, anchor, sharpen):
@@ -259,13 +271,11 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
         tile, sampler, False, [flat], [1], lambda *a, **k: None
     )
     sharp = editor.preset.guard_sharpen
-    assert sharp > 1 and asked == [None, sharp] * 3, asked  # the kept draft fails its seam
+    assert sharp > 1 and asked == [None, sharp] * 3, asked
     assert replaced == [1] and np.array_equal(edits[0], good)  # the better draft, a sharp one
 
     # A draft whose outline fails most (the sea filling a box of land) is redrawn anchored
     # and plain, never sharper (a stand-in measure: only the outline fails).
-    from rs_edit.guidance import editor as editor_module
-
     outline_fails = editor_module._Realism(level=1.0, seam=1.0, cut=2.0, toward=0.0)
     monkeypatch.setattr(editor_module, "_RealismScore", lambda *a: lambda edit: outline_fails)
     anchors, asked[:] = [], []
@@ -275,6 +285,14 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
         anchors.append(anchor)
         return [flat]
 
+    editor._guard(tile, outlined, False, [flat], [1], lambda *a, **k: None)
+    assert asked == [None] * 6 and anchors == [editor.preset.guard_anchor, None] * 3, anchors
+
+    # Also while something else fails more: a box of sea whose seam is a little too calm as
+    # well is still redrawn anchored on the land around it.
+    calm = editor_module._Realism(level=1.0, seam=0.7, cut=1.35, toward=0.0)
+    monkeypatch.setattr(editor_module, "_RealismScore", lambda *a: lambda edit: calm)
+    anchors, asked[:] = [], []
     editor._guard(tile, outlined, False, [flat], [1], lambda *a, **k: None)
     assert asked == [None] * 6 and anchors == [editor.preset.guard_anchor, None] * 3, anchors
 

@@ -89,18 +89,18 @@ class Preset:
     # the weight falls to 0: an edit that kept the tile's look did not do what was asked.
     guard_toward: float = 0.6
     guard_tries: int = 2
-    # While the outline is what shows most, every other alternative starts from the ROI filled
+    # While the outline shows, every other alternative starts from the ROI filled
     # smoothly from its surroundings, noised to this level (`patch_diffusion.sample`'s
     # `anchor`; training-free layouts only), so their layout continues the surroundings.
     guard_anchor: float = 0.6
-    # Unless the outline is what fails most, every other alternative is drawn with patch
+    # Unless the outline fails, every other alternative is drawn with patch
     # posteriors this much sharper (`PatchDiffusionSettings.sharpen`; training-free
     # layouts only): its layout keeps the tile's rarer, high-contrast content (crowns in a
     # shaded forest, cars on a road) where a plain draw drifts to the commonest. 3:
     # bench.realism's forest and overpass (seed 0) failed their colour level with plain
     # alternatives only (1.27, 1.26); over 6 unguarded drafts each (a scratch script) the
     # median worst level went 1.84 / 2.15 to 0.93 / 1.33 (the harbour's, 1.16, to 1.47:
-    # hence alternating, not always). Not while the outline fails most (then every other
+    # hence alternating, not always). Not while the outline fails (then every other
     # one is anchored, the rest plain): sharper draws from noise left a Landsat box the sea
     # had filled as it was, and `tiny`'s 4 tries found no coast. Nor while an edit by
     # example is what fails most, too far from the example: sharper draws keep the tile's
