@@ -45,9 +45,9 @@ class Line:
 # Built-in figures for a 2-core CPU (no GPU), per concrete preset.
 # - tiny: measured about 8 s of start-up (CLIP, prompt ensemble) plus about 1 s per 100x100 px
 #   window (0.01 MP): 100 s per megapixel.
-# - fast (what auto picks on a CPU): measured 8-46 s per 256x256 window (0.066 MP; the 18 edits
-#   of `python -m bench.realism --seed 0`, 1 and 2, the realism guard's redraws making the
-#   spread), median 13.8 s: 5 s of start-up plus 8.8 s / 0.066 MP = 133 s per megapixel.
+# - fast (what auto picks on a CPU): measured 7.8-27.6 s per 256x256 window (0.066 MP; the 18
+#   edits of `python -m bench.realism --seed 0`, 1 and 2, the realism guard's redraws making the
+#   spread), median 11.2 s: 5 s of start-up plus 6.2 s / 0.066 MP = 95 s per megapixel.
 # - balanced, quality, reference train a diffusion network before they edit, for
 #   `Preset.steps` optimizer steps (engine/presets.py: 4000, 12 000, 120 000); the training does
 #   not grow with the area (it learns the coarse scale, or for reference a <= 50 000 px image).
@@ -63,7 +63,7 @@ class Line:
 BUILT_IN: dict[str, dict[str, Line]] = {
     "cpu": {
         "tiny": Line(8.0, 100.0),
-        "fast": Line(5.0, 133.0),
+        "fast": Line(5.0, 95.0),
         "balanced": Line(11_000.0, 300.0),
         "quality": Line(130_000.0, 300.0),
         "reference": Line(2_200_000.0, 300.0),
