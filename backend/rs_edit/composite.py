@@ -18,11 +18,11 @@ from .bands import BandScaling
 from .raster import nodata_pixels
 
 # The default feather (px inside the ROI over which the edit blends into the input). With 2 the
-# rim of a textured edit was busier than the input's there: bench.realism's forest drafts
-# (seeds 0 and 1, 26 in all) had seams of 1.13-1.43, half of them over the 1.25 goal, and the
-# guard's pick for seed 0 showed its outline as an arc; with 3 they were 1.01-1.22 and the
-# guard's picks showed no arc. With 4 the seams of the Landsat coast fell below the 0.8 goal
-# (a blurred band).
+# rim of a textured edit was busier than the input's there: the realism guard's 26 drafts of
+# bench.realism's forest (seeds 0 and 1) had seams of 1.13-1.43, 12 of them over the 1.25 goal,
+# and for seed 0 it kept a draft whose rim showed as an arc; with 3 the same drafts scored
+# 1.01-1.22 and it kept one whose rim does not show. With 4 Landsat's coast drafts fell to
+# 0.75-0.79, a blurred band under the 0.8 goal. docs/BENCHMARKS.md, "Realism", has the rest.
 FEATHER_PX = 3
 
 

@@ -204,19 +204,22 @@ def _nearest_by_pool(queries, keys, chunk: int, pools: _PoolCost) -> torch.Tenso
     """`_nearest` with pool costs, each query searching only the keys of the pools open to it:
     where the example's share is full (the ROI's inside, with an example of weight 1) its
     keys alone, where it is 0 (patches centred outside the ROI) the tile's alone. The same
-    choice as searching all keys, in a half of the products for those queries."""
+    choice as searching all keys, with about half the products for those queries."""
     out = torch.empty(len(queries), dtype=torch.long, device=queries.device)
     k = len(keys)
     both = ~(pools.example_only | pools.tile_only)
-    for rows, first, last, costs in (
-        (pools.example_only, pools.tile, k, None),
-        (pools.tile_only, 0, pools.tile, None),
-        (both, 0, k, pools),
+    for rows, first, last in (
+        (pools.example_only, pools.tile, k),
+        (pools.tile_only, 0, pools.tile),
+        (both, 0, k),
     ):
         index = torch.nonzero(rows).flatten()
-        if len(index) and last > first:
-            costs = costs.rows(index) if costs is not None else None
-            out[index] = first + _nearest(queries[index], keys[first:last], chunk, 0.0, costs)
+        if not len(index):
+            continue
+        if last > first and rows is not both:  # one pool: its costs are the same for every key
+            out[index] = first + _nearest(queries[index], keys[first:last], chunk)
+        else:
+            out[index] = _nearest(queries[index], keys, chunk, 0.0, pools.rows(index))
     return out
 
 
@@ -347,7 +350,7 @@ class _PoolCost:
     tile's."""
 
     def __init__(self, tile: int, share: torch.Tensor):
-        self.tile = tile
+        self.tile, self.share = tile, share
         self.example_only, self.tile_only = share >= 1, share <= 0
         share = share.clamp(1e-6, 1 - 1e-6)
         scale = 2 * EXAMPLE_NOISE**2
@@ -362,11 +365,7 @@ class _PoolCost:
 
     def rows(self, index: torch.Tensor) -> _PoolCost:
         """The costs of the queries at `index` only."""
-        part = object.__new__(_PoolCost)
-        part.tile = self.tile
-        part.example_only, part.tile_only = self.example_only[index], self.tile_only[index]
-        part.tile_cost, part.example_cost = self.tile_cost[index], self.example_cost[index]
-        return part
+        return _PoolCost(self.tile, self.share[index])
 
     def add_cost(self, d: torch.Tensor, first: int, scale: float = 1.0) -> None:
         """Add the pool costs (times `scale`) to the rows of `d` from query `first` on."""
