@@ -211,12 +211,12 @@ def _nearest_by_pool(queries, keys, chunk: int, pools: _PoolCost) -> torch.Tenso
     for rows, first, last in (
         (pools.example_only, pools.tile, k),
         (pools.tile_only, 0, pools.tile),
-        (both, 0, k),
+        (both, 0, 0),  # no one pool: all keys, with the costs
     ):
         index = torch.nonzero(rows).flatten()
         if not len(index):
             continue
-        if last > first and rows is not both:  # one pool: its costs are the same for every key
+        if last > first:  # one pool, whose cost is the same for each of its keys
             out[index] = first + _nearest(queries[index], keys[first:last], chunk)
         else:
             out[index] = _nearest(queries[index], keys, chunk, 0.0, pools.rows(index))
