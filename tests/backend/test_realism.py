@@ -261,10 +261,11 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
         "_RealismScore",
         lambda *a: lambda edit: real if np.array_equal(edit, good) else drifted,
     )
-    asked = []
+    asked, starts = [], []
 
-    def sampler(seeds, *, unguided, anchor, sharpen):
+    def sampler(seeds, *, unguided, anchor, fill, sharpen):
         asked.append(sharpen)
+        starts.append((anchor, fill))
         return [good if sharpen is not None and len(asked) >= 4 else flat]
 
     edits, measured, replaced = editor._guard(
@@ -272,6 +273,9 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     )
     sharp = editor.preset.guard_sharpen
     assert sharp > 1 and asked == [None, sharp] * 3, asked
+    # The plain ones carry the surroundings' structures across the ROI from a low noise level.
+    carried = (editor.preset.guard_continue, "structure")
+    assert starts == [carried, (None, "smooth")] * 3, starts
     assert replaced == [1] and np.array_equal(edits[0], good)  # the better draft, a sharp one
 
     # A draft whose outline fails most (the sea filling a box of land) is redrawn anchored
@@ -280,9 +284,10 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     monkeypatch.setattr(editor_module, "_RealismScore", lambda *a: lambda edit: outline_fails)
     anchors, asked[:] = [], []
 
-    def outlined(seeds, *, unguided, anchor, sharpen):
+    def outlined(seeds, *, unguided, anchor, fill, sharpen):
         asked.append(sharpen)
         anchors.append(anchor)
+        assert fill == "smooth"  # the outline: the smooth fill, never structures
         return [flat]
 
     editor._guard(tile, outlined, False, [flat], [1], lambda *a, **k: None)

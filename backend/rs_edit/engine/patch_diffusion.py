@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..progress import ProgressCallback, Stage, no_progress
 from .diffusion import Guide
+from .fill import structure_fill
 from .patches import (
     NoPatchesError,
     example_share,
@@ -140,6 +141,7 @@ def sample(
     seed: int = 0,
     guide: Guide | None = None,
     anchor: float | None = None,
+    fill: str = "smooth",
     example: tuple[torch.Tensor, torch.Tensor] | None = None,
     example_weight: float = 0.0,
     progress: ProgressCallback = no_progress,
@@ -150,7 +152,10 @@ def sample(
     estimate (None: unguided). `anchor`: start from the ROI filled smoothly from its
     surroundings (`context_fill`), noised to this level, instead of from pure noise: the
     layout then continues the surroundings (land goes on where land meets the ROI) rather than
-    falling to the tile's commonest content (None: from noise, the most varied). `example`:
+    falling to the tile's commonest content (None: from noise, the most varied). `fill`: how
+    the anchor's start fills the ROI: "smooth" (`context_fill`: the surroundings' colours,
+    blended towards the middle) or "structure" (`fill.structure_fill`: the surroundings'
+    patches, lines carried across first). `example`:
     an image (1, C, he, wh) at the same scale and its invalid pixels (1, 1, he, we), whose
     patches the ROI is drawn from with probability `example_weight` (the tile's with the
     rest; less near the ROI's edge, `example_share`): the new layout takes on the example's
@@ -208,7 +213,7 @@ def sample(
     first, start = 0, known
     if anchor is not None:
         first = next(i for i, s in enumerate(sigmas) if s <= anchor)
-        start = context_fill(known, roi | invalid)
+        start = _anchor_start(known, roi | invalid, fill, p, settings.max_keys)
     x = torch.where(roi, start + sigmas[first] * noise(), known)
     progress(STAGE, 0, settings.steps)
     for i in range(first, settings.steps):
@@ -285,6 +290,18 @@ class _ExamplePull:
         pasted = torch.zeros_like(columns).index_copy_(0, self.rows, moves @ basis.T)
         shift = F.fold(pasted.T[None], self.size, self.patch) / self.count.clamp_min(1)
         return (clean + fraction * self.weight * shift).clamp(-1, 1)
+
+
+def _anchor_start(known, hole, fill: str, patch: int, max_keys: int) -> torch.Tensor:
+    """The anchor's start: `known` with the hole filled as `fill` says."""
+    if fill == "structure":
+        try:
+            return structure_fill(known, hole, patch, max_keys=max_keys)
+        except NoPatchesError:  # no whole patch outside the hole: the smooth fill still works
+            pass
+    elif fill != "smooth":
+        raise ValueError(f"unknown fill {fill!r}: 'smooth' or 'structure'")
+    return context_fill(known, hole)
 
 
 def context_fill(known: torch.Tensor, hole: torch.Tensor, *, sigmas=(1, 2, 4, 8, 16, 32)):

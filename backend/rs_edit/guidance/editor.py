@@ -216,9 +216,11 @@ class TextEditor:
         when its outline shows as a change of texture (`cut_ratio` above `guard_cut`: the sea
         filling a box up to its straight edge). A failing edit is replaced by the best of a few
         alternatives made without the guidance (the same seed first when guided, then others):
-        while the outline shows, every other one starts from the surroundings
-        (`guard_anchor`), the others from noise; otherwise, unless an edit by example is
-        furthest from the example, every other one is drawn sharper (`guard_sharpen`).
+        while the outline shows, every other one starts from the surroundings filled smoothly
+        (`guard_anchor`), the others from noise; else, while the ROI is unlike the tile (and
+        no example is asked for), every other one starts from the surroundings' structures
+        carried across it (`guard_continue`); the others, unless an edit by example is
+        furthest from the example, are drawn sharper (`guard_sharpen`).
         Returns the edits, each one's `_Realism` and the variants that were replaced. With an
         example, realism is closeness to the mixture of the tile's surroundings and the
         example it was drawn from, and the outline is not judged: a change of texture along
@@ -265,7 +267,14 @@ class TextEditor:
                 # under the bar, and plain to the eye).
                 level, edge, cut, toward = terms(measured[i])
                 outline_fails = cut > 1
-                anchor = preset.guard_anchor if outline_fails and k % 2 == 0 else None
+                anchor, fill = None, "smooth"
+                if outline_fails and k % 2 == 0:
+                    anchor = preset.guard_anchor
+                elif level > 1 and example is None and k % 2 == 0:
+                    # Unlike the tile: every other draw continues the surroundings' structures
+                    # into the ROI (lines first), from a low noise level, so barriers and
+                    # banks go on through it. Not by example: that would continue the tile.
+                    anchor, fill = preset.guard_continue, "structure"
                 # Otherwise every other one keeps the tile's rarer content (`guard_sharpen`),
                 # which a plain draw can lose to its commonest, flattest content; not while
                 # the example is what is missed most: the tile's rare content is not the
@@ -273,7 +282,9 @@ class TextEditor:
                 toward_most = toward >= max(level, edge)
                 sharper = k % 2 and not (outline_fails or toward_most)
                 sharpen = preset.guard_sharpen if sharper else None
-                coarse = sampler([alt_seed], unguided=True, anchor=anchor, sharpen=sharpen)
+                coarse = sampler(
+                    [alt_seed], unguided=True, anchor=anchor, fill=fill, sharpen=sharpen
+                )
                 alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
                 m = measure(alt)
                 progress(Stage.GUARD, i * tries + k + 1, total)
@@ -468,10 +479,18 @@ class _NetworkSampler:
         self.model, self.scene, self.unguided = model, scene, unguided or model
 
     def __call__(
-        self, seeds, *, guide=None, unguided=False, anchor=None, sharpen=None, progress=no_progress
+        self,
+        seeds,
+        *,
+        guide=None,
+        unguided=False,
+        anchor=None,
+        fill="smooth",
+        sharpen=None,
+        progress=no_progress,
     ):
-        # `anchor` and `sharpen` (the patch sampler's start from the surroundings and its
-        # posteriors) have no counterpart here: a trained model's sampler starts from noise.
+        # `anchor`, `fill` and `sharpen` (the patch sampler's start from the surroundings and
+        # its posteriors) have no counterpart here: a trained model's sampler starts from noise.
         model = self.unguided if unguided else self.model
         guide = None if unguided else guide
         return sample_edits(model, self.scene, seeds, guide=guide, progress=progress)
@@ -543,7 +562,15 @@ class _PatchSampler:
             self.settings = replace(settings, example_ramp=example.ramp)
 
     def __call__(
-        self, seeds, *, guide=None, unguided=False, anchor=None, sharpen=None, progress=no_progress
+        self,
+        seeds,
+        *,
+        guide=None,
+        unguided=False,
+        anchor=None,
+        fill="smooth",
+        sharpen=None,
+        progress=no_progress,
     ):
         settings = self.settings if sharpen is None else replace(self.settings, sharpen=sharpen)
         edits = []
@@ -556,6 +583,7 @@ class _PatchSampler:
                 seed=seed,
                 guide=None if unguided else guide,
                 anchor=anchor,
+                fill=fill,
                 example=self.example,
                 example_weight=self.example_weight,
                 progress=share(progress, i, len(seeds)),
