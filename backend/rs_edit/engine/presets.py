@@ -88,6 +88,12 @@ class Preset:
     # the unedited ROI) at `--reference-weight` 1, rising to 1 (no closer than the input) as
     # the weight falls to 0: an edit that kept the tile's look did not do what was asked.
     guard_toward: float = 0.6
+    # ... or, without an example, whose worst pieces are further from anything in the tile
+    # than the input's own ROI is by more than this factor (`coherence.coherence_ratio`: a
+    # barrier broken off, a dark blob across it). 1.05: on bench.realism's 18 edits before
+    # it, the two the eye rejected for broken barriers scored 1.12 and 1.18, the rest
+    # 0.61-1.00.
+    guard_coherence: float = 1.05
     guard_tries: int = 2
     # While the outline shows, every other alternative starts from the ROI filled
     # smoothly from its surroundings, noised to this level (`patch_diffusion.sample`'s

@@ -23,6 +23,7 @@ import torch
 from .. import model_cache
 from ..engine import patch_diffusion
 from ..engine.boundary import cut_ratio, cut_unit
+from ..engine.coherence import coherence_score, source_scale
 from ..engine.device import pick_device
 from ..engine.model import TileModel
 from ..engine.patches import (
@@ -203,6 +204,7 @@ class TextEditor:
             realism=[round(m.level, 3) for m in realism],
             seam=[round(m.seam, 3) for m in realism],
             cut=[round(m.cut, 3) for m in realism],
+            coherence=[round(m.coherence, 3) for m in realism],
             realism_replaced=replaced,
             seconds={k: round(v, 2) for k, v in seconds.items()},
         )
@@ -239,11 +241,12 @@ class TextEditor:
         # With an example: how close to it the ROI must come (as close as the input at weight 0).
         toward_bar = 1 - (1 - preset.guard_toward) * (example.weight if example else 0.0)
 
-        def terms(m: _Realism) -> tuple[float, float, float, float]:  # each over 1: fails
+        def terms(m: _Realism) -> tuple[float, ...]:  # each over 1: fails
             seam = m.seam if m.seam > 0 else 1.0  # 0: not measurable
             edge = max(seam, 1 / seam) / preset.guard_seam  # busier or calmer than the input
             cut = 0.0 if example else m.cut / preset.guard_cut
-            return m.level / preset.guard_bar, edge, cut, m.toward / toward_bar
+            broken = m.coherence / preset.guard_coherence  # 0 by example: not judged
+            return m.level / preset.guard_bar, edge, cut, m.toward / toward_bar, broken
 
         def badness(m: _Realism) -> float:
             return max(terms(m))
@@ -265,15 +268,15 @@ class TextEditor:
                 # draft's seam failing a little more than its outline, was redrawn from noise
                 # until the sea filled the box up to its straight side (outline 1.28, just
                 # under the bar, and plain to the eye).
-                level, edge, cut, toward = terms(measured[i])
+                level, edge, cut, toward, broken = terms(measured[i])
                 outline_fails = cut > 1
                 anchor, fill = None, "smooth"
                 if outline_fails and k % 2 == 0:
                     anchor = preset.guard_anchor
-                elif level > 1 and example is None and k % 2 == 0:
-                    # Unlike the tile: every other draw continues the surroundings' structures
-                    # into the ROI (lines first), from a low noise level, so barriers and
-                    # banks go on through it. Not by example: that would continue the tile.
+                elif (level > 1 or broken > 1) and example is None and k % 2 == 0:
+                    # Unlike the tile, or broken: every other draw continues the surroundings'
+                    # structures into the ROI (lines first), from a low noise level, so barriers
+                    # and banks go on through it. Not by example: that would continue the tile.
                     anchor, fill = preset.guard_continue, "structure"
                 # Otherwise every other one keeps the tile's rarer content (`guard_sharpen`),
                 # which a plain draw can lose to its commonest, flattest content; not while
@@ -300,6 +303,12 @@ class TextEditor:
                     f"edge shows (realism {m.level:.2f}, limit {preset.guard_bar}; seam "
                     f"{m.seam:.2f}, limits {1 / preset.guard_seam:.2f}-{preset.guard_seam}; "
                     f"outline {m.cut:.2f}, limit {preset.guard_cut}"
+                    + (
+                        ""
+                        if example
+                        else f"; pieces unlike the tile {m.coherence:.2f}, "
+                        f"limit {preset.guard_coherence}"
+                    )
                     + (
                         f"; closeness to the example {m.toward:.2f}, limit {toward_bar:.2f}"
                         if example
@@ -379,6 +388,7 @@ class _Realism(NamedTuple):
     seam: float  # `seam_ratio`
     cut: float  # `cut_ratio`
     toward: float = 0.0  # with an example: how far from it, over the unedited ROI's distance
+    coherence: float = 0.0  # without one: `coherence.coherence_ratio`, its worst pieces
 
 
 class _RealismScore:
@@ -403,6 +413,15 @@ class _RealismScore:
             with contextlib.suppress(ValueError):
                 self.unit = roi_swd_unit(self.source, self.roi)
             self.cut_unit = cut_unit(self.source, self.roi.numpy())
+        # Broken pieces (a barrier cut off): judged without an example only, whose content is
+        # unlike the tile by design.
+        self.invalid = ~tile.valid
+        self.coherence_scale = self.coherence_unit = None
+        if self.unit is not None and example is None:
+            self.coherence_scale = source_scale(self.source)
+            self.coherence_unit = coherence_score(
+                self.source, self.roi.numpy(), invalid=self.invalid, scale=self.coherence_scale
+            )
         self.from_input = None
         if self.unit is not None and example is not None:
             self.unit = _mixture_unit(self.unit, example, self.roi, share)
@@ -439,11 +458,18 @@ class _RealismScore:
         seen = self.alpha * edited + (1 - self.alpha) * self.source
         seam = seam_ratio(seen * self.span, self.written_source, self.roi)
         cut = cut_ratio(seen.numpy(), self.source, self.roi.numpy(), unit=self.cut_unit)
+        coherence = 0.0
+        if self.coherence_unit is not None and self.coherence_unit > 0:
+            score = coherence_score(
+                seen, self.roi.numpy(), invalid=self.invalid, scale=self.coherence_scale
+            )
+            coherence = score / self.coherence_unit if score == score else 0.0
         return _Realism(
             max(finite) if finite else 0.0,
             seam if seam == seam else 0.0,
             cut if cut == cut else 0.0,
             toward,
+            coherence,
         )
 
     def _to_example(self, image: torch.Tensor) -> list[float]:
