@@ -264,10 +264,10 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     )
     asked, starts = [], []
 
-    def sampler(seeds, *, unguided, anchor, fill, sharpen):
-        asked.append(sharpen)
-        starts.append((anchor, fill))
-        return [good if sharpen is not None and len(asked) >= 4 else flat]
+    def sampler(seeds, *, unguided, draw):
+        asked.append(draw.sharpen)
+        starts.append((draw.anchor, draw.fill))
+        return [good if draw.sharpen is not None and len(asked) >= 4 else flat]
 
     edits, measured, replaced = editor._guard(
         tile, sampler, False, [flat], [1], lambda *a, **k: None
@@ -285,10 +285,10 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     monkeypatch.setattr(editor_module, "_RealismScore", lambda *a: lambda edit: outline_fails)
     anchors, asked[:] = [], []
 
-    def outlined(seeds, *, unguided, anchor, fill, sharpen):
-        asked.append(sharpen)
-        anchors.append(anchor)
-        assert fill == "smooth"  # the outline: the smooth fill, never structures
+    def outlined(seeds, *, unguided, draw):
+        asked.append(draw.sharpen)
+        anchors.append(draw.anchor)
+        assert draw.fill == "smooth"  # the outline: the smooth fill, never structures
         return [flat]
 
     editor._guard(tile, outlined, False, [flat], [1], lambda *a, **k: None)

@@ -270,24 +270,22 @@ class TextEditor:
                 # under the bar, and plain to the eye).
                 level, edge, cut, toward, broken = terms(measured[i])
                 outline_fails = cut > 1
-                anchor, fill = None, "smooth"
+                draw = PLAIN
                 if outline_fails and k % 2 == 0:
-                    anchor = preset.guard_anchor
+                    draw = Draw(anchor=preset.guard_anchor)
                 elif (level > 1 or broken > 1) and example is None and k % 2 == 0:
                     # Unlike the tile, or broken: every other draw continues the surroundings'
                     # structures into the ROI (lines first), from a low noise level, so barriers
                     # and banks go on through it. Not by example: that would continue the tile.
-                    anchor, fill = preset.guard_continue, "structure"
+                    draw = Draw(anchor=preset.guard_continue, fill="structure")
                 # Otherwise every other one keeps the tile's rarer content (`guard_sharpen`),
                 # which a plain draw can lose to its commonest, flattest content; not while
                 # the example is what is missed most: the tile's rare content is not the
                 # example's.
                 toward_most = toward >= max(level, edge)
-                sharper = k % 2 and not (outline_fails or toward_most)
-                sharpen = preset.guard_sharpen if sharper else None
-                coarse = sampler(
-                    [alt_seed], unguided=True, anchor=anchor, fill=fill, sharpen=sharpen
-                )
+                if k % 2 and not (outline_fails or toward_most):
+                    draw = Draw(sharpen=preset.guard_sharpen)
+                coarse = sampler([alt_seed], unguided=True, draw=draw)
                 alt = self._add_detail(tile, coarse, [alt_seed], no_progress, example)[0]
                 m = measure(alt)
                 progress(Stage.GUARD, i * tries + k + 1, total)
@@ -379,6 +377,20 @@ class TextEditor:
 # tile by design, so when one draft fails the mixture measure the others mostly fail it too
 # (bench.exemplar's NAIP case: 6 alternatives, none better), at about twice a draft's cost.
 EXAMPLE_GUARD_TRIES = 6
+
+
+class Draw(NamedTuple):
+    """How a coarse layout is drawn by the training-free sampler (`patch_diffusion.sample`):
+    from noise, or from the ROI filled as `fill` says ("smooth" or "structure") and noised to
+    `anchor`; its patch posteriors `sharpen` times sharper than the preset's (None: as they
+    are). A trained model's sampler ignores it."""
+
+    anchor: float | None = None
+    fill: str = "smooth"
+    sharpen: float | None = None
+
+
+PLAIN = Draw()  # from noise, as the preset says
 
 
 class _Realism(NamedTuple):
@@ -504,19 +516,9 @@ class _NetworkSampler:
     def __init__(self, model: TileModel, scene, unguided: TileModel | None = None):
         self.model, self.scene, self.unguided = model, scene, unguided or model
 
-    def __call__(
-        self,
-        seeds,
-        *,
-        guide=None,
-        unguided=False,
-        anchor=None,
-        fill="smooth",
-        sharpen=None,
-        progress=no_progress,
-    ):
-        # `anchor`, `fill` and `sharpen` (the patch sampler's start from the surroundings and
-        # its posteriors) have no counterpart here: a trained model's sampler starts from noise.
+    def __call__(self, seeds, *, guide=None, unguided=False, draw=PLAIN, progress=no_progress):
+        # `draw` (the patch sampler's start from the surroundings and its posteriors) has no
+        # counterpart here: a trained model's sampler starts from noise.
         model = self.unguided if unguided else self.model
         guide = None if unguided else guide
         return sample_edits(model, self.scene, seeds, guide=guide, progress=progress)
@@ -587,18 +589,10 @@ class _PatchSampler:
             self.example_weight = example.weight
             self.settings = replace(settings, example_ramp=example.ramp)
 
-    def __call__(
-        self,
-        seeds,
-        *,
-        guide=None,
-        unguided=False,
-        anchor=None,
-        fill="smooth",
-        sharpen=None,
-        progress=no_progress,
-    ):
-        settings = self.settings if sharpen is None else replace(self.settings, sharpen=sharpen)
+    def __call__(self, seeds, *, guide=None, unguided=False, draw=PLAIN, progress=no_progress):
+        settings = self.settings
+        if draw.sharpen is not None:
+            settings = replace(settings, sharpen=draw.sharpen)
         edits = []
         for i, seed in enumerate(seeds):
             x = patch_diffusion.sample(
@@ -608,8 +602,8 @@ class _PatchSampler:
                 invalid=self.invalid,
                 seed=seed,
                 guide=None if unguided else guide,
-                anchor=anchor,
-                fill=fill,
+                anchor=draw.anchor,
+                fill=draw.fill,
                 example=self.example,
                 example_weight=self.example_weight,
                 progress=share(progress, i, len(seeds)),
