@@ -93,19 +93,20 @@ def _data_term(x: torch.Tensor, filled: torch.Tensor, p: int) -> torch.Tensor:
     strongest known gradient within the patch around it, turned along the edge (the isophote),
     projected on the normal of the hole's front."""
     h, w = filled.shape
-    gray = torch.where(filled, x[0].mean(0), torch.zeros(()))
+    gray = torch.where(filled, x[0].mean(0), 0.0)
     gy = (torch.roll(gray, -1, 0) - torch.roll(gray, 1, 0)) / 2
     gx = (torch.roll(gray, -1, 1) - torch.roll(gray, 1, 1)) / 2
     # A gradient is known where its whole 3x3 neighbourhood is, away from the image's border.
     unknown = F.max_pool2d((~filled)[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
     valid = ~unknown
     valid[0, :] = valid[-1, :] = valid[:, 0] = valid[:, -1] = False
-    strength = torch.where(valid, gy * gy + gx * gx, torch.zeros(()))
+    strength = torch.where(valid, gy * gy + gx * gx, 0.0)
     r = p // 2
     near = F.unfold(F.pad(strength[None, None], (r,) * 4, value=-1.0), p)[0]  # (p*p, h*w)
     pick = near.argmax(0)
-    ys = (torch.arange(h)[:, None] + (pick // p - r).view(h, w)).clamp(0, h - 1)
-    xs = (torch.arange(w)[None, :] + (pick % p - r).view(h, w)).clamp(0, w - 1)
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    ys = (rows[:, None] + (pick // p - r).view(h, w)).clamp(0, h - 1)
+    xs = (cols[None, :] + (pick % p - r).view(h, w)).clamp(0, w - 1)
     iso_y, iso_x = -gx[ys, xs], gy[ys, xs]  # the gradient turned by 90 degrees
     # The front's normal: the gradient of the smoothed known mask.
     smooth = F.avg_pool2d(
