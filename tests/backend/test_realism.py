@@ -279,6 +279,12 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     assert starts == [carried, (None, "smooth")] * 3, starts
     assert replaced == [1] and np.array_equal(edits[0], good)  # the better draft, a sharp one
 
+    # A guided edit's first alternative is its own seed without the guidance, drawn plain.
+    asked[:], starts[:] = [], []
+    editor._guard(tile, sampler, True, [flat], [1], lambda *a, **k: None)
+    assert asked == [None, sharp] * 3, asked
+    assert starts == [(None, "smooth"), (None, "smooth")] + [carried, (None, "smooth")] * 2
+
     # A draft whose outline fails most (the sea filling a box of land) is redrawn anchored
     # and plain, never sharper (a stand-in measure: only the outline fails).
     outline_fails = editor_module._Realism(level=1.0, seam=1.0, cut=2.0, toward=0.0)

@@ -273,10 +273,13 @@ class TextEditor:
                 draw = PLAIN
                 if outline_fails and k % 2 == 0:
                     draw = Draw(anchor=preset.guard_anchor)
-                elif (level > 1 or broken > 1) and example is None and k % 2 == 0:
+                elif (level > 1 or broken > 1) and example is None and k % 2 == 0 and not same_seed:
                     # Unlike the tile, or broken: every other draw continues the surroundings'
                     # structures into the ROI (lines first), from a low noise level, so barriers
                     # and banks go on through it. Not by example: that would continue the tile.
+                    # Not the guided edit's own seed drawn without guidance, which keeps what it
+                    # can of that edit: continued from the demo's village, a road became a stub
+                    # of the river beside it, where the plain draw made a field.
                     draw = Draw(anchor=preset.guard_continue, fill="structure")
                 # Otherwise every other one keeps the tile's rarer content (`guard_sharpen`),
                 # which a plain draw can lose to its commonest, flattest content; not while
