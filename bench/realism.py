@@ -226,7 +226,7 @@ def passes(row: dict) -> bool:
     levels_ok = all(math.isnan(v) or v <= REALISM_LIMIT for v in row["levels"])
     seam_ok = SEAM_RANGE[0] <= row["seam"] <= SEAM_RANGE[1]
     cut_ok = not row["cut"] > CUT_LIMIT  # NaN: no outline away from the border
-    coherent = not row.get("coherence", 0.0) > COHERENCE_LIMIT  # NaN: too small to measure
+    coherent = not row["coherence"] > COHERENCE_LIMIT  # NaN: too small to measure
     copy_ok = row["copy"] <= COPY_LIMIT
     return levels_ok and seam_ok and cut_ok and coherent and copy_ok and row["outside_changed"] == 0
 

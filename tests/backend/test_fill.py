@@ -73,5 +73,6 @@ def test_the_sampler_carries_the_line_from_a_structure_anchor():
     structure, smooth = rows
     assert structure > 0.8, rows  # the bar's contrast (about 1.3) mostly kept
     assert structure > smooth + 0.3, rows
-    with pytest.raises(ValueError, match="unknown fill"):
-        sample(image, hole, settings, seed=2, anchor=0.3, fill="blurry")
+    for anchor in (0.3, None):  # refused whether or not it would be used
+        with pytest.raises(ValueError, match="unknown fill"):
+            sample(image, hole, settings, seed=2, anchor=anchor, fill="blurry")

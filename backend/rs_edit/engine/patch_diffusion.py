@@ -160,6 +160,8 @@ def sample(
     patches the ROI is drawn from with probability `example_weight` (the tile's with the
     rest; less near the ROI's edge, `example_share`): the new layout takes on the example's
     look while agreeing with the surroundings."""
+    if fill not in ("smooth", "structure"):
+        raise ValueError(f"unknown fill {fill!r}: 'smooth' or 'structure'")
     known = known.float()
     roi = roi.bool()
     invalid = torch.zeros_like(roi) if invalid is None else invalid.bool()
@@ -299,8 +301,6 @@ def _anchor_start(known, hole, fill: str, patch: int, max_keys: int) -> torch.Te
             return structure_fill(known, hole, patch, max_keys=max_keys)
         except NoPatchesError:  # no whole patch outside the hole: the smooth fill still works
             pass
-    elif fill != "smooth":
-        raise ValueError(f"unknown fill {fill!r}: 'smooth' or 'structure'")
     return context_fill(known, hole)
 
 

@@ -23,7 +23,7 @@ import torch
 from .. import model_cache
 from ..engine import patch_diffusion
 from ..engine.boundary import cut_ratio, cut_unit
-from ..engine.coherence import coherence_score, source_scale
+from ..engine.coherence import coherence_ratio, coherence_unit
 from ..engine.device import pick_device
 from ..engine.model import TileModel
 from ..engine.patches import (
@@ -216,13 +216,16 @@ class TextEditor:
         cast, collapsed structure), when the ROI's boundary shows as an edge (`seam_ratio`
         beyond `guard_seam` either way: an edge the input does not have, or a blurred band) or
         when its outline shows as a change of texture (`cut_ratio` above `guard_cut`: the sea
-        filling a box up to its straight edge). A failing edit is replaced by the best of a few
+        filling a box up to its straight edge) or, without an example, when it holds pieces
+        the tile has nowhere (`coherence_ratio` above `guard_coherence`: a barrier broken
+        off). A failing edit is replaced by the best of a few
         alternatives made without the guidance (the same seed first when guided, then others):
         while the outline shows, every other one starts from the surroundings filled smoothly
-        (`guard_anchor`), the others from noise; else, while the ROI is unlike the tile (and
-        no example is asked for), every other one starts from the surroundings' structures
-        carried across it (`guard_continue`); the others, unless an edit by example is
-        furthest from the example, are drawn sharper (`guard_sharpen`).
+        (`guard_anchor`), the others from noise; else, while the ROI is unlike the tile or
+        broken (and no example is asked for), every other one but a guided edit's own seed
+        starts from the surroundings' structures carried across it (`guard_continue`); the
+        others, unless an edit by example is furthest from the example, are drawn sharper
+        (`guard_sharpen`).
         Returns the edits, each one's `_Realism` and the variants that were replaced. With an
         example, realism is closeness to the mixture of the tile's surroundings and the
         example it was drawn from, and the outline is not judged: a change of texture along
@@ -431,12 +434,10 @@ class _RealismScore:
         # Broken pieces (a barrier cut off): judged without an example only, whose content is
         # unlike the tile by design.
         self.invalid = ~tile.valid
-        self.coherence_scale = self.coherence_unit = None
+        self.coherence_unit = None  # None: not judged (or not measurable: a unit of 0 or NaN)
         if self.unit is not None and example is None:
-            self.coherence_scale = source_scale(self.source)
-            self.coherence_unit = coherence_score(
-                self.source, self.roi.numpy(), invalid=self.invalid, scale=self.coherence_scale
-            )
+            unit = coherence_unit(self.source, self.roi.numpy(), invalid=self.invalid)
+            self.coherence_unit = unit if unit > 0 else None
         self.from_input = None
         if self.unit is not None and example is not None:
             self.unit = _mixture_unit(self.unit, example, self.roi, share)
@@ -474,17 +475,16 @@ class _RealismScore:
         seam = seam_ratio(seen * self.span, self.written_source, self.roi)
         cut = cut_ratio(seen.numpy(), self.source, self.roi.numpy(), unit=self.cut_unit)
         coherence = 0.0
-        if self.coherence_unit is not None and self.coherence_unit > 0:
-            score = coherence_score(
-                seen, self.roi.numpy(), invalid=self.invalid, scale=self.coherence_scale
+        if self.coherence_unit is not None:
+            coherence = coherence_ratio(
+                seen, self.source, self.roi.numpy(), invalid=self.invalid, unit=self.coherence_unit
             )
-            coherence = score / self.coherence_unit if score == score else 0.0
         return _Realism(
             max(finite) if finite else 0.0,
             seam if seam == seam else 0.0,
             cut if cut == cut else 0.0,
             toward,
-            coherence,
+            coherence if coherence == coherence else 0.0,
         )
 
     def _to_example(self, image: torch.Tensor) -> list[float]:
