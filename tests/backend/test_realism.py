@@ -274,16 +274,20 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     )
     sharp = editor.preset.guard_sharpen
     assert sharp > 1 and asked == [None, sharp] * 3, asked
-    # The plain ones carry the surroundings' structures across the ROI from a low noise level.
+    # The plain ones carry the surroundings' structures across the ROI from a low noise level,
+    # filled along the tile's dominant offsets and patch by patch in turn.
     carried = (editor.preset.guard_continue, "structure")
-    assert starts == [carried, (None, "smooth")] * 3, starts
+    shifted = (editor.preset.guard_continue, "offsets")
+    plain = (None, "smooth")
+    continued = [shifted, plain, carried, plain, shifted, plain]
+    assert starts == continued, starts
     assert replaced == [1] and np.array_equal(edits[0], good)  # the better draft, a sharp one
 
     # A guided edit's first alternative is its own seed without the guidance, drawn plain.
     asked[:], starts[:] = [], []
     editor._guard(tile, sampler, True, [flat], [1], lambda *a, **k: None)
     assert asked == [None, sharp] * 3, asked
-    assert starts == [(None, "smooth"), (None, "smooth")] + [carried, (None, "smooth")] * 2
+    assert starts == [plain, plain, carried, plain, shifted, plain], starts
 
     # A draft whose outline fails most (the sea filling a box of land) is redrawn anchored
     # and plain, never sharper (a stand-in measure: only the outline fails).
@@ -306,7 +310,7 @@ def test_the_guard_alternates_plain_and_sharper_alternatives(monkeypatch):
     monkeypatch.setattr(editor_module, "_RealismScore", lambda *a: lambda edit: broken)
     asked[:], starts[:] = [], []
     editor._guard(tile, sampler, False, [flat], [1], lambda *a, **k: None)
-    assert asked == [None, sharp] * 3 and starts == [carried, (None, "smooth")] * 3, starts
+    assert asked == [None, sharp] * 3 and starts == continued, starts
 
     # Also while something else fails more: a box of sea whose seam is a little too calm as
     # well is still redrawn anchored on the land around it.

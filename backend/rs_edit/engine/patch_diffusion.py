@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..progress import ProgressCallback, Stage, no_progress
 from .diffusion import Guide
 from .fill import structure_fill
+from .offsets import offset_fill
 from .patches import (
     NoPatchesError,
     example_share,
@@ -40,6 +41,8 @@ from .patches import (
 )
 
 STAGE = Stage.SAMPLE  # sampling, as for a trained model
+# How an anchored start fills the ROI (`sample`'s `fill`).
+FILLS = ("smooth", "structure", "offsets")
 
 
 @dataclass(frozen=True)
@@ -158,14 +161,15 @@ def sample(
     layout then continues the surroundings (land goes on where land meets the ROI) rather than
     falling to the tile's commonest content (None: from noise, the most varied). `fill`: how
     the anchor's start fills the ROI: "smooth" (`context_fill`: the surroundings' colours,
-    blended towards the middle) or "structure" (`fill.structure_fill`: the surroundings'
-    patches, lines carried across first). `example`:
+    blended towards the middle), "structure" (`fill.structure_fill`: the surroundings'
+    patches, lines carried across first) or "offsets" (`offsets.offset_fill`: copied along
+    the tile's dominant patch offsets, so lines and rows run on through it). `example`:
     an image (1, C, he, wh) at the same scale and its invalid pixels (1, 1, he, we), whose
     patches the ROI is drawn from with probability `example_weight` (the tile's with the
     rest; less near the ROI's edge, `example_share`): the new layout takes on the example's
     look while agreeing with the surroundings."""
-    if fill not in ("smooth", "structure"):
-        raise ValueError(f"unknown fill {fill!r}: 'smooth' or 'structure'")
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}: one of {', '.join(map(repr, FILLS))}")
     known = known.float()
     roi = roi.bool()
     invalid = torch.zeros_like(roi) if invalid is None else invalid.bool()
@@ -300,9 +304,10 @@ class _ExamplePull:
 
 def _anchor_start(known, hole, fill: str, patch: int, max_keys: int) -> torch.Tensor:
     """The anchor's start: `known` with the hole filled as `fill` says."""
-    if fill == "structure":
+    if fill != "smooth":
+        method = structure_fill if fill == "structure" else offset_fill
         try:
-            return structure_fill(known, hole, patch, max_keys=max_keys)
+            return method(known, hole, patch, max_keys=max_keys)
         except NoPatchesError:  # no whole patch outside the hole: the smooth fill still works
             pass
     return context_fill(known, hole)

@@ -100,12 +100,13 @@ class Preset:
     # `anchor`; training-free layouts only), so their layout continues the surroundings.
     guard_anchor: float = 0.6
     # While the realism level or the pieces fail (and no example is asked for), every other
-    # alternative starts from the ROI filled with the surroundings' patches, lines carried
-    # across first (`fill.structure_fill`), noised to this level: a barrier or a river bank
-    # that runs into the ROI goes on through it, where draws from noise broke bench.realism's
-    # overpass median in six drafts of six. Low, so the lines survive the noise (the
-    # overpass's worst level over three drafts: 1.38-1.63 at 0.6, 1.23-1.44 at 0.3; from
-    # noise 1.58-3.43, and from the smooth fill about 4: bare asphalt).
+    # alternative starts from the ROI filled with the surroundings' structures carried across
+    # it (`offsets.offset_fill` and `fill.structure_fill` in turn), noised to this level: a
+    # barrier or a river bank that runs into the ROI goes on through it, where draws from
+    # noise broke bench.realism's overpass median in six drafts of six. Low, so the lines
+    # survive the noise (the overpass's worst level over three drafts from `structure_fill`:
+    # 1.38-1.63 at 0.6, 1.23-1.44 at 0.3; from noise 1.58-3.43, and from the smooth fill
+    # about 4: bare asphalt).
     guard_continue: float = 0.3
     # Unless the outline fails, every other alternative is drawn with patch
     # posteriors this much sharper (`PatchDiffusionSettings.sharpen`; training-free

@@ -278,12 +278,16 @@ class TextEditor:
                     draw = Draw(anchor=preset.guard_anchor)
                 elif (level > 1 or broken > 1) and example is None and k % 2 == 0 and not same_seed:
                     # Unlike the tile, or broken: every other draw continues the surroundings'
-                    # structures into the ROI (lines first), from a low noise level, so barriers
-                    # and banks go on through it. Not by example: that would continue the tile.
-                    # Not the guided edit's own seed drawn without guidance, which keeps what it
-                    # can of that edit: continued from the demo's village, a road became a stub
-                    # of the river beside it, where the plain draw made a field.
-                    draw = Draw(anchor=preset.guard_continue, fill="structure")
+                    # structures into the ROI (`structure_fill`), from a low noise level, so
+                    # barriers and banks go on through it. Not by example: that would continue
+                    # the tile. Not the guided edit's own seed drawn without guidance, which
+                    # keeps what it can of that edit: continued from the demo's village, a road
+                    # became a stub of the river beside it, where the plain draw made a field.
+                    # Copied along the tile's dominant offsets (lines whole, and what lies
+                    # between them: the overpass's cars) and patch by patch from the edge
+                    # (better on texture without lines: the forest), in turn.
+                    fill = "offsets" if k % 4 == 0 else "structure"
+                    draw = Draw(anchor=preset.guard_continue, fill=fill)
                 # Otherwise every other one keeps the tile's rarer content (`guard_sharpen`),
                 # which a plain draw can lose to its commonest, flattest content; not while
                 # the example is what is missed most: the tile's rare content is not the
@@ -387,7 +391,7 @@ EXAMPLE_GUARD_TRIES = 6
 
 class Draw(NamedTuple):
     """How a coarse layout is drawn by the training-free sampler (`patch_diffusion.sample`):
-    from noise, or from the ROI filled as `fill` says ("smooth" or "structure") and noised to
+    from noise, or from the ROI filled as `fill` says (`patch_diffusion.FILLS`) and noised to
     `anchor`; its patch posteriors `sharpen` times sharper than the preset's (None: as they
     are). A trained model's sampler ignores it."""
 
