@@ -1,9 +1,11 @@
-"""structure_fill: a hole filled from its surroundings' patches, lines carried across first."""
+"""structure_fill: a hole filled from its surroundings' patches, lines carried across first
+(and what both fills share, with offsets.offset_fill)."""
 
 import pytest
 import torch
 
 from rs_edit.engine.fill import structure_fill
+from rs_edit.engine.offsets import offset_fill
 from rs_edit.engine.patch_diffusion import PatchDiffusionSettings, context_fill, sample
 from rs_edit.engine.patches import NoPatchesError
 
@@ -36,9 +38,10 @@ def test_a_line_into_the_hole_goes_on_through_it():
     )
 
 
-def test_outside_the_hole_nothing_changes_and_inside_every_pixel_is_the_tiles_own():
+@pytest.mark.parametrize("method", [structure_fill, offset_fill])
+def test_outside_the_hole_nothing_changes_and_inside_every_pixel_is_the_tiles_own(method):
     image, hole = barred(seed=3)
-    filled = structure_fill(image, hole, 5)
+    filled = method(image, hole, 5)
     assert torch.equal(filled[~hole.expand_as(filled)], image[~hole.expand_as(image)])
     known = image[0].permute(1, 2, 0)[~hole[0, 0]]  # (N, 3) colours outside the hole
     new = filled[0].permute(1, 2, 0)[hole[0, 0]]
@@ -47,18 +50,21 @@ def test_outside_the_hole_nothing_changes_and_inside_every_pixel_is_the_tiles_ow
     assert bool(found.all()), int((~found).sum())
 
 
-def test_no_whole_patch_outside_the_hole_is_an_error_and_the_sampler_falls_back():
+@pytest.mark.parametrize(
+    ("method", "fill"), [(structure_fill, "structure"), (offset_fill, "offsets")]
+)
+def test_no_whole_patch_outside_the_hole_is_an_error_and_the_sampler_falls_back(method, fill):
     image, _ = barred(size=16, bar=(6, 8))
     everywhere = torch.ones(1, 1, 16, 16, dtype=torch.bool)
     with pytest.raises(NoPatchesError):
-        structure_fill(image, everywhere, 5)
+        method(image, everywhere, 5)
     nearly = everywhere.clone()
     nearly[..., :3, :3] = False  # known pixels, but no whole 5 px patch of them
     with pytest.raises(NoPatchesError):
-        structure_fill(image, nearly, 5)
+        method(image, nearly, 5)
     # The anchored sampler then starts from the smooth fill instead: still a full result.
     settings = PatchDiffusionSettings(steps=4)
-    out = sample(image, nearly, settings, seed=1, anchor=0.3, fill="structure")
+    out = sample(image, nearly, settings, seed=1, anchor=0.3, fill=fill)
     assert out.shape == image.shape and bool(torch.isfinite(out).all())
 
 

@@ -75,8 +75,9 @@ def offset_fill(
     first, second, across = _hole_edges(hole[0, 0], ys, xs)
 
     def disagreement(node: torch.Tensor) -> torch.Tensor:  # (E, L, L) at one end of each edge
-        v = values[:, node]
-        d = ((v[:, :, :, None] - v[:, :, None, :]) ** 2).sum(0)
+        d = torch.zeros(len(node), len(offsets), len(offsets), device=known.device)
+        for band in values[:, node]:  # a band at a time: (E, L, L) held, not C times that
+            d += (band[:, :, None] - band[:, None, :]) ** 2
         both = usable[node][:, :, None] & usable[node][:, None, :]
         return torch.where(both, d, _BROKEN)
 
