@@ -278,8 +278,8 @@ class TextEditor:
                     draw = Draw(anchor=preset.guard_anchor)
                 elif (level > 1 or broken > 1) and example is None and k % 2 == 0 and not same_seed:
                     # Unlike the tile, or broken: every other draw continues the surroundings'
-                    # structures into the ROI (`structure_fill`), from a low noise level, so
-                    # barriers and banks go on through it. Not by example: that would continue
+                    # structures into the ROI (`patch_diffusion.FILLS`), from a low noise level,
+                    # so barriers and banks go on through it. Not by example: that would continue
                     # the tile. Not the guided edit's own seed drawn without guidance, which
                     # keeps what it can of that edit: continued from the demo's village, a road
                     # became a stub of the river beside it, where the plain draw made a field.
