@@ -69,7 +69,8 @@ def offset_fill(
     source_y = ys[:, None] + offsets[None, :, 0]  # (n, L)
     source_x = xs[:, None] + offsets[None, :, 1]
     usable = _usable(source_y, source_x, hole[0, 0])
-    values = image[:, source_y.clamp(0, h - 1), source_x.clamp(0, w - 1)]  # (C, n, L)
+    sy, sx = source_y.clamp(0, h - 1), source_x.clamp(0, w - 1)  # in the image, if unusable
+    values = image[:, sy, sx]  # (C, n, L)
     unary = _boundary_cost(image, hole[0, 0], ys, xs, offsets)
     unary += torch.where(usable, 0.0, _FORBIDDEN)
     first, second, across = _hole_edges(hole[0, 0], ys, xs)
@@ -90,7 +91,6 @@ def offset_fill(
     # (tests/backend/test_offsets.py).
     along_x, along_y = _gradient_energy(image)
     floor = _FLAT_CUT * float((along_x + along_y)[~hole[0, 0]].mean())
-    sy, sx = source_y.clamp(0, h - 1), source_x.clamp(0, w - 1)
     at_x, at_y = along_x[sy, sx], along_y[sy, sx]  # (n, L)
     # (E, L, 1): both ends under the first label; transposed, under the second.
     detail = torch.where(across[:, None], at_x[first] + at_x[second], at_y[first] + at_y[second])
