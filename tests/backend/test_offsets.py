@@ -21,6 +21,30 @@ def test_a_line_into_the_hole_goes_on_through_it_once():
         assert float((others > 0.3).float().mean()) < 0.02, seed
 
 
+def test_a_line_goes_on_where_a_diagonal_offers_copies_of_another_beside_it():
+    # Two pale bars across grainy ground (an overpass's barriers) and a diagonal ramp below,
+    # whose shifts (and their multiples) map the upper bar onto the ground by the lower one.
+    # The hole covers the lower bar and the ground above it. A cut costed by the two
+    # sources' summed detail let the upper bar's edge pay for cuts beside it: the lower bar
+    # broke where copies of the upper one crowded it (seeds 4 and 5).
+    size = 64
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        image = -0.5 + 0.15 * torch.randn(1, 3, size, size, generator=g)
+        image[..., 10:12, :] = 0.8
+        image[..., 32:34, :] = 0.8
+        for t in range(40):  # slope 3/4, two pixels thick
+            y = 44 + (3 * t) // 4
+            image[..., y : y + 2, t] = 0.8
+        hole = torch.zeros(1, 1, size, size, dtype=torch.bool)
+        hole[..., 16:40, 22:46] = True
+        inside = offset_fill(image, hole, 5)[0, :, 16:40, 22:46].mean(0)
+        bar = inside[32 - 16 : 34 - 16]
+        others = torch.cat([inside[: 32 - 16], inside[34 - 16 :]])
+        assert bool((bar > 0.3).all()), (seed, bar.min())
+        assert float((others > 0.3).float().mean()) < 0.05, seed
+
+
 def test_a_repeated_structure_goes_on_in_step_through_a_hole_wider_than_its_period():
     # Posts every 7 px along a grainy verge, each a pale 2 px column, and a hole 20 px wide:
     # the shifts that map the verge onto itself are multiples of 7, and copying by one of
