@@ -371,6 +371,42 @@ def test_the_guard_judges_seam_and_outline_as_written_feathered_into_the_tile():
     assert measured.coherence != pytest.approx(coherence_ratio(edit, source, roi), rel=1e-2)
 
 
+def test_the_guard_judges_the_region_levels_as_written():
+    """The region levels too are the written raster's: feathered into the tile and rounded to
+    its type (judged on the raw draft, bench.realism's river was kept at 1.247 and written at
+    1.2501, over the bar). A band of eight values makes the rounding tell."""
+    from types import SimpleNamespace
+
+    from rs_edit.bands import BandScaling
+    from rs_edit.composite import composite
+    from rs_edit.guidance.editor import _RealismScore
+
+    scaling = BandScaling((0.0,) * 3, (7.0,) * 3, "uint8")
+    native = scaling.inverse(texture(3).numpy())  # the tile as read
+    source = scaling.forward(native)
+    roi = box_roi().numpy()
+    valid = np.ones(roi.shape, dtype=bool)
+    i, j = np.meshgrid(np.arange(96), np.arange(96), indexing="ij")
+    depth = np.minimum.reduce([i - 27, 68 - i, j - 27, 68 - j])
+    alpha = np.where(roi, np.clip(depth / 6, 0.2, 1.0), 0.0).astype(np.float32)
+    tile = SimpleNamespace(
+        model_image=source, roi_mask=roi, valid=valid, alpha=alpha, scaling=scaling
+    )  # fmt: skip
+    edit = source.copy()
+    edit[:, roi] = texture(5).numpy()[:, roi]  # fine detail no 8-value band can hold
+    written = composite(
+        native, edit, scaling=scaling, alpha=alpha, valid=valid, data_bands=[0, 1, 2], nodata=None
+    )
+    src_t, roi_t = torch.from_numpy(source), torch.from_numpy(roi)
+    unit = roi_swd_unit(src_t, roi_t)
+    as_written = max(
+        roi_swd_levels(torch.from_numpy(scaling.forward(written)), src_t, roi_t, unit=unit)
+    )
+    raw = max(roi_swd_levels(torch.from_numpy(edit), src_t, roi_t, unit=unit))
+    assert abs(raw - as_written) > 0.1, (raw, as_written)  # the case tells the two apart
+    assert _RealismScore(tile)(edit).level == pytest.approx(as_written, rel=1e-3)
+
+
 def test_the_guard_keeps_a_barrier_whole_through_the_roi(tmp_path):
     """A synthetic road (grainy asphalt, cars, three pale crash barriers across it) with an
     ellipse over the middle barrier. Without the pieces term (`guard_coherence` switched

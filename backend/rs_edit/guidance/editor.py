@@ -420,6 +420,7 @@ class _RealismScore:
     def __init__(self, tile, example: _ExamplePool | None = None, share: float = 0.0):
         self.example, self.share = example, share
         self.source = torch.from_numpy(tile.model_image)
+        self.scaling, self.valid = tile.scaling, tile.valid
         self.roi = torch.from_numpy(tile.roi_mask & tile.valid)
         self.outside = torch.from_numpy(~tile.roi_mask & tile.valid)
         self.alpha = torch.from_numpy(tile.alpha).float()  # the feathered blend weight
@@ -446,18 +447,25 @@ class _RealismScore:
         if self.unit is not None and example is not None:
             self.unit = _mixture_unit(self.unit, example, self.roi, share)
             # The unedited ROI's distance to the example: the unit of `toward`.
-            self.from_input = self._to_example(self.source)
+            self.from_input = self._to_example(self._as_written(self.source))
 
     def __call__(self, edit: np.ndarray) -> _Realism:
         if self.unit is None:
             return _Realism(0.0, 0.0, 0.0)
+        # Everything is judged as it will be written: feathered into the tile and rounded to
+        # the raster's type. (Unfeathered, the rim of an example's content scored 1.4-1.6
+        # where the written result scored 1.2-1.3, and bench.realism's forest edits 1.22-1.50
+        # where their written seam was 1.13-1.14: the guard redrew edits whose written seam
+        # passed. Its region levels were judged unfeathered until seed 1's river was kept at
+        # 1.247 and written at 1.2501, over the bar.)
         edited = torch.from_numpy(edit)
+        seen = self._as_written(self.alpha * edited + (1 - self.alpha) * self.source)
         if self.example is None:
-            levels = roi_swd_levels(edited, self.source, self.roi, unit=self.unit)
+            levels = roi_swd_levels(seen, self.source, self.roi, unit=self.unit)
         else:  # from the mixture the edit was drawn from: the tile's surroundings and the example
             w = self.share
             levels = roi_swd_levels_to(
-                edited,
+                seen,
                 self.roi,
                 [(self.source, self.outside, 1 - w), (self.example.image, self.example.valid, w)],
                 unit=self.unit,
@@ -467,15 +475,10 @@ class _RealismScore:
         if self.from_input is not None:
             ratios = [
                 e / i
-                for e, i in zip(self._to_example(edited), self.from_input, strict=True)
+                for e, i in zip(self._to_example(seen), self.from_input, strict=True)
                 if e == e and i == i and i > 0
             ]
             toward = combine_levels(ratios) if ratios else 0.0
-        # The rim and the outline are judged as they will be written, feathered into the tile
-        # (unfeathered, the rim of an example's content scored 1.4-1.6 where the written
-        # result scored 1.2-1.3, and bench.realism's forest edits 1.22-1.50 where their
-        # written seam was 1.13-1.14: the guard redrew edits whose written seam passed).
-        seen = self.alpha * edited + (1 - self.alpha) * self.source
         seam = seam_ratio(seen * self.span, self.written_source, self.roi)
         cut = cut_ratio(seen.numpy(), self.source, self.roi.numpy(), unit=self.cut_unit)
         coherence = 0.0
@@ -489,6 +492,12 @@ class _RealismScore:
             cut if cut == cut else 0.0,
             toward,
             coherence if coherence == coherence else 0.0,
+        )
+
+    def _as_written(self, image: torch.Tensor) -> torch.Tensor:
+        """`image` (model values) rounded to the raster's type and back."""
+        return torch.from_numpy(
+            self.scaling.forward(self.scaling.inverse(image.numpy()), self.valid)
         )
 
     def _to_example(self, image: torch.Tensor) -> list[float]:
