@@ -101,7 +101,7 @@ def offset_fill(
     detail = torch.where(across[:, None], at_x[first] + at_x[second], at_y[first] + at_y[second])
     detail = detail[:, :, None]
     pair = disagreement(first) + disagreement(second)
-    pair *= floor / (floor + 2 * (detail * detail.transpose(1, 2)).sqrt())
+    pair *= floor / (floor + 2 * (detail * detail.transpose(1, 2)).sqrt_())  # one (E, L, L) held
     choice = _min_sum(unary, first, second, pair)
     filled = known.clone()
     filled[0][:, ys, xs] = values[:, torch.arange(len(ys), device=known.device), choice]
